@@ -1,0 +1,266 @@
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::activation::{gelu, sigmoid};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+
+use super::config::{ClipActivation, ClipTextConfig};
+use crate::error::{Error, Result};
+use crate::nn::{Embedding, LayerNorm, Linear};
+use crate::weights::{Weights, WeightsView};
+
+/// Token and position embeddings (`embeddings.*`).
+#[derive(Module, Debug)]
+pub struct ClipEmbeddings {
+    /// `[vocab, hidden]`.
+    pub token_embedding: Embedding,
+    /// `[max_positions, hidden]`.
+    pub position_embedding: Embedding,
+}
+
+/// Multi-head self-attention with a causal mask (`self_attn.*`).
+#[derive(Module, Debug)]
+pub struct ClipAttention {
+    /// Query projection.
+    pub q_proj: Linear,
+    /// Key projection.
+    pub k_proj: Linear,
+    /// Value projection.
+    pub v_proj: Linear,
+    /// Output projection.
+    pub out_proj: Linear,
+    /// Number of heads.
+    pub heads: usize,
+}
+
+impl ClipAttention {
+    fn load(vb: &WeightsView, cfg: &ClipTextConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            q_proj: Linear::load(&vb.pp("q_proj"), h, h, true)?,
+            k_proj: Linear::load(&vb.pp("k_proj"), h, h, true)?,
+            v_proj: Linear::load(&vb.pp("v_proj"), h, h, true)?,
+            out_proj: Linear::load(&vb.pp("out_proj"), h, h, true)?,
+            heads: cfg.num_attention_heads,
+        })
+    }
+
+    /// # Shapes
+    /// `[B, L, hidden]` → `[B, L, hidden]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, l, h] = x.dims();
+        let d = h / self.heads;
+        let split = |t: Tensor<3>| t.reshape([b, l, self.heads, d]).swap_dims(1, 2);
+        let q = split(self.q_proj.forward(x.clone()));
+        let k = split(self.k_proj.forward(x.clone()));
+        let v = split(self.v_proj.forward(x));
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: true,
+        };
+        let o = attention(q, k, v, None, None, options);
+        self.out_proj
+            .forward(o.swap_dims(1, 2).reshape([b, l, h]))
+    }
+}
+
+/// The feed-forward block (`mlp.fc1`, `mlp.fc2`).
+#[derive(Module, Debug)]
+pub struct ClipMlp {
+    /// `hidden → intermediate`.
+    pub fc1: Linear,
+    /// `intermediate → hidden`.
+    pub fc2: Linear,
+    /// `true` for quick_gelu, `false` for exact GELU.
+    pub quick_gelu: bool,
+}
+
+impl ClipMlp {
+    /// # Shapes
+    /// `[B, L, hidden]` → `[B, L, hidden]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = self.fc1.forward(x);
+        let x = if self.quick_gelu {
+            x.clone() * sigmoid(x * 1.702)
+        } else {
+            gelu(x)
+        };
+        self.fc2.forward(x)
+    }
+}
+
+/// One pre-LayerNorm transformer layer (`encoder.layers.N.*`).
+#[derive(Module, Debug)]
+pub struct ClipEncoderLayer {
+    /// Before attention.
+    pub layer_norm1: LayerNorm,
+    /// Causal self-attention.
+    pub self_attn: ClipAttention,
+    /// Before the MLP.
+    pub layer_norm2: LayerNorm,
+    /// The MLP.
+    pub mlp: ClipMlp,
+}
+
+impl ClipEncoderLayer {
+    fn load(vb: &WeightsView, cfg: &ClipTextConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            layer_norm1: LayerNorm::load(&vb.pp("layer_norm1"), h, cfg.layer_norm_eps)?,
+            self_attn: ClipAttention::load(&vb.pp("self_attn"), cfg)?,
+            layer_norm2: LayerNorm::load(&vb.pp("layer_norm2"), h, cfg.layer_norm_eps)?,
+            mlp: ClipMlp {
+                fc1: Linear::load(&vb.pp("mlp.fc1"), h, cfg.intermediate_size, true)?,
+                fc2: Linear::load(&vb.pp("mlp.fc2"), cfg.intermediate_size, h, true)?,
+                quick_gelu: cfg.activation() == Some(ClipActivation::QuickGelu),
+            },
+        })
+    }
+
+    /// # Shapes
+    /// `[B, L, hidden]` → `[B, L, hidden]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x));
+        x.clone() + self.mlp.forward(self.layer_norm2.forward(x))
+    }
+}
+
+/// The layer stack (`encoder.layers`).
+#[derive(Module, Debug)]
+pub struct ClipEncoder {
+    /// The layers in order.
+    pub layers: Vec<ClipEncoderLayer>,
+}
+
+/// transformers' `CLIPTextModel`: token ids to `last_hidden_state`.
+///
+/// Checkpoints with and without the `text_model.` key prefix (transformers 4 / 5 layouts) are
+/// both read; the `position_ids` buffer some files carry is ignored.
+#[derive(Module, Debug)]
+pub struct ClipTextEncoder {
+    /// Token and position embeddings.
+    pub embeddings: ClipEmbeddings,
+    /// The transformer layers.
+    pub encoder: ClipEncoder,
+    /// Applied to the output of the last layer used.
+    pub final_layer_norm: LayerNorm,
+}
+
+impl ClipTextEncoder {
+    /// Load `config.json` and `model.safetensors` (or `model.<variant>.safetensors`, e.g.
+    /// `fp16`) from a `text_encoder/` folder, creating tensors of `dtype` on `device`.
+    pub fn from_dir(
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+        variant: Option<&str>,
+    ) -> Result<(Self, ClipTextConfig)> {
+        let cfg = ClipTextConfig::from_file(&dir.join("config.json"))?;
+        let file = match variant {
+            Some(v) => dir.join(format!("model.{v}.safetensors")),
+            None => dir.join("model.safetensors"),
+        };
+        let weights = Weights::open_as(&file, device, dtype)?;
+        let model = Self::load(&weights, &cfg)?;
+        Ok((model, cfg))
+    }
+
+    /// Build from an opened weights file; fails on missing, mis-shaped or unused tensors.
+    pub fn load(weights: &Weights, cfg: &ClipTextConfig) -> Result<Self> {
+        let prefix = if weights.contains("text_model.embeddings.token_embedding.weight") {
+            "text_model"
+        } else {
+            ""
+        };
+        let vb = weights.pp(prefix);
+        let h = cfg.hidden_size;
+        let embeddings = ClipEmbeddings {
+            token_embedding: Embedding::load(
+                &vb.pp("embeddings.token_embedding"),
+                cfg.vocab_size,
+                h,
+            )?,
+            position_embedding: Embedding::load(
+                &vb.pp("embeddings.position_embedding"),
+                cfg.max_position_embeddings,
+                h,
+            )?,
+        };
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| ClipEncoderLayer::load(&vb.pp(format!("encoder.layers.{i}")), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let final_layer_norm =
+            LayerNorm::load(&vb.pp("final_layer_norm"), h, cfg.layer_norm_eps)?;
+        weights.finish(|k| k.ends_with("embeddings.position_ids"))?;
+        Ok(Self {
+            embeddings,
+            encoder: ClipEncoder { layers },
+            final_layer_norm,
+        })
+    }
+
+    /// Vocabulary size (rows of the token embedding).
+    pub fn vocab_size(&self) -> usize {
+        self.embeddings.token_embedding.num_embeddings()
+    }
+
+    /// Number of transformer layers.
+    pub fn num_layers(&self) -> usize {
+        self.encoder.layers.len()
+    }
+
+    /// `last_hidden_state` (with `clip_skip = 0`), or diffusers' `clip_skip = n`: the hidden
+    /// states `n` layers before the last, through the final LayerNorm.
+    ///
+    /// # Shapes
+    /// ids `[B, L]` with `L ≤ max_positions` → `[B, L, hidden]`.
+    pub fn forward(&self, ids: Tensor<2, Int>, clip_skip: usize) -> Tensor<3> {
+        let [_, l] = ids.dims();
+        let device = ids.device();
+        let positions = Tensor::<1, Int>::arange(0..l as i64, &device).reshape([1, l]);
+        let mut x = self.embeddings.token_embedding.forward(ids)
+            + self.embeddings.position_embedding.forward(positions);
+        let used = self.encoder.layers.len().saturating_sub(clip_skip);
+        for layer in &self.encoder.layers[..used] {
+            x = layer.forward(x);
+        }
+        self.final_layer_norm.forward(x)
+    }
+
+    /// Encode rows of token ids (from [`ClipTokenizer`](crate::tokenizer::ClipTokenizer)),
+    /// checking every id and length first.
+    ///
+    /// # Shapes
+    /// `B` rows of `L` ids → `[B, L, hidden]`.
+    pub fn encode(&self, ids: &[Vec<u32>], clip_skip: usize) -> Result<Tensor<3>> {
+        let l = ids.first().map(Vec::len).unwrap_or(0);
+        let max_pos = self.embeddings.position_embedding.num_embeddings();
+        if ids.is_empty() || l == 0 || l > max_pos || ids.iter().any(|r| r.len() != l) {
+            return Err(Error::Shape {
+                what: "input_ids".into(),
+                expected: format!("B ≥ 1 rows of equal length 1..={max_pos}"),
+                got: ids.iter().map(Vec::len).collect(),
+            });
+        }
+        if clip_skip >= self.num_layers() {
+            return Err(Error::invalid(
+                "clip_skip",
+                format!("{clip_skip}, the text encoder has {} layers", self.num_layers()),
+            ));
+        }
+        let vocab = self.vocab_size();
+        if let Some(bad) = ids.iter().flatten().find(|&&i| i as usize >= vocab) {
+            return Err(Error::invalid(
+                "input_ids",
+                format!("token id {bad} is outside the text encoder's vocabulary of {vocab}"),
+            ));
+        }
+        let flat: Vec<i64> = ids.iter().flatten().map(|&i| i as i64).collect();
+        let device = self.embeddings.token_embedding.weight.device();
+        let t = Tensor::<2, Int>::from_data(TensorData::new(flat, [ids.len(), l]), &device);
+        Ok(self.forward(t, clip_skip))
+    }
+}

@@ -1,0 +1,31 @@
+//! # layret-core
+//!
+//! The Stable Diffusion stack of layret, usable on its own: the CLIP tokenizer and text encoder,
+//! checked safetensors loading, and the one [`Error`] type of the crate family. Every model part
+//! is checked against PyTorch `transformers`/`diffusers` outputs on the same weights (see
+//! `tools/reference/` and `tests/` in the repository).
+//!
+//! Everything runs on burn 0.22: tensors carry no backend type parameter; the
+//! [`Device`](burn::tensor::Device) chosen at run time (flex CPU, wgpu, cuda) decides.
+//!
+//! ```no_run
+//! use layret_core::{clip::ClipTextEncoder, tokenizer::ClipTokenizer};
+//! # fn main() -> layret_core::Result<()> {
+//! let device = burn::tensor::Device::flex();
+//! let dir = std::path::Path::new("stable-diffusion-v1-5");
+//! let tokenizer = ClipTokenizer::from_model_dir(dir)?;
+//! let (encoder, _cfg) = ClipTextEncoder::from_dir(
+//!     &dir.join("text_encoder"), &device, burn::tensor::DType::F32, None)?;
+//! let ids = tokenizer.encode("a photo of a dog")?;          // 77 ids
+//! let hidden = encoder.encode(&[ids], 0)?;                 // [1, 77, 768]
+//! # Ok(()) }
+//! ```
+
+pub mod clip;
+mod config_file;
+pub mod error;
+pub mod nn;
+pub mod tokenizer;
+pub mod weights;
+
+pub use error::{Error, Result};

@@ -1,0 +1,49 @@
+use burn::module::{Module, Param};
+use burn::tensor::Tensor;
+use burn::tensor::ops::ConvOptions;
+
+use crate::error::Result;
+use crate::weights::WeightsView;
+
+/// PyTorch's `nn.Conv2d` (square kernel, equal stride and padding on both axes, with bias).
+#[derive(Module, Debug)]
+pub struct Conv2d {
+    /// `[out, in, k, k]`.
+    pub weight: Param<Tensor<4>>,
+    /// `[out]`.
+    pub bias: Param<Tensor<1>>,
+    /// Stride on both axes.
+    pub stride: usize,
+    /// Zero padding on both axes.
+    pub padding: usize,
+}
+
+impl Conv2d {
+    /// Load `weight` `[out, in, k, k]` and `bias` `[out]`.
+    pub fn load(
+        vb: &WeightsView,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: Param::from_tensor(vb.tensor("weight", [c_out, c_in, kernel, kernel])?),
+            bias: Param::from_tensor(vb.tensor("bias", [c_out])?),
+            stride,
+            padding,
+        })
+    }
+
+    /// # Shapes
+    /// `[B, in, H, W]` → `[B, out, H', W']`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        burn::tensor::module::conv2d(
+            x,
+            self.weight.val(),
+            Some(self.bias.val()),
+            ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1),
+        )
+    }
+}

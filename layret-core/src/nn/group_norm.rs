@@ -1,0 +1,43 @@
+use burn::module::{Module, Param};
+use burn::tensor::Tensor;
+
+use crate::error::Result;
+use crate::weights::WeightsView;
+
+/// PyTorch's `nn.GroupNorm` on `[B, C, H, W]` (biased variance per group, affine per channel).
+#[derive(Module, Debug)]
+pub struct GroupNorm {
+    /// `[C]`.
+    pub weight: Param<Tensor<1>>,
+    /// `[C]`.
+    pub bias: Param<Tensor<1>>,
+    /// Number of groups; divides `C`.
+    pub groups: usize,
+    /// Added to the variance.
+    pub eps: f64,
+}
+
+impl GroupNorm {
+    /// Load `weight` and `bias`, both `[channels]`.
+    pub fn load(vb: &WeightsView, groups: usize, channels: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: Param::from_tensor(vb.tensor("weight", [channels])?),
+            bias: Param::from_tensor(vb.tensor("bias", [channels])?),
+            groups,
+            eps,
+        })
+    }
+
+    /// # Shapes
+    /// `[B, C, H, W]` → `[B, C, H, W]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, c, h, w] = x.dims();
+        let g = self.groups;
+        let xg = x.reshape([b, g, (c / g) * h * w]);
+        let (var, mean) = xg.clone().var_mean_bias(2);
+        let xg = (xg - mean).div(var.add_scalar(self.eps).sqrt());
+        let x = xg.reshape([b, c, h, w]);
+        x.mul(self.weight.val().reshape([1, c, 1, 1]))
+            .add(self.bias.val().reshape([1, c, 1, 1]))
+    }
+}

@@ -1,0 +1,40 @@
+use burn::module::{Module, Param};
+use burn::tensor::Tensor;
+
+use crate::error::Result;
+use crate::weights::WeightsView;
+
+/// PyTorch's `nn.LayerNorm` over the last dimension (biased variance, f32 statistics).
+#[derive(Module, Debug)]
+pub struct LayerNorm {
+    /// `[d]`.
+    pub weight: Param<Tensor<1>>,
+    /// `[d]`.
+    pub bias: Param<Tensor<1>>,
+    /// Added to the variance.
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    /// Load `weight` and `bias`, both `[d]`.
+    pub fn load(vb: &WeightsView, d: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: Param::from_tensor(vb.tensor("weight", [d])?),
+            bias: Param::from_tensor(vb.tensor("bias", [d])?),
+            eps,
+        })
+    }
+
+    /// # Shapes
+    /// `[..., d]` → `[..., d]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let (var, mean) = x.clone().var_mean_bias(D - 1);
+        let x = (x - mean).div(var.add_scalar(self.eps).sqrt());
+        let shape = {
+            let mut s = [1usize; D];
+            s[D - 1] = self.weight.dims()[0];
+            s
+        };
+        x.mul(self.weight.val().reshape(shape)).add(self.bias.val().reshape(shape))
+    }
+}

@@ -1,0 +1,41 @@
+use burn::module::{Module, Param};
+use burn::tensor::Tensor;
+
+use crate::error::Result;
+use crate::weights::WeightsView;
+
+/// `y = x Wᵀ + b`, PyTorch's `nn.Linear`.
+///
+/// The checkpoint stores `weight` as `[out, in]`; it is kept transposed as `[in, out]` (burn's
+/// layout) so the forward pass is one matmul without a per-call transpose.
+#[derive(Module, Debug)]
+pub struct Linear {
+    /// `[in, out]`.
+    pub weight: Param<Tensor<2>>,
+    /// `[out]`.
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+impl Linear {
+    /// Load `weight` `[out, in]` (and `bias` `[out]` if `bias`) from `vb`.
+    pub fn load(vb: &WeightsView, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
+        let weight = vb.tensor("weight", [d_out, d_in])?.transpose();
+        // Make the transposed weight contiguous once, at load time.
+        let weight = Tensor::from_data(weight.into_data(), vb.device());
+        let bias = if bias {
+            Some(Param::from_tensor(vb.tensor("bias", [d_out])?))
+        } else {
+            None
+        };
+        Ok(Self {
+            weight: Param::from_tensor(weight),
+            bias,
+        })
+    }
+
+    /// # Shapes
+    /// `[..., in]` → `[..., out]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        burn::tensor::module::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+    }
+}

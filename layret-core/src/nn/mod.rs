@@ -1,0 +1,14 @@
+//! Building blocks whose parameter names are the PyTorch checkpoint's (`weight`, `bias`), loaded
+//! from a [`WeightsView`](crate::weights::WeightsView) with the shapes the config implies.
+
+mod conv2d;
+mod embedding;
+mod group_norm;
+mod layer_norm;
+mod linear;
+
+pub use conv2d::Conv2d;
+pub use embedding::Embedding;
+pub use group_norm::GroupNorm;
+pub use layer_norm::LayerNorm;
+pub use linear::Linear;

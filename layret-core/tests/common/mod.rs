@@ -1,0 +1,48 @@
+//! Helpers shared by the integration tests: fixture paths and golden tensors.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use burn::tensor::{Device, Tensor};
+use safetensors::{Dtype, SafeTensors};
+
+/// `tests/fixtures/` at the repository root.
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+/// The flex CPU device the tests run on.
+pub fn device() -> Device {
+    Device::flex()
+}
+
+/// A golden tensor as (values, shape); f32 and i64 tensors are returned as f64 values.
+pub fn golden(file: &str, key: &str) -> (Vec<f64>, Vec<usize>) {
+    let path = fixtures().join("golden").join(file);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(key).unwrap_or_else(|e| panic!("{file}:{key}: {e}"));
+    let data = t.data();
+    let values = match t.dtype() {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
+        Dtype::I64 => data
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
+        d => panic!("{file}:{key}: unexpected dtype {d:?}"),
+    };
+    (values, t.shape().to_vec())
+}
+
+/// Max absolute difference between a tensor and a golden, after checking shapes.
+pub fn max_abs_diff<const D: usize>(got: Tensor<D>, want: &(Vec<f64>, Vec<usize>)) -> f64 {
+    assert_eq!(got.dims().to_vec(), want.1, "shape");
+    let got: Vec<f32> = got.into_data().convert::<f32>().to_vec().unwrap();
+    got.iter()
+        .zip(&want.0)
+        .map(|(a, b)| (*a as f64 - b).abs())
+        .fold(0.0, f64::max)
+}

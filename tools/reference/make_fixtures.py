@@ -1,0 +1,304 @@
+#!/usr/bin/env python3
+"""Write layret's test fixtures: tiny random-weight models in the diffusers folder layout and
+golden tensors computed with PyTorch diffusers/transformers on those weights.
+
+Deterministic: every component is built from its own fixed seed, so adding a component never
+changes the others. Rerun from the repository root:
+
+    python3 tools/reference/make_fixtures.py            # writes tests/fixtures/
+
+See tools/reference/README.md for the Python packages (pinned in requirements.txt).
+"""
+
+import gzip
+import io
+import json
+import os
+import shutil
+import sys
+import zipfile
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+ROOT = Path(__file__).resolve().parents[2]
+FIX = ROOT / "tests" / "fixtures"
+GOLDEN = FIX / "golden"
+
+torch.set_num_threads(1)
+torch.use_deterministic_algorithms(True)
+
+
+def check_environment():
+    if not transformers.__version__.startswith("5."):
+        sys.exit(
+            f"transformers {transformers.__version__}: the fixtures are made with transformers 5 "
+            "(its CLIPTokenizer is the tokenizers-backed one); see requirements.txt"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The real CLIP BPE vocabulary, from open_clip_torch's bpe_simple_vocab_16e6.txt.gz
+# ---------------------------------------------------------------------------------------------
+
+
+@lru_cache()
+def bytes_to_unicode():
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1)
+    )
+    cs = bs[:]
+    n = 0
+    for b in range(2**8):
+        if b not in bs:
+            bs.append(b)
+            cs.append(2**8 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def find_bpe_vocab_gz() -> bytes:
+    """Read bpe_simple_vocab_16e6.txt.gz from the installed open_clip package or its wheel."""
+    try:
+        import open_clip  # noqa: F401
+
+        p = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+        return p.read_bytes()
+    except ImportError:
+        pass
+    wheel_dir = Path(os.environ.get("OPEN_CLIP_WHEEL_DIR", ROOT / "tools" / "reference" / ".cache"))
+    for whl in sorted(wheel_dir.glob("open_clip_torch-*.whl")):
+        with zipfile.ZipFile(whl) as z:
+            return z.read("open_clip/bpe_simple_vocab_16e6.txt.gz")
+    sys.exit(
+        "open_clip's bpe_simple_vocab_16e6.txt.gz not found: `pip download --no-deps "
+        "open_clip_torch==3.3.0 -d tools/reference/.cache` (see README.md)"
+    )
+
+
+def write_clip_vocab(out_dir: Path):
+    """vocab.json + merges.txt exactly as CLIP builds its 49408-token vocabulary."""
+    lines = gzip.open(io.BytesIO(find_bpe_vocab_gz())).read().decode("utf-8").split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]
+    merges = [tuple(m.split()) for m in merges]
+    vocab = list(bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab]
+    for m in merges:
+        vocab.append("".join(m))
+    vocab.extend(["<|startoftext|>", "<|endoftext|>"])
+    assert len(vocab) == 49408, len(vocab)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    encoder = {v: i for i, v in enumerate(vocab)}
+    (out_dir / "vocab.json").write_text(json.dumps(encoder, ensure_ascii=False), encoding="utf-8")
+    with open(out_dir / "merges.txt", "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n")
+        for m in merges:
+            f.write(" ".join(m) + "\n")
+
+
+def write_tokenizer(folder: Path, pad_token: str, with_tokenizer_json: bool):
+    """A model folder's tokenizer/: vocab.json, merges.txt, configs (and tokenizer.json)."""
+    from transformers import CLIPTokenizer
+
+    tmp = folder / "_vocab"
+    write_clip_vocab(tmp)
+    tok = CLIPTokenizer(str(tmp / "vocab.json"), str(tmp / "merges.txt"), pad_token=pad_token)
+    tok.model_max_length = 77
+    out = folder / "tokenizer"
+    if out.exists():
+        shutil.rmtree(out)
+    tok.save_pretrained(str(out))
+    # transformers 5 saves only tokenizer.json; SD folders on the Hub carry vocab.json and
+    # merges.txt (and often no tokenizer.json): write both layouts.
+    shutil.copy(tmp / "vocab.json", out / "vocab.json")
+    shutil.copy(tmp / "merges.txt", out / "merges.txt")
+    if not with_tokenizer_json:
+        (out / "tokenizer.json").unlink()
+    shutil.rmtree(tmp)
+    return CLIPTokenizer.from_pretrained(str(out))
+
+
+PROMPTS = [
+    "a photo of a dog",
+    "A Photo Of A DOG",
+    "a sks dog surfing a wave",
+    "  a   dog\twith \n  weird    spacing  ",
+    "",
+    "dog",
+    "a cat, sitting on a mat; with a hat!",
+    "what's the dog's name? it's rex, isn't it",
+    "I've been there, you'll see, we'd go, they're here, I'm fine",
+    "there are 3 dogs and 12 cats, 3.14159 and 1,000,000",
+    "the year 2024 in 4k, 8K UHD, 1080p",
+    "café crème brûlée naïve",
+    "Ünïcödé ÀÉÎÕÜ ß ﬁ",
+    "東京の犬 and 北京的猫",
+    "a photo of a 🐶 with 🎉 emoji 👍🏽",
+    "a <cat-toy> on the beach",
+    "<new1> dog in a bucket",
+    "a photo of a sks backpack in the grand canyon",
+    "hyper-realistic, ultra-detailed, trending on artstation",
+    "C++ and C# & Rust == fun?!",
+    "email@example.com http://example.com/path?x=1",
+    "((masterpiece)), [best quality], {detailed}",
+    "a dog -- running -- fast...",
+    "\"quoted\" and 'single quoted' text",
+    "tab\tseparated\tvalues",
+    "newline\nseparated\nlines",
+    "mixedCASE WordsWithCaps camelCase",
+    "α β γ δ ε greek letters",
+    "привет мир собака",
+    "a photo of a cat<|endoftext|>ignored tail",
+    "the quick brown fox jumps over the lazy dog " * 5,
+    "word " * 60,
+    "a red cube on top of a blue sphere, studio lighting, 85mm, f/1.8",
+    "a " + "very " * 80 + "long prompt",
+    "a " * 75,  # exactly 77 tokens with BOS/EOS: fits
+    "a " * 76,  # 78 tokens: too long by one
+]
+
+
+def tokenizer_goldens(name: str, tok):
+    ids = []
+    lengths = []
+    for p in PROMPTS:
+        enc = tok(p, padding="max_length", max_length=77, truncation=True)
+        ids.append(enc["input_ids"])
+        lengths.append(len(tok(p)["input_ids"]))  # untruncated length incl. BOS/EOS
+    doc = {
+        "tokenizer": f"transformers {transformers.__version__} CLIPTokenizer",
+        "pad_token_id": tok.pad_token_id,
+        "cases": [
+            {"prompt": p, "ids": i, "untruncated_len": n} for p, i, n in zip(PROMPTS, ids, lengths)
+        ],
+        "phrases": [
+            {"phrase": ph, "ids": tok(ph, add_special_tokens=False)["input_ids"]}
+            for ph in ["sks dog", "dog", "cat toy", "a photo of", "<cat-toy>", "grand canyon"]
+        ],
+    }
+    GOLDEN.mkdir(parents=True, exist_ok=True)
+    (GOLDEN / f"tokenizer_{name}.json").write_text(
+        json.dumps(doc, ensure_ascii=False, indent=1), encoding="utf-8"
+    )
+    return ids
+
+
+# ---------------------------------------------------------------------------------------------
+# CLIP text encoders
+# ---------------------------------------------------------------------------------------------
+
+
+def perturb_(model, seed: int):
+    """Random biases and norm scales (default init leaves them 0/1, which hides bugs)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+            elif "norm" in name and name.endswith("weight"):
+                p.mul_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+
+
+def make_text_encoder(
+    name: str, seed: int, hidden_act: str, pad_token_id: int, dtype, legacy_keys: bool
+):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    cfg = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=16,
+        intermediate_size=37,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        hidden_act=hidden_act,
+        layer_norm_eps=1e-5,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=pad_token_id,
+        projection_dim=16,
+    )
+    model = CLIPTextModel(cfg).eval()
+    perturb_(model, seed + 1)
+    out = FIX / name / "text_encoder"
+    if out.exists():
+        shutil.rmtree(out)
+    model.to(dtype).save_pretrained(str(out), safe_serialization=True)
+    if legacy_keys:
+        # The layout of SD 1.x/2.x checkpoints saved by transformers 4: a `text_model.` prefix
+        # and the `position_ids` buffer. layret must load both layouts.
+        f = out / "model.safetensors"
+        sd = load_file(str(f))
+        sd = {"text_model." + k: v for k, v in sd.items()}
+        sd["text_model.embeddings.position_ids"] = torch.arange(77, dtype=torch.int64)[None]
+        save_file(sd, str(f), metadata={"format": "pt"})
+    # Goldens are computed in fp32 from exactly the stored (possibly fp16-rounded) weights.
+    loaded = CLIPTextModel.from_pretrained(str(out), torch_dtype=torch.float32).eval()
+    ref = model.to(dtype).to(torch.float32)
+    for (k, a), (_, b) in zip(ref.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), f"{name}: {k} did not round-trip through the saved file"
+    return loaded
+
+
+def text_encoder_goldens(name: str, model, ids):
+    sel = [0, 2, 5, 12, 15, 30]
+    input_ids = torch.tensor([ids[i] for i in sel], dtype=torch.int64)
+    with torch.no_grad():
+        out = model(input_ids=input_ids, output_hidden_states=True)
+        last = out.last_hidden_state
+        # diffusers' clip_skip=1: the penultimate layer's hidden states through final_layer_norm
+        skip1 = model.final_layer_norm(out.hidden_states[-2])
+    save_file(
+        {
+            "input_ids": input_ids.contiguous(),
+            "last_hidden_state": last.contiguous(),
+            "clip_skip_1": skip1.contiguous(),
+        },
+        str(GOLDEN / f"clip_{name}.safetensors"),
+    )
+
+
+def write_model_index(name: str, components: dict):
+    idx = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.36.0"}
+    idx.update(components)
+    (FIX / name / "model_index.json").write_text(json.dumps(idx, indent=2) + "\n")
+
+
+def main():
+    check_environment()
+    FIX.mkdir(parents=True, exist_ok=True)
+    GOLDEN.mkdir(parents=True, exist_ok=True)
+
+    # SD 1.x-style tiny model: pads with <|endoftext|>, quick_gelu, fp16 weights on disk.
+    tok1 = write_tokenizer(FIX / "sd1-tiny", pad_token="<|endoftext|>", with_tokenizer_json=False)
+    ids1 = tokenizer_goldens("sd1-tiny", tok1)
+    te1 = make_text_encoder(
+        "sd1-tiny", 1000, "quick_gelu", tok1.pad_token_id, torch.float16, legacy_keys=True
+    )
+    text_encoder_goldens("sd1-tiny", te1, ids1)
+
+    # SD 2.x-style tiny model: pads with "!", gelu, tokenizer.json present, fp16 weights.
+    tok2 = write_tokenizer(FIX / "sd2-tiny", pad_token="!", with_tokenizer_json=True)
+    ids2 = tokenizer_goldens("sd2-tiny", tok2)
+    te2 = make_text_encoder(
+        "sd2-tiny", 2000, "gelu", tok2.pad_token_id, torch.float16, legacy_keys=False
+    )
+    text_encoder_goldens("sd2-tiny", te2, ids2)
+
+    for name in ["sd1-tiny", "sd2-tiny"]:
+        write_model_index(
+            name,
+            {
+                "text_encoder": ["transformers", "CLIPTextModel"],
+                "tokenizer": ["transformers", "CLIPTokenizer"],
+            },
+        )
+    print("fixtures written to", FIX)
+
+
+if __name__ == "__main__":
+    main()
