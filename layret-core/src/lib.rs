@@ -21,11 +21,13 @@
 //! # Ok(()) }
 //! ```
 
+pub mod attention;
 pub mod clip;
 mod config_file;
 pub mod error;
 pub mod nn;
 pub mod tokenizer;
+pub mod unet;
 pub mod weights;
 
 pub use error::{Error, Result};

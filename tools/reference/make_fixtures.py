@@ -113,9 +113,13 @@ def write_tokenizer(folder: Path, pad_token: str, with_tokenizer_json: bool):
     tok.save_pretrained(str(out))
     # transformers 5 saves only tokenizer.json; SD folders on the Hub carry vocab.json and
     # merges.txt (and often no tokenizer.json): write both layouts.
-    shutil.copy(tmp / "vocab.json", out / "vocab.json")
-    shutil.copy(tmp / "merges.txt", out / "merges.txt")
-    if not with_tokenizer_json:
+    if with_tokenizer_json:
+        # Only tokenizer.json (keeps the fixtures small; sd1-tiny has the other layout).
+        for f in ["vocab.json", "merges.txt"]:
+            (out / f).unlink(missing_ok=True)
+    else:
+        shutil.copy(tmp / "vocab.json", out / "vocab.json")
+        shutil.copy(tmp / "merges.txt", out / "merges.txt")
         (out / "tokenizer.json").unlink()
     shutil.rmtree(tmp)
     return CLIPTokenizer.from_pretrained(str(out))
@@ -268,6 +272,256 @@ def write_model_index(name: str, components: dict):
     (FIX / name / "model_index.json").write_text(json.dumps(idx, indent=2) + "\n")
 
 
+# ---------------------------------------------------------------------------------------------
+# UNet, VAE, scheduler
+# ---------------------------------------------------------------------------------------------
+
+SCHED_SD = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    timestep_spacing="leading",
+)
+
+
+def unet_kwargs(sd2: bool):
+    return dict(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(16, 32, 32),
+        layers_per_block=2,
+        cross_attention_dim=16,
+        # SD 1.x: one int that diffusers reads as the head *count*; SD 2.x: a per-block list.
+        attention_head_dim=[2, 4, 4] if sd2 else 2,
+        use_linear_projection=sd2,
+        upcast_attention=sd2,
+        norm_num_groups=8,
+        norm_eps=1e-5,
+        flip_sin_to_cos=True,
+        freq_shift=0,
+    )
+
+
+def make_unet(name: str, seed: int, sd2: bool, dtype):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**unet_kwargs(sd2)).eval()
+    perturb_(unet, seed + 1)
+    out = FIX / name / "unet"
+    if out.exists():
+        shutil.rmtree(out)
+    unet.to(dtype).save_pretrained(str(out), safe_serialization=True)
+    # Goldens in fp32 from exactly the stored (possibly fp16-rounded) weights.
+    return UNet2DConditionModel.from_pretrained(str(out), torch_dtype=torch.float32).eval()
+
+
+def make_vae(name: str, seed: int):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=128,
+        scaling_factor=0.18215,
+    ).eval()
+    perturb_(vae, seed + 1)
+    out = FIX / name / "vae"
+    if out.exists():
+        shutil.rmtree(out)
+    vae.save_pretrained(str(out), safe_serialization=True)
+    return AutoencoderKL.from_pretrained(str(out)).eval()
+
+
+def make_scheduler(name: str, prediction_type: str):
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(**SCHED_SD, prediction_type=prediction_type)
+    out = FIX / name / "scheduler"
+    if out.exists():
+        shutil.rmtree(out)
+    sched.save_pretrained(str(out))
+    return DDIMScheduler.from_pretrained(str(out))
+
+
+def unet_goldens(name: str, unet, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    sample = torch.randn(2, 4, 16, 16, generator=g)
+    ctx = torch.randn(2, 77, 16, generator=g)
+    out = {"sample": sample, "encoder_hidden_states": ctx}
+    with torch.no_grad():
+        for t in [981, 1]:
+            out[f"eps_t{t}"] = unet(sample, t, encoder_hidden_states=ctx).sample
+    save_file({k: v.contiguous() for k, v in out.items()}, str(GOLDEN / f"unet_{name}.safetensors"))
+
+
+def vae_goldens(name: str, vae, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    # A smooth image in [-1, 1] (a random field upsampled) and random latents.
+    image = torch.nn.functional.interpolate(
+        torch.rand(1, 3, 16, 16, generator=g) * 2 - 1, size=(128, 128), mode="bilinear"
+    )
+    latents = torch.randn(1, 4, 16, 16, generator=g)
+    noise = torch.randn(1, 4, 16, 16, generator=g)
+    with torch.no_grad():
+        dist = vae.encode(image).latent_dist
+        decoded = vae.decode(latents).sample
+    save_file(
+        {
+            "image": image.contiguous(),
+            "latent_mean": dist.mean.contiguous(),
+            "latent_std": dist.std.contiguous(),
+            "sample_noise": noise,
+            "latent_sample": (dist.mean + dist.std * noise).contiguous(),
+            "latents": latents,
+            "decoded": decoded.contiguous(),
+        },
+        str(GOLDEN / f"vae_{name}.safetensors"),
+    )
+
+
+SCHED_CASES = {
+    "sd1_leading": dict(SCHED_SD, prediction_type="epsilon"),
+    "sd2_vpred": dict(SCHED_SD, prediction_type="v_prediction"),
+    "trailing_alpha_one": dict(
+        SCHED_SD, timestep_spacing="trailing", steps_offset=0, set_alpha_to_one=True
+    ),
+    "linspace": dict(SCHED_SD, timestep_spacing="linspace", steps_offset=0),
+    "linear_betas_clip": dict(
+        SCHED_SD, beta_schedule="linear", beta_start=0.0001, beta_end=0.02, clip_sample=True
+    ),
+}
+
+
+def scheduler_goldens():
+    """DDIM alone: timesteps and 5 steps on random samples/model outputs, eta 0 and 0.5."""
+    from diffusers import DDIMScheduler
+
+    out, cases = {}, {}
+    for i, (case, cfg) in enumerate(SCHED_CASES.items()):
+        cases[case] = cfg
+        sched = DDIMScheduler(**cfg)
+        sched.set_timesteps(50)
+        out[f"{case}.timesteps50"] = sched.timesteps.clone()
+        out[f"{case}.alphas_cumprod"] = sched.alphas_cumprod.clone()
+        for eta in [0.0, 0.5]:
+            g = torch.Generator().manual_seed(100 + i)
+            sched = DDIMScheduler(**cfg)
+            sched.set_timesteps(5)
+            out[f"{case}.timesteps5"] = sched.timesteps.clone()
+            x = torch.randn(1, 4, 8, 8, generator=g)
+            out[f"{case}.eta{eta}.x0"] = x.clone()
+            for k, t in enumerate(sched.timesteps):
+                eps = torch.randn(1, 4, 8, 8, generator=g)
+                vn = torch.randn(1, 4, 8, 8, generator=g)
+                out[f"{case}.eta{eta}.model_output{k}"] = eps
+                out[f"{case}.eta{eta}.variance_noise{k}"] = vn
+                x = sched.step(eps, t, x, eta=eta, variance_noise=vn).prev_sample
+                out[f"{case}.eta{eta}.x{k + 1}"] = x.clone()
+    save_file({k: v.contiguous() for k, v in out.items()}, str(GOLDEN / "ddim.safetensors"))
+    (GOLDEN / "ddim_cases.json").write_text(json.dumps(cases, indent=1) + "\n")
+
+
+def encode_prompts(tok, te, prompts):
+    ids = tok(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        return te(ids.input_ids).last_hidden_state
+
+
+def inversion_goldens(name: str, tok, te, unet, sched, vae):
+    """DDIM inversion exactly as METHOD.md defines it (N = 5, no CFG, prompt y_r)."""
+    g = torch.Generator().manual_seed(31)
+    image = torch.nn.functional.interpolate(
+        torch.rand(1, 3, 16, 16, generator=g) * 2 - 1, size=(128, 128), mode="bilinear"
+    )
+    s = vae.config.scaling_factor
+    with torch.no_grad():
+        x = vae.encode(image).latent_dist.mean * s
+    cond = encode_prompts(tok, te, ["a photo of a sks dog"])
+    n = 5
+    sched.set_timesteps(n)
+    step = sched.config.num_train_timesteps // n
+    ac = sched.alphas_cumprod
+    final = torch.tensor(1.0) if sched.config.set_alpha_to_one else ac[0]
+    out = {"image": image.contiguous(), "x_start": x.clone()}
+    for j, t in enumerate(reversed(sched.timesteps.tolist())):
+        tm = t - step
+        a_tm = ac[tm] if tm >= 0 else final
+        a_t = ac[t]
+        with torch.no_grad():
+            model_out = unet(x, t, encoder_hidden_states=cond).sample
+        if sched.config.prediction_type == "v_prediction":
+            # v -> eps at the current latent's noise level (that of t^-)
+            eps = a_tm.sqrt() * model_out + (1 - a_tm).sqrt() * x
+        else:
+            eps = model_out
+        x0 = (x - (1 - a_tm).sqrt() * eps) / a_tm.sqrt()
+        x = a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps
+        out[f"z_t{t}"] = x.clone()
+    save_file(out, str(GOLDEN / f"inversion_{name}.safetensors"))
+
+
+def pipeline_goldens(name: str, tok, te, unet, sched, vae):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=te,
+        tokenizer=tok,
+        unet=unet,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(7)
+    noise = torch.randn(2, 4, 16, 16, generator=g)
+    traj = []
+
+    def on_step(p, i, t, kw):
+        traj.append(kw["latents"].clone())
+        return kw
+
+    kwargs = dict(
+        prompt="a photo of a sks dog surfing",
+        negative_prompt="blurry",
+        num_inference_steps=5,
+        guidance_scale=7.5,
+        height=128,
+        width=128,
+        num_images_per_prompt=2,
+        latents=noise.clone(),
+    )
+    with torch.no_grad():
+        lat = pipe(**kwargs, output_type="latent", callback_on_step_end=on_step).images
+        img = pipe(**kwargs, output_type="np").images
+    image_u8 = torch.from_numpy((img * 255).round().astype("uint8"))
+    save_file(
+        {
+            "noise": noise,
+            "trajectory": torch.stack(traj).contiguous(),
+            "latents": lat.contiguous(),
+            "image_u8": image_u8.contiguous(),
+        },
+        str(GOLDEN / f"pipeline_{name}.safetensors"),
+    )
+
+
 def main():
     check_environment()
     FIX.mkdir(parents=True, exist_ok=True)
@@ -289,12 +543,36 @@ def main():
     )
     text_encoder_goldens("sd2-tiny", te2, ids2)
 
+    unet1 = make_unet("sd1-tiny", 1100, sd2=False, dtype=torch.float32)
+    unet2 = make_unet("sd2-tiny", 2100, sd2=True, dtype=torch.float16)
+    unet_goldens("sd1-tiny", unet1, 1200)
+    unet_goldens("sd2-tiny", unet2, 2200)
+    vae1 = make_vae("sd1-tiny", 1300)
+    vae2 = make_vae("sd2-tiny", 2300)
+    vae_goldens("sd1-tiny", vae1, 1400)
+    vae_goldens("sd2-tiny", vae2, 2400)
+    sched1 = make_scheduler("sd1-tiny", "epsilon")
+    sched2 = make_scheduler("sd2-tiny", "v_prediction")
+    scheduler_goldens()
+    for name, tok, te, unet, sched, vae in [
+        ("sd1-tiny", tok1, te1, unet1, sched1, vae1),
+        ("sd2-tiny", tok2, te2, unet2, sched2, vae2),
+    ]:
+        inversion_goldens(name, tok, te, unet, sched, vae)
+        pipeline_goldens(name, tok, te, unet, sched, vae)
+
     for name in ["sd1-tiny", "sd2-tiny"]:
         write_model_index(
             name,
             {
+                "feature_extractor": [None, None],
+                "requires_safety_checker": False,
+                "safety_checker": [None, None],
+                "scheduler": ["diffusers", "DDIMScheduler"],
                 "text_encoder": ["transformers", "CLIPTextModel"],
                 "tokenizer": ["transformers", "CLIPTokenizer"],
+                "unet": ["diffusers", "UNet2DConditionModel"],
+                "vae": ["diffusers", "AutoencoderKL"],
             },
         )
     print("fixtures written to", FIX)

@@ -6,9 +6,11 @@ mod embedding;
 mod group_norm;
 mod layer_norm;
 mod linear;
+mod resize;
 
 pub use conv2d::Conv2d;
 pub use embedding::Embedding;
 pub use group_norm::GroupNorm;
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
+pub use resize::{nearest_indices, resize_nearest};

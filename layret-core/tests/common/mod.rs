@@ -46,3 +46,19 @@ pub fn max_abs_diff<const D: usize>(got: Tensor<D>, want: &(Vec<f64>, Vec<usize>
         .map(|(a, b)| (*a as f64 - b).abs())
         .fold(0.0, f64::max)
 }
+
+/// A golden f32 tensor loaded onto the test device.
+pub fn golden_tensor<const D: usize>(file: &str, key: &str) -> Tensor<D> {
+    let (values, shape) = golden(file, key);
+    let values: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+    let shape: [usize; D] = shape.try_into().unwrap_or_else(|s| panic!("{key}: rank of {s:?}"));
+    Tensor::from_data(burn::tensor::TensorData::new(values, shape), &device())
+}
+
+/// A fresh empty temporary folder for one test.
+pub fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("layret-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

@@ -1,0 +1,241 @@
+use burn::module::Module;
+use burn::tensor::Tensor;
+
+use super::resnet::ResnetBlock2D;
+use super::transformer::Transformer2D;
+use crate::attention::AttentionHook;
+use crate::error::Result;
+use crate::nn::{Conv2d, resize_nearest};
+use crate::weights::WeightsView;
+
+/// `downsamplers.0`: a 3×3 convolution with stride 2 and padding 1.
+#[derive(Module, Debug)]
+pub struct Downsample2D {
+    /// The strided convolution.
+    pub conv: Conv2d,
+}
+
+/// `upsamplers.0`: nearest-neighbour 2× (or to the skip's size) then a 3×3 convolution.
+#[derive(Module, Debug)]
+pub struct Upsample2D {
+    /// The convolution after upsampling.
+    pub conv: Conv2d,
+}
+
+impl Upsample2D {
+    /// # Shapes
+    /// `[B, C, H, W]` → `[B, C, height, width]` (normally `2H × 2W`).
+    pub fn forward(&self, x: Tensor<4>, height: usize, width: usize) -> Tensor<4> {
+        self.conv.forward(resize_nearest(x, height, width))
+    }
+}
+
+/// What a block needs to know to load.
+pub(crate) struct BlockSpec<'a> {
+    pub temb: usize,
+    pub groups: usize,
+    pub eps: f64,
+    pub heads: usize,
+    pub context_dim: usize,
+    pub linear_projection: bool,
+    pub path: &'a str,
+}
+
+impl BlockSpec<'_> {
+    fn resnet(&self, vb: &WeightsView, c_in: usize, c_out: usize) -> Result<ResnetBlock2D> {
+        ResnetBlock2D::load(vb, c_in, c_out, Some(self.temb), self.groups, self.eps)
+    }
+
+    fn transformer(&self, vb: &WeightsView, c: usize, j: usize) -> Result<Transformer2D> {
+        Transformer2D::load(
+            &vb.pp(format!("attentions.{j}")),
+            c,
+            self.heads,
+            self.context_dim,
+            self.groups,
+            self.linear_projection,
+            &format!("{}.attentions.{j}", self.path),
+        )
+    }
+}
+
+/// `CrossAttnDownBlock2D` (with `attentions`) or `DownBlock2D` (without).
+#[derive(Module, Debug)]
+pub struct DownBlock {
+    /// `resnets.N`.
+    pub resnets: Vec<ResnetBlock2D>,
+    /// `attentions.N`, empty for `DownBlock2D`.
+    pub attentions: Vec<Transformer2D>,
+    /// Absent on the last level.
+    pub downsamplers: Option<Downsample2D>,
+}
+
+impl DownBlock {
+    pub(crate) fn load(
+        vb: &WeightsView,
+        spec: &BlockSpec,
+        c_in: usize,
+        c_out: usize,
+        layers: usize,
+        cross_attn: bool,
+        downsample: bool,
+    ) -> Result<Self> {
+        let mut resnets = Vec::new();
+        let mut attentions = Vec::new();
+        for j in 0..layers {
+            let cin = if j == 0 { c_in } else { c_out };
+            resnets.push(spec.resnet(&vb.pp(format!("resnets.{j}")), cin, c_out)?);
+            if cross_attn {
+                attentions.push(spec.transformer(vb, c_out, j)?);
+            }
+        }
+        let downsamplers = if downsample {
+            Some(Downsample2D {
+                conv: Conv2d::load(&vb.pp("downsamplers.0.conv"), c_out, c_out, 3, 2, 1)?,
+            })
+        } else {
+            None
+        };
+        Ok(Self {
+            resnets,
+            attentions,
+            downsamplers,
+        })
+    }
+
+    /// Runs the block, pushing every output the up path will concatenate onto `skips`.
+    pub fn forward(
+        &self,
+        mut x: Tensor<4>,
+        temb: &Tensor<2>,
+        context: &Tensor<3>,
+        skips: &mut Vec<Tensor<4>>,
+        hook: &mut AttentionHook,
+    ) -> Tensor<4> {
+        for (j, resnet) in self.resnets.iter().enumerate() {
+            x = resnet.forward(x, Some(temb));
+            if let Some(attn) = self.attentions.get(j) {
+                x = attn.forward(x, context, hook);
+            }
+            skips.push(x.clone());
+        }
+        if let Some(ds) = &self.downsamplers {
+            x = ds.conv.forward(x);
+            skips.push(x.clone());
+        }
+        x
+    }
+}
+
+/// `UNetMidBlock2DCrossAttn`: resnet, transformer, resnet.
+#[derive(Module, Debug)]
+pub struct MidBlock {
+    /// `resnets.0` and `resnets.1`.
+    pub resnets: Vec<ResnetBlock2D>,
+    /// `attentions.0`.
+    pub attentions: Vec<Transformer2D>,
+}
+
+impl MidBlock {
+    pub(crate) fn load(vb: &WeightsView, spec: &BlockSpec, c: usize) -> Result<Self> {
+        Ok(Self {
+            resnets: vec![
+                spec.resnet(&vb.pp("resnets.0"), c, c)?,
+                spec.resnet(&vb.pp("resnets.1"), c, c)?,
+            ],
+            attentions: vec![spec.transformer(vb, c, 0)?],
+        })
+    }
+
+    /// # Shapes
+    /// `[B, C, H, W]` → `[B, C, H, W]`.
+    pub fn forward(
+        &self,
+        x: Tensor<4>,
+        temb: &Tensor<2>,
+        context: &Tensor<3>,
+        hook: &mut AttentionHook,
+    ) -> Tensor<4> {
+        let mut x = self.resnets[0].forward(x, Some(temb));
+        for (attn, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
+            x = attn.forward(x, context, hook);
+            x = resnet.forward(x, Some(temb));
+        }
+        x
+    }
+}
+
+/// `CrossAttnUpBlock2D` (with `attentions`) or `UpBlock2D` (without).
+#[derive(Module, Debug)]
+pub struct UpBlock {
+    /// `resnets.N` (layers + 1 of them).
+    pub resnets: Vec<ResnetBlock2D>,
+    /// `attentions.N`, empty for `UpBlock2D`.
+    pub attentions: Vec<Transformer2D>,
+    /// Absent on the last level.
+    pub upsamplers: Option<Upsample2D>,
+}
+
+impl UpBlock {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn load(
+        vb: &WeightsView,
+        spec: &BlockSpec,
+        prev_out: usize,
+        c_out: usize,
+        c_skip_last: usize,
+        layers: usize,
+        cross_attn: bool,
+        upsample: bool,
+    ) -> Result<Self> {
+        let mut resnets = Vec::new();
+        let mut attentions = Vec::new();
+        for j in 0..=layers {
+            let skip = if j == layers { c_skip_last } else { c_out };
+            let cin = if j == 0 { prev_out } else { c_out };
+            resnets.push(spec.resnet(&vb.pp(format!("resnets.{j}")), cin + skip, c_out)?);
+            if cross_attn {
+                attentions.push(spec.transformer(vb, c_out, j)?);
+            }
+        }
+        let upsamplers = if upsample {
+            Some(Upsample2D {
+                conv: Conv2d::load(&vb.pp("upsamplers.0.conv"), c_out, c_out, 3, 1, 1)?,
+            })
+        } else {
+            None
+        };
+        Ok(Self {
+            resnets,
+            attentions,
+            upsamplers,
+        })
+    }
+
+    /// Runs the block, popping its skip connections from `skips`; `up_to` is the size the
+    /// upsampler produces (that of the next skip).
+    pub fn forward(
+        &self,
+        mut x: Tensor<4>,
+        temb: &Tensor<2>,
+        context: &Tensor<3>,
+        skips: &mut Vec<Tensor<4>>,
+        hook: &mut AttentionHook,
+    ) -> Tensor<4> {
+        for (j, resnet) in self.resnets.iter().enumerate() {
+            let skip = skips
+                .pop()
+                .unwrap_or_else(|| unreachable!("the down path pushes one skip per up resnet"));
+            x = resnet.forward(Tensor::cat(vec![x, skip], 1), Some(temb));
+            if let Some(attn) = self.attentions.get(j) {
+                x = attn.forward(x, context, hook);
+            }
+        }
+        if let Some(us) = &self.upsamplers {
+            let [_, _, h, w] = x.dims();
+            let (th, tw) = skips.last().map(|s| (s.dims()[2], s.dims()[3])).unwrap_or((2 * h, 2 * w));
+            x = us.forward(x, th, tw);
+        }
+        x
+    }
+}

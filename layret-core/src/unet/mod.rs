@@ -1,0 +1,18 @@
+//! diffusers' `UNet2DConditionModel` (SD 1.x/2.x), driven by `unet/config.json`, with every
+//! attention call going through the [attention socket](crate::attention).
+
+mod blocks;
+mod config;
+mod embeddings;
+mod resnet;
+mod transformer;
+mod unet_2d;
+
+pub use blocks::{DownBlock, Downsample2D, MidBlock, UpBlock, Upsample2D};
+pub use config::{DownBlockType, LevelPlan, PerBlock, UNetConfig, UpBlockType};
+pub use embeddings::{TimestepEmbedding, timestep_embedding};
+pub use resnet::ResnetBlock2D;
+pub use transformer::{
+    Attention, BasicTransformerBlock, FeedForward, GeGlu, Projection, ToOut, Transformer2D,
+};
+pub use unet_2d::{SiteInfo, UNet2DConditionModel};
