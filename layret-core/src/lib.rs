@@ -28,6 +28,7 @@ pub mod error;
 pub mod nn;
 pub mod tokenizer;
 pub mod unet;
+pub mod vae;
 pub mod weights;
 
 pub use error::{Error, Result};

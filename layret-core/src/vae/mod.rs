@@ -1,0 +1,10 @@
+//! diffusers' `AutoencoderKL` (the Stable Diffusion VAE), driven by `vae/config.json`.
+
+mod autoencoder;
+mod config;
+
+pub use autoencoder::{
+    AutoencoderKL, DecoderBlock, Decoder, DiagonalGaussian, Encoder, EncoderBlock, VaeAttention,
+    VaeMidBlock,
+};
+pub use config::VaeConfig;
