@@ -26,6 +26,7 @@ pub mod clip;
 mod config_file;
 pub mod error;
 pub mod nn;
+pub mod scheduler;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;
