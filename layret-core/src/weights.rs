@@ -31,7 +31,9 @@ struct Entry {
 /// never asked for.
 pub struct Weights {
     path: PathBuf,
-    mmap: memmap2::Mmap,
+    mmap: Option<memmap2::Mmap>,
+    /// Random weights (benches, architecture tests): every key exists with the asked shape.
+    random: Option<(RefCell<crate::noise::NoiseRng>, f32)>,
     data_start: usize,
     entries: HashMap<String, Entry>,
     used: RefCell<BTreeSet<String>>,
@@ -91,13 +93,30 @@ impl Weights {
             .collect();
         Ok(Self {
             path,
-            mmap,
+            mmap: Some(mmap),
+            random: None,
             data_start: 8 + header_len,
             entries,
             used: RefCell::new(BTreeSet::new()),
             device: device.clone(),
             dtype,
         })
+    }
+
+    /// Random weights: every key asked for exists, with values `N(0, std²)` drawn from
+    /// `seed` in the order the model asks for them. For benches and architecture tests that
+    /// need a full-size model without a multi-GB file.
+    pub fn random(device: &Device, dtype: DType, seed: u64, std: f32) -> Self {
+        Self {
+            path: PathBuf::from("<random weights>"),
+            mmap: None,
+            random: Some((RefCell::new(crate::noise::NoiseRng::new(seed)), std)),
+            data_start: 0,
+            entries: HashMap::new(),
+            used: RefCell::new(BTreeSet::new()),
+            device: device.clone(),
+            dtype,
+        }
     }
 
     /// The file these weights come from.
@@ -137,6 +156,12 @@ impl Weights {
 
     /// Read `key` as f32 values, checking that its shape is `shape`.
     pub fn read_f32(&self, key: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        if let Some((rng, std)) = &self.random {
+            let n = shape.iter().product();
+            let mut v = rng.borrow_mut().normals(n);
+            v.iter_mut().for_each(|x| *x *= std);
+            return Ok(v);
+        }
         let entry = self.entries.get(key).ok_or_else(|| Error::MissingTensor {
             file: self.path.clone(),
             key: key.to_string(),
@@ -149,7 +174,10 @@ impl Weights {
                 got: entry.shape.clone(),
             });
         }
-        let bytes = &self.mmap[self.data_start + entry.start..self.data_start + entry.end];
+        let Some(mmap) = &self.mmap else {
+            unreachable!("file-backed weights always hold their map")
+        };
+        let bytes = &mmap[self.data_start + entry.start..self.data_start + entry.end];
         let values: Vec<f32> = match entry.dtype {
             Dtype::F32 => bytes
                 .chunks_exact(4)

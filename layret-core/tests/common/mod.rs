@@ -40,7 +40,7 @@ pub fn golden(file: &str, key: &str) -> (Vec<f64>, Vec<usize>) {
 /// Max absolute difference between a tensor and a golden, after checking shapes.
 pub fn max_abs_diff<const D: usize>(got: Tensor<D>, want: &(Vec<f64>, Vec<usize>)) -> f64 {
     assert_eq!(got.dims().to_vec(), want.1, "shape");
-    let got: Vec<f32> = got.into_data().convert::<f32>().to_vec().unwrap();
+    let got: Vec<f32> = got.into_data().try_into_vec_as::<f32>().unwrap();
     got.iter()
         .zip(&want.0)
         .map(|(a, b)| (*a as f64 - b).abs())
@@ -61,4 +61,19 @@ pub fn tempdir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// The values of a tensor as f64.
+pub fn to_f64<const D: usize>(t: Tensor<D>) -> Vec<f64> {
+    t.into_data().try_into_vec_as::<f32>().unwrap().into_iter().map(f64::from).collect()
+}
+
+/// A golden u8 tensor as (values, shape).
+pub fn golden_u8(file: &str, key: &str) -> (Vec<u8>, Vec<usize>) {
+    let path = fixtures().join("golden").join(file);
+    let bytes = std::fs::read(&path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(key).unwrap();
+    assert_eq!(t.dtype(), Dtype::U8);
+    (t.data().to_vec(), t.shape().to_vec())
 }

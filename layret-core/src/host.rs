@@ -1,0 +1,12 @@
+//! Copying tensor values to host memory.
+
+use burn::tensor::Tensor;
+
+use crate::error::{Error, Result};
+
+/// The values of `t` as f32, row-major (converting from the tensor's dtype).
+pub fn to_f32_vec<const D: usize>(t: Tensor<D>, what: &str) -> Result<Vec<f32>> {
+    t.into_data()
+        .try_into_vec_as::<f32>()
+        .map_err(|e| Error::invalid(what, format!("cannot read the values back: {e:?}")))
+}

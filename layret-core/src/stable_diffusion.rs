@@ -1,0 +1,441 @@
+//! A Stable Diffusion 1.x/2.x model folder (diffusers layout) and text-to-image sampling.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{DType, Device, Tensor};
+use image::RgbImage;
+
+use crate::attention::{AttentionProcessor, BatchLayout, DefaultAttention, StepContext};
+use crate::clip::{ClipTextConfig, ClipTextEncoder};
+use crate::error::{Error, Result};
+use crate::image_io;
+use crate::noise::seeded_noise;
+use crate::scheduler::{DdimScheduler, Scheduler, SchedulerConfig};
+use crate::tokenizer::ClipTokenizer;
+use crate::unet::{UNet2DConditionModel, UNetConfig};
+use crate::vae::{AutoencoderKL, VaeConfig};
+
+/// How to load a model folder.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Float dtype of the weights in memory (f32 by default; f16/bf16 for GPUs).
+    pub dtype: DType,
+    /// A weights variant to prefer, e.g. `"fp16"` for `*.fp16.safetensors`; components that
+    /// lack it fall back to the plain file.
+    pub variant: Option<String>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: DType::F32,
+            variant: None,
+        }
+    }
+}
+
+/// Where the initial noise comes from.
+#[derive(Debug, Clone)]
+pub enum NoiseSource {
+    /// layret's seeded generator (the same noise on every device).
+    Seed(u64),
+    /// An injected tensor `[B, 4, H/8, W/8]`.
+    Tensor(Tensor<4>),
+}
+
+/// A text-to-image request.
+#[derive(Debug, Clone)]
+pub struct Txt2ImgRequest {
+    /// The prompt.
+    pub prompt: String,
+    /// The negative prompt (the unconditional half of CFG); "" by default.
+    pub negative_prompt: String,
+    /// Classifier-free guidance scale; CFG is off at ≤ 1, as in diffusers.
+    pub guidance: f64,
+    /// DDIM steps.
+    pub steps: usize,
+    /// Image width (a multiple of the VAE factor, 8).
+    pub width: usize,
+    /// Image height (a multiple of the VAE factor, 8).
+    pub height: usize,
+    /// Images to make.
+    pub num_images: usize,
+    /// The initial noise.
+    pub noise: NoiseSource,
+    /// DDIM η (0 = deterministic); with η > 0 the per-step noise comes from the seed
+    /// (`seed + 1 + step`) or, for injected initial noise, from seed `step + 1`.
+    pub eta: f64,
+}
+
+impl Txt2ImgRequest {
+    /// A request with diffusers' defaults: 50 steps, guidance 7.5, 512×512, one image, seed 0.
+    pub fn new(prompt: impl Into<String>) -> Self {
+        Self {
+            prompt: prompt.into(),
+            negative_prompt: String::new(),
+            guidance: 7.5,
+            steps: 50,
+            width: 512,
+            height: 512,
+            num_images: 1,
+            noise: NoiseSource::Seed(0),
+            eta: 0.0,
+        }
+    }
+}
+
+/// What [`StableDiffusion::txt2img`] returns.
+#[derive(Debug, Clone)]
+pub struct Txt2ImgOutput {
+    /// The final latents before VAE decoding, `[B, 4, H/8, W/8]`.
+    pub latents: Tensor<4>,
+    /// The images.
+    pub images: Vec<RgbImage>,
+}
+
+/// Progress of a long operation, for progress bars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// What is running ("denoise", "invert", "decode", ...).
+    pub stage: &'static str,
+    /// Steps done.
+    pub step: usize,
+    /// Steps in all.
+    pub total: usize,
+}
+
+/// A loaded Stable Diffusion model: tokenizer, text encoder, UNet, VAE and scheduler config.
+pub struct StableDiffusion {
+    /// The model folder.
+    pub dir: PathBuf,
+    /// The CLIP tokenizer.
+    pub tokenizer: ClipTokenizer,
+    /// The CLIP text encoder.
+    pub text_encoder: ClipTextEncoder,
+    /// Its config.
+    pub text_config: ClipTextConfig,
+    /// The UNet.
+    pub unet: UNet2DConditionModel,
+    /// Its config.
+    pub unet_config: UNetConfig,
+    /// The VAE.
+    pub vae: AutoencoderKL,
+    /// Its config.
+    pub vae_config: VaeConfig,
+    /// The scheduler settings (DDIM is built from them).
+    pub scheduler: SchedulerConfig,
+    /// The device everything lives on.
+    pub device: Device,
+}
+
+impl std::fmt::Debug for StableDiffusion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StableDiffusion").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+/// The variant file if it exists (when asked for), else the plain one.
+pub(crate) fn pick_variant(dir: &Path, stem: &str, variant: Option<&str>) -> Option<String> {
+    let v = variant?;
+    dir.join(format!("{stem}.{v}.safetensors")).exists().then(|| v.to_string())
+}
+
+/// Check that `dir` is a diffusers SD folder, naming what is missing.
+pub fn check_model_dir(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        return Err(Error::MissingFile {
+            what: "model folder".into(),
+            path: dir.to_path_buf(),
+        });
+    }
+    let not = |reason: String| Error::NotADiffusersFolder {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    if !dir.join("model_index.json").exists() {
+        return Err(not("no model_index.json (a diffusers pipeline folder has one at its root)".into()));
+    }
+    for sub in ["unet", "vae", "text_encoder", "tokenizer", "scheduler"] {
+        if !dir.join(sub).is_dir() {
+            return Err(not(format!("no {sub}/ subfolder")));
+        }
+    }
+    Ok(())
+}
+
+impl StableDiffusion {
+    /// Load a diffusers-layout folder (`model_index.json`, `unet/`, `vae/`, `text_encoder/`,
+    /// `tokenizer/`, `scheduler/`).
+    pub fn load(dir: impl AsRef<Path>, device: &Device, options: &LoadOptions) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        check_model_dir(&dir)?;
+        let v = options.variant.as_deref();
+        let tokenizer = ClipTokenizer::from_model_dir(&dir)?;
+        let te_dir = dir.join("text_encoder");
+        let (text_encoder, text_config) =
+            ClipTextEncoder::from_dir(&te_dir, device, options.dtype, pick_variant(&te_dir, "model", v).as_deref())?;
+        let unet_dir = dir.join("unet");
+        let (unet, unet_config) = UNet2DConditionModel::from_dir(
+            &unet_dir,
+            device,
+            options.dtype,
+            pick_variant(&unet_dir, "diffusion_pytorch_model", v).as_deref(),
+        )?;
+        let vae_dir = dir.join("vae");
+        let (vae, vae_config) = AutoencoderKL::from_dir(
+            &vae_dir,
+            device,
+            options.dtype,
+            pick_variant(&vae_dir, "diffusion_pytorch_model", v).as_deref(),
+        )?;
+        let scheduler = SchedulerConfig::from_file(&dir.join("scheduler/scheduler_config.json"))?;
+        if text_config.hidden_size != unet_config.cross_attention_dim {
+            return Err(Error::NotADiffusersFolder {
+                path: dir,
+                reason: format!(
+                    "text_encoder hidden_size {} does not match unet cross_attention_dim {}",
+                    text_config.hidden_size, unet_config.cross_attention_dim
+                ),
+            });
+        }
+        Ok(Self {
+            dir,
+            tokenizer,
+            text_encoder,
+            text_config,
+            unet,
+            unet_config,
+            vae,
+            vae_config,
+            scheduler,
+            device: device.clone(),
+        })
+    }
+
+    /// Image side / latent side (8 for SD).
+    pub fn vae_factor(&self) -> usize {
+        self.vae.downsample_factor
+    }
+
+    /// The default image size (`unet sample_size × vae factor`, 512 for SD 1.5).
+    pub fn default_size(&self) -> usize {
+        self.unet_config.sample_size.unwrap_or(64) * self.vae_factor()
+    }
+
+    /// `last_hidden_state` of each prompt (tokenized, padded to 77; over-long prompts fail).
+    ///
+    /// # Shapes
+    /// `n` prompts → `[n, 77, hidden]`.
+    pub fn encode_prompts(&self, prompts: &[&str]) -> Result<Tensor<3>> {
+        let ids = prompts
+            .iter()
+            .map(|p| self.tokenizer.encode(p))
+            .collect::<Result<Vec<_>>>()?;
+        self.text_encoder.encode(&ids, 0)
+    }
+
+    /// A DDIM scheduler for `steps` steps and `eta`, from the folder's scheduler config.
+    pub fn ddim(&self, steps: usize, eta: f64) -> Result<DdimScheduler> {
+        DdimScheduler::new(self.scheduler.clone(), steps, eta)
+    }
+
+    /// Check a requested image size and return the latent size `(h, w)`.
+    pub fn latent_size(&self, width: usize, height: usize) -> Result<(usize, usize)> {
+        let f = self.vae_factor();
+        for (name, v) in [("width", width), ("height", height)] {
+            if v == 0 || v % f != 0 {
+                return Err(Error::invalid(
+                    name,
+                    format!("{v}; must be a positive multiple of {f}"),
+                ));
+            }
+        }
+        Ok((height / f, width / f))
+    }
+
+    /// Initial noise `[n, C, h, w]` from `source`, checking an injected tensor's shape.
+    pub fn initial_noise(&self, source: &NoiseSource, n: usize, h: usize, w: usize) -> Result<Tensor<4>> {
+        let c = self.unet.in_channels;
+        match source {
+            NoiseSource::Seed(seed) => Ok(seeded_noise(*seed, [n, c, h, w], &self.device)),
+            NoiseSource::Tensor(t) => {
+                if t.dims() != [n, c, h, w] {
+                    return Err(Error::Shape {
+                        what: "initial noise".into(),
+                        expected: format!("[{n}, {c}, {h}, {w}]"),
+                        got: t.dims().to_vec(),
+                    });
+                }
+                Ok(t.clone())
+            }
+        }
+    }
+
+    /// One classifier-free-guided noise prediction: `ε_u + w·(ε_c − ε_u)` from a batch laid
+    /// out `[uncond…, cond…]` (or the plain prediction when `context` holds only cond rows).
+    ///
+    /// # Shapes
+    /// `latents` `[B, C, h, w]`, `context` `[2B, 77, D]` (CFG) or `[B, 77, D]` → `[B, C, h, w]`.
+    pub fn guided_eps(
+        &self,
+        latents: Tensor<4>,
+        timestep: f64,
+        context: &Tensor<3>,
+        guidance: f64,
+        processor: &mut dyn AttentionProcessor,
+        step: usize,
+    ) -> Tensor<4> {
+        let b = latents.dims()[0];
+        let cfg = context.dims()[0] == 2 * b;
+        let ctx = StepContext {
+            step,
+            timestep,
+            layout: BatchLayout::single("main", b, cfg),
+        };
+        if cfg {
+            let input = Tensor::cat(vec![latents.clone(), latents], 0);
+            let eps = self.unet.forward(input, timestep, context, processor, &ctx);
+            let mut halves = eps.chunk(2, 0);
+            let cond = halves.pop().unwrap_or_else(|| unreachable!("two halves"));
+            let uncond = halves.pop().unwrap_or_else(|| unreachable!("two halves"));
+            uncond.clone() + (cond - uncond) * guidance
+        } else {
+            self.unet.forward(latents, timestep, context, processor, &ctx)
+        }
+    }
+
+    /// Text-to-image with DDIM and classifier-free guidance, as diffusers'
+    /// `StableDiffusionPipeline`.
+    pub fn txt2img(
+        &self,
+        req: &Txt2ImgRequest,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Txt2ImgOutput> {
+        let latents = self.txt2img_latents(req, &mut DefaultAttention, progress)?;
+        let images = self.decode_to_rgb8(latents.clone())?;
+        progress(Progress { stage: "decode", step: 1, total: 1 });
+        Ok(Txt2ImgOutput { latents, images })
+    }
+
+    /// The sampling loop of [`txt2img`](Self::txt2img) with a custom attention processor;
+    /// returns the final latents.
+    pub fn txt2img_latents(
+        &self,
+        req: &Txt2ImgRequest,
+        processor: &mut dyn AttentionProcessor,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Tensor<4>> {
+        if !req.guidance.is_finite() {
+            return Err(Error::invalid("guidance", format!("{}; must be finite", req.guidance)));
+        }
+        if req.num_images == 0 {
+            return Err(Error::invalid("num_images", "0; must be at least 1"));
+        }
+        let (h, w) = self.latent_size(req.width, req.height)?;
+        let sched = self.ddim(req.steps, req.eta)?;
+        let n = req.num_images;
+        let mut latents = self.initial_noise(&req.noise, n, h, w)? * sched.init_noise_sigma();
+        let cfg = req.guidance > 1.0;
+        let cond = self.encode_prompts(&[req.prompt.as_str()])?;
+        let context = if cfg {
+            let uncond = self.encode_prompts(&[req.negative_prompt.as_str()])?;
+            Tensor::cat(vec![uncond.repeat_dim(0, n), cond.repeat_dim(0, n)], 0)
+        } else {
+            cond.repeat_dim(0, n)
+        };
+        let total = sched.timesteps().len();
+        for (k, &t) in sched.timesteps().iter().enumerate() {
+            let eps = self.guided_eps(latents.clone(), t as f64, &context, req.guidance, processor, k);
+            let noise = if sched.needs_noise() {
+                let seed = match req.noise {
+                    NoiseSource::Seed(s) => s.wrapping_add(1 + k as u64),
+                    NoiseSource::Tensor(_) => 1 + k as u64,
+                };
+                Some(seeded_noise(seed, latents.dims(), &self.device))
+            } else {
+                None
+            };
+            latents = sched.step(eps, k, latents, noise)?;
+            check_finite(&latents, "latents", k)?;
+            progress(Progress { stage: "denoise", step: k + 1, total });
+        }
+        Ok(latents)
+    }
+
+    /// Decode scaled latents (`latents / scaling_factor` goes into the VAE) to images in
+    /// about [-1, 1].
+    ///
+    /// # Shapes
+    /// `[B, 4, h, w]` → `[B, 3, 8h, 8w]`.
+    pub fn decode(&self, latents: Tensor<4>) -> Result<Tensor<4>> {
+        self.vae.decode(latents / self.vae.scaling_factor)
+    }
+
+    /// [`decode`](Self::decode) then 8-bit RGB.
+    pub fn decode_to_rgb8(&self, latents: Tensor<4>) -> Result<Vec<RgbImage>> {
+        let images = self.decode(latents)?;
+        check_finite(&images, "decoded image", 0).map_err(|_| Error::NonFinite {
+            what: "decoded image".into(),
+            step: 0,
+            suggestion: "the VAE overflowed; decode in f32 (fp16 VAEs overflow on SD 1.x)".into(),
+        })?;
+        image_io::to_rgb8(images)
+    }
+
+    /// Scaled latents of images in [-1, 1]: `VAE.encode(image).mean · scaling_factor`.
+    ///
+    /// # Shapes
+    /// `[B, 3, H, W]` → `[B, 4, H/8, W/8]`.
+    pub fn encode_image(&self, image: Tensor<4>) -> Result<Tensor<4>> {
+        Ok(self.vae.encode(image)?.mean * self.vae.scaling_factor)
+    }
+
+    /// DDIM inversion as METHOD.md defines it: from clean latents `x`, for the `steps`
+    /// timesteps in ascending order, `ε = ε(x, t, prompt)` without CFG, then the
+    /// [inversion step](DdimScheduler::inversion_step). Returns `(t, z(t))` after each update,
+    /// in ascending `t`.
+    pub fn invert(
+        &self,
+        latents: Tensor<4>,
+        prompt: &str,
+        steps: usize,
+        processor: &mut dyn AttentionProcessor,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Vec<(usize, Tensor<4>)>> {
+        let sched = self.ddim(steps, 0.0)?;
+        let b = latents.dims()[0];
+        let context = self.encode_prompts(&[prompt])?.repeat_dim(0, b);
+        self.unet.check_inputs(&latents, &context)?;
+        let ts = sched.inversion_timesteps();
+        let mut x = latents;
+        let mut out = Vec::with_capacity(ts.len());
+        for (j, &t) in ts.iter().enumerate() {
+            let ctx = StepContext {
+                step: ts.len() - 1 - j,
+                timestep: t as f64,
+                layout: BatchLayout::single("reference", b, false),
+            };
+            let eps = self.unet.forward(x.clone(), t as f64, &context, processor, &ctx);
+            x = sched.inversion_step(eps, t, x);
+            check_finite(&x, "inverted latents", j)?;
+            out.push((t, x.clone()));
+            progress(Progress { stage: "invert", step: j + 1, total: ts.len() });
+        }
+        Ok(out)
+    }
+}
+
+/// [`Error::NonFinite`] if `t` holds NaN or Inf.
+pub fn check_finite<const D: usize>(t: &Tensor<D>, what: &str, step: usize) -> Result<()> {
+    let finite: bool = t.clone().is_finite().all().into_scalar();
+    if finite {
+        Ok(())
+    } else {
+        Err(Error::NonFinite {
+            what: what.into(),
+            step,
+            suggestion: "with f16 weights, try f32 or bf16 (`--dtype f32`); keep the VAE in f32"
+                .into(),
+        })
+    }
+}

@@ -1,0 +1,162 @@
+//! Full text-to-image and DDIM inversion against diffusers on the tiny fixtures.
+
+mod common;
+
+use burn::tensor::Tensor;
+use layret_core::attention::DefaultAttention;
+use layret_core::scheduler::Scheduler;
+use layret_core::stable_diffusion::{
+    LoadOptions, NoiseSource, StableDiffusion, Txt2ImgRequest,
+};
+use layret_core::{Error, image_io};
+
+fn load(name: &str) -> StableDiffusion {
+    StableDiffusion::load(common::fixtures().join(name), &common::device(), &LoadOptions::default())
+        .unwrap()
+}
+
+fn request(noise: Tensor<4>) -> Txt2ImgRequest {
+    Txt2ImgRequest {
+        prompt: "a photo of a sks dog surfing".into(),
+        negative_prompt: "blurry".into(),
+        guidance: 7.5,
+        steps: 5,
+        width: 128,
+        height: 128,
+        num_images: 2,
+        noise: NoiseSource::Tensor(noise),
+        eta: 0.0,
+    }
+}
+
+fn check_txt2img(name: &str) {
+    let sd = load(name);
+    let file = format!("pipeline_{name}.safetensors");
+    let noise: Tensor<4> = common::golden_tensor(&file, "noise");
+    let req = request(noise.clone());
+
+    // The trajectory, step by step, through the public pieces.
+    let sched = sd.ddim(5, 0.0).unwrap();
+    let cond = sd.encode_prompts(&[&req.prompt]).unwrap();
+    let uncond = sd.encode_prompts(&[&req.negative_prompt]).unwrap();
+    let context = Tensor::cat(vec![uncond.repeat_dim(0, 2), cond.repeat_dim(0, 2)], 0);
+    let traj: Tensor<5> = common::golden_tensor(&file, "trajectory");
+    let mut x = noise;
+    for (k, &t) in sched.timesteps().iter().enumerate() {
+        let eps = sd.guided_eps(x.clone(), t as f64, &context, 7.5, &mut DefaultAttention, k);
+        x = sched.step(eps, k, x, None).unwrap();
+        let want = traj.clone().slice([k..k + 1]).squeeze_dim::<4>(0);
+        let (values, shape) = (common::to_f64(want.clone()), want.dims().to_vec());
+        let err = common::max_abs_diff(x.clone(), &(values, shape));
+        assert!(err <= 1e-4, "{name} step {k}: {err}");
+    }
+
+    // The whole pipeline.
+    let out = sd.txt2img(&req, &mut |_| {}).unwrap();
+    let err = common::max_abs_diff(out.latents.clone(), &common::golden(&file, "latents"));
+    assert!(err <= 1e-4, "{name} final latents: {err}");
+    let (want, shape) = common::golden_u8(&file, "image_u8");
+    assert_eq!(shape, vec![2, 128, 128, 3]);
+    let mut worst = 0i32;
+    for (i, img) in out.images.iter().enumerate() {
+        for (j, v) in img.as_raw().iter().enumerate() {
+            worst = worst.max((*v as i32 - want[i * 128 * 128 * 3 + j] as i32).abs());
+        }
+    }
+    assert!(worst <= 1, "{name}: images differ by up to {worst} levels");
+}
+
+#[test]
+fn sd1_txt2img_matches_diffusers() {
+    check_txt2img("sd1-tiny");
+}
+
+#[test]
+fn sd2_txt2img_matches_diffusers() {
+    // v-prediction.
+    check_txt2img("sd2-tiny");
+}
+
+fn check_inversion(name: &str) {
+    let sd = load(name);
+    let file = format!("inversion_{name}.safetensors");
+    let image: Tensor<4> = common::golden_tensor(&file, "image");
+    let x = sd.encode_image(image).unwrap();
+    let err = common::max_abs_diff(x.clone(), &common::golden(&file, "x_start"));
+    assert!(err <= 1e-4, "{name} x_start: {err}");
+    let traj = sd.invert(x, "a photo of a sks dog", 5, &mut DefaultAttention, &mut |_| {}).unwrap();
+    let ts: Vec<usize> = traj.iter().map(|(t, _)| *t).collect();
+    assert_eq!(ts, vec![1, 201, 401, 601, 801]);
+    for (t, z) in traj {
+        let err = common::max_abs_diff(z, &common::golden(&file, &format!("z_t{t}")));
+        assert!(err <= 1e-4, "{name} z({t}): {err}");
+    }
+}
+
+#[test]
+fn sd1_inversion_matches_reference() {
+    check_inversion("sd1-tiny");
+}
+
+#[test]
+fn sd2_inversion_matches_reference() {
+    check_inversion("sd2-tiny");
+}
+
+#[test]
+fn seeded_runs_are_deterministic_and_seeds_differ() {
+    let sd = load("sd1-tiny");
+    let mut req = Txt2ImgRequest::new("a dog");
+    (req.steps, req.width, req.height) = (2, 64, 64);
+    req.noise = NoiseSource::Seed(42);
+    let a = sd.txt2img(&req, &mut |_| {}).unwrap();
+    let b = sd.txt2img(&req, &mut |_| {}).unwrap();
+    assert_eq!(a.images[0].as_raw(), b.images[0].as_raw());
+    req.noise = NoiseSource::Seed(43);
+    let c = sd.txt2img(&req, &mut |_| {}).unwrap();
+    assert_ne!(a.images[0].as_raw(), c.images[0].as_raw());
+    assert_eq!(image_io::to_rgb8(sd.decode(a.latents).unwrap()).unwrap()[0].as_raw(), b.images[0].as_raw());
+}
+
+#[test]
+fn bad_requests_are_errors() {
+    let sd = load("sd1-tiny");
+    let base = || {
+        let mut r = Txt2ImgRequest::new("a dog");
+        (r.steps, r.width, r.height) = (1, 64, 64);
+        r
+    };
+    let mut r = base();
+    r.width = 60;
+    assert!(matches!(sd.txt2img(&r, &mut |_| {}), Err(Error::InvalidArgument { name, .. }) if name == "width"));
+    let mut r = base();
+    r.steps = 0;
+    assert!(matches!(sd.txt2img(&r, &mut |_| {}), Err(Error::InvalidArgument { name, .. }) if name == "steps"));
+    let mut r = base();
+    r.guidance = f64::NAN;
+    assert!(matches!(sd.txt2img(&r, &mut |_| {}), Err(Error::InvalidArgument { name, .. }) if name == "guidance"));
+    let mut r = base();
+    r.noise = NoiseSource::Tensor(Tensor::zeros([1, 4, 9, 8], &common::device()));
+    assert!(matches!(sd.txt2img(&r, &mut |_| {}), Err(Error::Shape { .. })));
+    let mut r = base();
+    r.prompt = "a ".repeat(80);
+    assert!(matches!(sd.txt2img(&r, &mut |_| {}), Err(Error::PromptTooLong { tokens: 82, .. })));
+}
+
+#[test]
+fn not_a_model_folder_is_named() {
+    let dev = common::device();
+    let opts = LoadOptions::default();
+    let missing = common::fixtures().join("no-such-model");
+    assert!(matches!(StableDiffusion::load(&missing, &dev, &opts), Err(Error::MissingFile { .. })));
+    let dir = common::tempdir("notsd");
+    assert!(matches!(
+        StableDiffusion::load(&dir, &dev, &opts),
+        Err(Error::NotADiffusersFolder { reason, .. }) if reason.contains("model_index.json")
+    ));
+    std::fs::write(dir.join("model_index.json"), "{}").unwrap();
+    assert!(matches!(
+        StableDiffusion::load(&dir, &dev, &opts),
+        Err(Error::NotADiffusersFolder { reason, .. }) if reason.contains("unet/")
+    ));
+}
