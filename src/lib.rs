@@ -10,6 +10,8 @@
 //!
 //! The `layret` binary is the command-line face (`layret --help`).
 
+pub mod device;
+
 pub use layret_attention as attention;
 pub use layret_core as core;
 pub use layret_core::{Error, Result};

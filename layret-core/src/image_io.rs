@@ -57,13 +57,24 @@ pub fn from_rgb8(images: &[RgbImage], device: &Device) -> Result<Tensor<4>> {
     Ok(Tensor::from_data(TensorData::new(values, [images.len(), 3, h, w]), device))
 }
 
-/// Save an RGB image as PNG.
-pub fn save_png(image: &RgbImage, path: &Path) -> Result<()> {
-    image.save_with_format(path, image::ImageFormat::Png).map_err(|e| match e {
-        image::ImageError::IoError(io) => Error::io("writing", path, io),
+/// Save an RGB image as PNG with `text` as `tEXt` chunks (keyword, value), e.g. the
+/// generation parameters.
+pub fn save_png(image: &RgbImage, path: &Path, text: &[(&str, String)]) -> Result<()> {
+    let file = std::fs::File::create(path).map_err(|e| Error::io("creating", path, e))?;
+    let png_err = |e: png::EncodingError| match e {
+        png::EncodingError::IoError(io) => Error::io("writing", path, io),
         other => Error::Image {
             path: path.to_path_buf(),
             message: other.to_string(),
         },
-    })
+    };
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), image.width(), image.height());
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    for (k, v) in text {
+        enc.add_text_chunk(k.to_string(), v.clone()).map_err(png_err)?;
+    }
+    let mut writer = enc.write_header().map_err(png_err)?;
+    writer.write_image_data(image.as_raw()).map_err(png_err)?;
+    writer.finish().map_err(png_err)
 }

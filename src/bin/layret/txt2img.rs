@@ -1,0 +1,141 @@
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use layret::burn::tensor::Tensor;
+use layret::core::image_io::save_png;
+use layret::core::noise::{load_tensor, save_tensors};
+use layret::core::stable_diffusion::{LoadOptions, NoiseSource, StableDiffusion, Txt2ImgRequest};
+use layret::device::{parse_device, parse_dtype};
+
+use crate::progress::Bars;
+
+/// Text-to-image with Stable Diffusion (DDIM, classifier-free guidance), as diffusers'
+/// StableDiffusionPipeline.
+///
+/// Examples:
+///   layret txt2img --model tests/fixtures/sd1-tiny --prompt "a dog" --steps 5 --width 128 --height 128
+///   layret txt2img --model ~/models/stable-diffusion-v1-5 --prompt "a red fox in snow" --seed 7 --out fox.png
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A diffusers model folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// The prompt.
+    #[arg(long)]
+    prompt: String,
+    /// What not to draw (the unconditional half of guidance).
+    #[arg(long, default_value = "")]
+    negative_prompt: String,
+    /// DDIM steps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// Classifier-free guidance scale (≤ 1 turns guidance off).
+    #[arg(long, default_value_t = 7.5)]
+    guidance: f64,
+    /// Image width, a multiple of 8 (default: the model's size, 512 for SD 1.5).
+    #[arg(long)]
+    width: Option<usize>,
+    /// Image height, a multiple of 8 (default: the model's size).
+    #[arg(long)]
+    height: Option<usize>,
+    /// Images to make.
+    #[arg(long, default_value_t = 1)]
+    num_images: usize,
+    /// Seed of the initial noise (default: a random one, printed).
+    #[arg(long, conflicts_with = "noise")]
+    seed: Option<u64>,
+    /// Initial noise from a safetensors file (key `noise`, shape [N, 4, H/8, W/8]).
+    #[arg(long)]
+    noise: Option<PathBuf>,
+    /// DDIM eta (0 = deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    eta: f64,
+    /// Output PNG; with several images, `-N` is added before the extension.
+    #[arg(long, default_value = "out.png")]
+    out: PathBuf,
+    /// Also write the final latents (key `latents`, before VAE decoding) to this safetensors file.
+    #[arg(long)]
+    save_latents: Option<PathBuf>,
+    /// cpu, wgpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Weights dtype: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Prefer `*.<variant>.safetensors` weights, e.g. fp16.
+    #[arg(long)]
+    variant: Option<String>,
+}
+
+/// `out.png` → `out-3.png`.
+pub fn numbered(path: &Path, i: usize, n: usize) -> PathBuf {
+    if n == 1 {
+        return path.to_path_buf();
+    }
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = path.extension().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "png".into());
+    path.with_file_name(format!("{stem}-{i}.{ext}"))
+}
+
+pub fn run(a: Args, quiet: bool) -> layret::Result<()> {
+    let device = parse_device(&a.device)?;
+    let dtype = parse_dtype(&a.dtype)?;
+    let mut bars = Bars::new(quiet);
+    let t0 = Instant::now();
+    let sd = StableDiffusion::load(&a.model, &device, &LoadOptions { dtype, variant: a.variant.clone() })?;
+    bars.note(&format!("loaded {} in {:.1}s", a.model.display(), t0.elapsed().as_secs_f64()));
+    let size = sd.default_size();
+    let (width, height) = (a.width.unwrap_or(size), a.height.unwrap_or(size));
+    let (h, w) = sd.latent_size(width, height)?;
+    let (noise, seed_text) = match (&a.noise, a.seed) {
+        (Some(path), _) => {
+            let t: Tensor<4> = load_tensor(path, "noise", [a.num_images, sd.unet.in_channels, h, w], &device)?;
+            (NoiseSource::Tensor(t), format!("noise file {}", path.display()))
+        }
+        (None, Some(s)) => (NoiseSource::Seed(s), s.to_string()),
+        (None, None) => {
+            let s = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            bars.note(&format!("seed: {s}"));
+            (NoiseSource::Seed(s), s.to_string())
+        }
+    };
+    let req = Txt2ImgRequest {
+        prompt: a.prompt.clone(),
+        negative_prompt: a.negative_prompt.clone(),
+        guidance: a.guidance,
+        steps: a.steps,
+        width,
+        height,
+        num_images: a.num_images,
+        noise,
+        eta: a.eta,
+    };
+    let out = sd.txt2img(&req, &mut |p| bars.update(p))?;
+    bars.finish();
+    if let Some(path) = &a.save_latents {
+        save_tensors(path, &[("latents", out.latents.clone())])?;
+    }
+    let text = [
+        ("prompt", a.prompt.clone()),
+        ("negative_prompt", a.negative_prompt.clone()),
+        ("seed", seed_text),
+        ("steps", a.steps.to_string()),
+        ("guidance", a.guidance.to_string()),
+        ("eta", a.eta.to_string()),
+        ("size", format!("{width}x{height}")),
+        ("model", a.model.display().to_string()),
+        ("sampler", "DDIM".to_string()),
+        ("software", format!("layret {}", env!("CARGO_PKG_VERSION"))),
+    ];
+    for (i, img) in out.images.iter().enumerate() {
+        let path = numbered(&a.out, i, out.images.len());
+        save_png(img, &path, &text)?;
+        if !quiet {
+            println!("{}", path.display());
+        }
+    }
+    Ok(())
+}
