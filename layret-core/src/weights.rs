@@ -37,6 +37,7 @@ pub struct Weights {
     data_start: usize,
     entries: HashMap<String, Entry>,
     used: RefCell<BTreeSet<String>>,
+    requested: RefCell<Vec<(String, Vec<usize>)>>,
     device: Device,
     dtype: DType,
 }
@@ -98,6 +99,7 @@ impl Weights {
             data_start: 8 + header_len,
             entries,
             used: RefCell::new(BTreeSet::new()),
+            requested: RefCell::new(Vec::new()),
             device: device.clone(),
             dtype,
         })
@@ -114,9 +116,16 @@ impl Weights {
             data_start: 0,
             entries: HashMap::new(),
             used: RefCell::new(BTreeSet::new()),
+            requested: RefCell::new(Vec::new()),
             device: device.clone(),
             dtype,
         }
+    }
+
+    /// For [`Weights::random`]: every (key, shape) the model asked for, in order — the
+    /// checkpoint layout of that architecture (used to write benchmark weight files).
+    pub fn requested(&self) -> Vec<(String, Vec<usize>)> {
+        self.requested.borrow().clone()
     }
 
     /// The file these weights come from.
@@ -156,11 +165,29 @@ impl Weights {
 
     /// Read `key` as f32 values, checking that its shape is `shape`.
     pub fn read_f32(&self, key: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.read_data(key, shape, DType::F32)?
+            .try_into_vec_as::<f32>()
+            .map_err(|e| Error::TensorDtype {
+                file: self.path.clone(),
+                key: key.to_string(),
+                dtype: format!("{e:?}"),
+            })
+    }
+
+    /// Read `key` as `TensorData` of float dtype `dtype`, checking shape and values.
+    ///
+    /// A file dtype equal to `dtype` is copied once out of the map; other float dtypes are
+    /// converted through f32. The map's pages of the tensor are released right after, so peak
+    /// memory stays near the size of the weights in memory (no second copy in the page cache
+    /// counted against the process).
+    fn read_data(&self, key: &str, shape: &[usize], dtype: DType) -> Result<TensorData> {
         if let Some((rng, std)) = &self.random {
+            self.requested.borrow_mut().push((key.to_string(), shape.to_vec()));
             let n = shape.iter().product();
             let mut v = rng.borrow_mut().normals(n);
             v.iter_mut().for_each(|x| *x *= std);
-            return Ok(v);
+            let data = TensorData::new(v, shape.to_vec());
+            return Ok(if dtype == DType::F32 { data } else { data.convert_dtype(dtype) });
         }
         let entry = self.entries.get(key).ok_or_else(|| Error::MissingTensor {
             file: self.path.clone(),
@@ -177,20 +204,54 @@ impl Weights {
         let Some(mmap) = &self.mmap else {
             unreachable!("file-backed weights always hold their map")
         };
-        let bytes = &mmap[self.data_start + entry.start..self.data_start + entry.end];
-        let values: Vec<f32> = match entry.dtype {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
+        let (start, end) = (self.data_start + entry.start, self.data_start + entry.end);
+        let bytes = &mmap[start..end];
+        let non_finite = |count: usize| Error::NonFiniteTensor {
+            file: self.path.clone(),
+            key: key.to_string(),
+            count,
+        };
+        let data = match entry.dtype {
+            Dtype::F16 if dtype == DType::F16 => {
+                let v: Vec<half::f16> =
+                    bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]])).collect();
+                let bad = v.iter().filter(|x| !x.is_finite()).count();
+                if bad > 0 {
+                    return Err(non_finite(bad));
+                }
+                TensorData::new(v, shape.to_vec())
+            }
+            Dtype::BF16 if dtype == DType::BF16 => {
+                let v: Vec<half::bf16> =
+                    bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]])).collect();
+                let bad = v.iter().filter(|x| !x.is_finite()).count();
+                if bad > 0 {
+                    return Err(non_finite(bad));
+                }
+                TensorData::new(v, shape.to_vec())
+            }
+            Dtype::F32 | Dtype::F16 | Dtype::BF16 => {
+                let v: Vec<f32> = match entry.dtype {
+                    Dtype::F32 => bytes
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
+                    Dtype::F16 => bytes
+                        .chunks_exact(2)
+                        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                        .collect(),
+                    _ => bytes
+                        .chunks_exact(2)
+                        .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                        .collect(),
+                };
+                let bad = v.iter().filter(|x| !x.is_finite()).count();
+                if bad > 0 {
+                    return Err(non_finite(bad));
+                }
+                let data = TensorData::new(v, shape.to_vec());
+                if dtype == DType::F32 { data } else { data.convert_dtype(dtype) }
+            }
             other => {
                 return Err(Error::TensorDtype {
                     file: self.path.clone(),
@@ -199,27 +260,32 @@ impl Weights {
                 });
             }
         };
-        let bad = values.iter().filter(|v| !v.is_finite()).count();
-        if bad > 0 {
-            return Err(Error::NonFiniteTensor {
-                file: self.path.clone(),
-                key: key.to_string(),
-                count: bad,
-            });
-        }
+        self.release_pages(mmap, start, end);
         self.used.borrow_mut().insert(key.to_string());
-        Ok(values)
+        Ok(data)
+    }
+
+    /// Drop the map's resident pages of `[start, end)` (whole pages inside the range only).
+    fn release_pages(&self, mmap: &memmap2::Mmap, start: usize, end: usize) {
+        #[cfg(unix)]
+        {
+            const PAGE: usize = 4096;
+            let (a, b) = (start.div_ceil(PAGE) * PAGE, (end / PAGE) * PAGE);
+            if b > a {
+                // SAFETY: the map is read-only and file-backed; dropped pages are read back
+                // from the file if touched again, so no data is lost.
+                let _ = unsafe {
+                    mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, a, b - a)
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (mmap, start, end);
     }
 
     /// Read `key` as a tensor of shape `shape` on this file's device and dtype.
     pub fn tensor<const D: usize>(&self, key: &str, shape: [usize; D]) -> Result<Tensor<D>> {
-        let values = self.read_f32(key, &shape)?;
-        let data = TensorData::new(values, shape);
-        let data = if self.dtype == DType::F32 {
-            data
-        } else {
-            data.convert_dtype(self.dtype)
-        };
+        let data = self.read_data(key, &shape, self.dtype)?;
         Ok(Tensor::from_data(data, &self.device))
     }
 

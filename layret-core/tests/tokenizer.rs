@@ -62,12 +62,14 @@ fn sd2_tokenizer_json_matches_transformers() {
 
 #[test]
 fn both_file_layouts_give_the_same_ids() {
-    // sd2-tiny has tokenizer.json and vocab.json/merges.txt: build from the latter in a copy.
+    // sd2-tiny has only tokenizer.json; sd1-tiny only vocab.json/merges.txt of the same
+    // vocabulary. Pair sd1's files with sd2's config (pad "!") and compare.
     let src = common::fixtures().join("sd2-tiny/tokenizer");
     let tmp = tempdir("layouts");
-    for f in ["vocab.json", "merges.txt", "tokenizer_config.json"] {
-        std::fs::copy(src.join(f), tmp.join(f)).unwrap();
+    for f in ["vocab.json", "merges.txt"] {
+        std::fs::copy(common::fixtures().join("sd1-tiny/tokenizer").join(f), tmp.join(f)).unwrap();
     }
+    std::fs::copy(src.join("tokenizer_config.json"), tmp.join("tokenizer_config.json")).unwrap();
     let a = ClipTokenizer::from_dir(&src).unwrap();
     let b = ClipTokenizer::from_dir(&tmp).unwrap();
     for p in ["a photo of a sks dog", "東京の犬 🐶 café", "what's   up\tdoc?"] {
