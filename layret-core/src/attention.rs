@@ -71,6 +71,10 @@ pub struct AttentionSite<'a> {
     pub heads: usize,
     /// Dimension per head.
     pub head_dim: usize,
+    /// Height of the UNet's input latent in this pass.
+    pub latent_height: usize,
+    /// Width of the UNet's input latent in this pass.
+    pub latent_width: usize,
 }
 
 impl AttentionSite<'_> {
@@ -211,15 +215,22 @@ pub struct AttentionHook<'a> {
     pub ctx: &'a StepContext,
     /// Index the next call gets.
     pub next_index: usize,
+    /// `(height, width)` of the UNet's input latent.
+    pub latent: (usize, usize),
 }
 
 impl<'a> AttentionHook<'a> {
-    /// A hook at the start of a pass.
-    pub fn new(processor: &'a mut dyn AttentionProcessor, ctx: &'a StepContext) -> Self {
+    /// A hook at the start of a pass over a `latent` = `(height, width)` input.
+    pub fn new(
+        processor: &'a mut dyn AttentionProcessor,
+        ctx: &'a StepContext,
+        latent: (usize, usize),
+    ) -> Self {
         Self {
             processor,
             ctx,
             next_index: 0,
+            latent,
         }
     }
 }

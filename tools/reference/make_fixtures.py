@@ -522,6 +522,84 @@ def pipeline_goldens(name: str, tok, te, unet, sched, vae):
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# Attention processors: MasaCtrl-style mutual self-attention and cross-attention map capture
+# ---------------------------------------------------------------------------------------------
+
+
+class MutualSelfAttentionProcessor:
+    """diffusers AttnProcessor API. Batch rows are [src_u, tgt_u, src_c, tgt_c]. From step
+    `start` on, at up-block self-attention, the target rows attend to the source rows' keys and
+    values (MasaCtrl). At the cross-attention sites in `record`, the cond half's attention
+    probabilities, averaged over heads, are saved per (site, step)."""
+
+    def __init__(self, name, state, start, record):
+        self.name, self.state, self.start, self.record = name, state, start, record
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 temb=None, **kwargs):
+        is_cross = encoder_hidden_states is not None
+        ctx = encoder_hidden_states if is_cross else hidden_states
+        b, lq, _ = hidden_states.shape
+        h = attn.heads
+        q = attn.to_q(hidden_states)
+        k = attn.to_k(ctx)
+        v = attn.to_v(ctx)
+        d = q.shape[-1] // h
+
+        def split(t):
+            return t.reshape(b, -1, h, d).transpose(1, 2)
+
+        q, k, v = split(q), split(k), split(v)
+        step = self.state["step"]
+        if not is_cross and self.name.startswith("up_blocks") and step >= self.start:
+            # rows: 0 src_u, 1 tgt_u, 2 src_c, 3 tgt_c
+            k = k[[0, 0, 2, 2]]
+            v = v[[0, 0, 2, 2]]
+        if is_cross and self.name in self.record:
+            probs = (q @ k.transpose(-1, -2) * attn.scale).softmax(-1)
+            self.state["maps"][f"{self.name}.step{step}"] = probs[b // 2:].mean(1).clone()
+            o = probs @ v
+        else:
+            o = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        o = o.transpose(1, 2).reshape(b, lq, h * d)
+        o = attn.to_out[0](o)
+        return attn.to_out[1](o)
+
+
+def attention_goldens(name: str, tok, te, unet, sched):
+    from diffusers.models.attention_processor import AttnProcessor
+
+    record = [
+        "down_blocks.1.attentions.0.transformer_blocks.0.attn2",
+        "up_blocks.1.attentions.2.transformer_blocks.0.attn2",
+    ]
+    state = {"step": 0, "maps": {}}
+    procs = {}
+    for key in unet.attn_processors.keys():
+        site = key[: -len(".processor")]
+        procs[key] = MutualSelfAttentionProcessor(site, state, 2, record)
+    unet.set_attn_processor(procs)
+    g = torch.Generator().manual_seed(77)
+    latents = torch.randn(2, 4, 16, 16, generator=g)
+    init = latents.clone()
+    cond = encode_prompts(tok, te, ["a photo of a dog", "a photo of a dog running"])
+    uncond = encode_prompts(tok, te, ["", ""])
+    context = torch.cat([uncond, cond])
+    sched.set_timesteps(5)
+    for k, t in enumerate(sched.timesteps):
+        state["step"] = k
+        with torch.no_grad():
+            eps = unet(torch.cat([latents, latents]), t, encoder_hidden_states=context).sample
+        eu, ec = eps.chunk(2)
+        eps = eu + 7.5 * (ec - eu)
+        latents = sched.step(eps, t, latents).prev_sample
+    unet.set_attn_processor(AttnProcessor())
+    out = {"noise": init, "latents": latents}
+    out.update({f"map.{k}": v.contiguous() for k, v in state["maps"].items()})
+    save_file(out, str(GOLDEN / f"mutual_{name}.safetensors"))
+
+
 def main():
     check_environment()
     FIX.mkdir(parents=True, exist_ok=True)
@@ -560,6 +638,7 @@ def main():
     ]:
         inversion_goldens(name, tok, te, unet, sched, vae)
         pipeline_goldens(name, tok, te, unet, sched, vae)
+    attention_goldens("sd1-tiny", tok1, te1, unet1, sched1)
 
     for name in ["sd1-tiny", "sd2-tiny"]:
         write_model_index(

@@ -86,6 +86,8 @@ impl Attention {
             width,
             heads: self.heads,
             head_dim: d,
+            latent_height: hook.latent.0,
+            latent_width: hook.latent.1,
         };
         hook.next_index += 1;
         let o = hook.processor.attend(&site, hook.ctx, q, k, v);

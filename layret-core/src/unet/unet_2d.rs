@@ -31,6 +31,10 @@ pub struct SiteInfo {
     pub heads: usize,
     /// Dimension per head.
     pub head_dim: usize,
+    /// Latent height the sizes are for.
+    pub latent_height: usize,
+    /// Latent width the sizes are for.
+    pub latent_width: usize,
 }
 
 /// diffusers' `UNet2DConditionModel` for SD 1.x/2.x: predicts the noise (or v) of a latent at a
@@ -198,7 +202,7 @@ impl UNet2DConditionModel {
         processor: &mut dyn AttentionProcessor,
         ctx: &StepContext,
     ) -> Tensor<4> {
-        let [b, _, _, _] = sample.dims();
+        let [b, _, lh, lw] = sample.dims();
         let device = sample.device();
         let t = timestep_embedding(
             timestep,
@@ -210,7 +214,7 @@ impl UNet2DConditionModel {
         )
         .cast(sample.dtype());
         let temb = self.time_embedding.forward(t);
-        let mut hook = AttentionHook::new(processor, ctx);
+        let mut hook = AttentionHook::new(processor, ctx, (lh, lw));
 
         let mut x = self.conv_in.forward(sample);
         let mut skips = vec![x.clone()];
@@ -240,6 +244,8 @@ impl UNet2DConditionModel {
                 width: w,
                 heads: attn.heads,
                 head_dim: c / attn.heads,
+                latent_height: height,
+                latent_width: width,
             });
         };
         let down = |s: usize| s.div_ceil(2);
@@ -294,6 +300,8 @@ impl SiteInfo {
             width: self.width,
             heads: self.heads,
             head_dim: self.head_dim,
+            latent_height: self.latent_height,
+            latent_width: self.latent_width,
         }
     }
 }

@@ -1,0 +1,413 @@
+//! METHOD.md stage 2: multi-source attention swapping at the swapped layers.
+
+use std::collections::HashMap;
+
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use layret_core::attention::{AttentionProcessor, AttentionSite, StepContext, default_attention};
+use layret_core::nn::nearest_indices;
+
+use crate::kv::{KvStore, take_rows};
+
+/// How the two sources are combined from `swap_start` on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SwapMode {
+    /// Two masked softmaxes (reference subject, context background) blended by `M_t`.
+    #[default]
+    Split,
+    /// One softmax over `[K_t; K_c; K_r]` with context subject and reference background
+    /// tokens masked out.
+    Concat,
+}
+
+/// Binary masks (0/1) over the tokens of one map size, one row per target sample.
+#[derive(Debug, Clone)]
+pub struct SwapMasks {
+    /// Map height.
+    pub height: usize,
+    /// Map width.
+    pub width: usize,
+    /// `M_r`: the reference's subject, `[n, h·w]`.
+    pub reference: Tensor<2>,
+    /// `M_c`: the context's subject, `[n, h·w]`.
+    pub context: Tensor<2>,
+    /// `M_t`: the target's subject, `[n, h·w]`.
+    pub target: Tensor<2>,
+}
+
+impl SwapMasks {
+    /// Nearest-neighbour resize (`src = ⌊dst·in/out⌋` per axis) of all three masks.
+    pub fn resize(&self, height: usize, width: usize) -> SwapMasks {
+        if (height, width) == (self.height, self.width) {
+            return self.clone();
+        }
+        let ys = nearest_indices(self.height, height);
+        let xs = nearest_indices(self.width, width);
+        let idx: Vec<i64> = ys
+            .iter()
+            .flat_map(|&y| xs.iter().map(move |&x| (y * self.width + x) as i64))
+            .collect();
+        let device = self.reference.device();
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [height * width]), &device);
+        SwapMasks {
+            height,
+            width,
+            reference: self.reference.clone().select(1, idx.clone()),
+            context: self.context.clone().select(1, idx.clone()),
+            target: self.target.clone().select(1, idx),
+        }
+    }
+}
+
+/// Exclusion mask `[n, 1, 1, L]` (true = masked out) for the tokens where `allowed` is 0,
+/// except rows where nothing is allowed, which get no restriction (METHOD.md's empty-set rule).
+fn exclude_unless_empty(allowed: Tensor<2>) -> Tensor<4, Bool> {
+    let [n, l] = allowed.dims();
+    let empty = allowed.clone().sum_dim(1).equal_elem(0.0); // [n, 1]
+    let excluded = allowed.equal_elem(0.0).bool_and(empty.bool_not().expand([n, l]));
+    excluded.reshape([n, 1, 1, l])
+}
+
+fn masked_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, exclude: Tensor<4, Bool>) -> Tensor<4> {
+    let [n, h, lq, _] = q.dims();
+    let lk = k.dims()[2];
+    let mask = exclude.expand([n, h, lq, lk]);
+    attention(q, k, v, Some(mask), None, AttentionModuleOptions::default())
+}
+
+/// The attention output of the target rows at a swapped layer and step `step` (METHOD.md):
+///
+/// - `step < swap_start`: `softmax(Q_t K_cᵀ/√d) V_c` (structure lock);
+/// - [`SwapMode::Split`]: `M_t ⊙ softmax(Q_t K_rᵀ/√d + log 1[M_r]) V_r +
+///   (1 − M_t) ⊙ softmax(Q_t K_cᵀ/√d + log 1[¬M_c]) V_c`, an empty allowed set meaning no
+///   restriction (per sample and per softmax);
+/// - [`SwapMode::Concat`]: one softmax over `[K_t; K_c; K_r]`, context tokens allowed only in
+///   `¬M_c`, reference tokens only in `M_r`, target tokens always.
+///
+/// `masks = None` is step 0's rule: `M_t = M_r = ¬M_c = 1`.
+///
+/// # Shapes
+/// `q_t`, `k_t`, `v_t`: `[n, H, L, d]`; `k_c`, `v_c`, `k_r`, `v_r`: `[n, H, L', d]`; masks
+/// `[n, L']` (`L' = L` at the swapped self-attention layers) → `[n, H, L, d]`.
+#[allow(clippy::too_many_arguments)]
+pub fn swap_attention(
+    step: usize,
+    swap_start: usize,
+    mode: SwapMode,
+    q_t: Tensor<4>,
+    (k_t, v_t): (Tensor<4>, Tensor<4>),
+    (k_c, v_c): (Tensor<4>, Tensor<4>),
+    (k_r, v_r): (Tensor<4>, Tensor<4>),
+    masks: Option<&SwapMasks>,
+) -> Tensor<4> {
+    if step < swap_start {
+        return default_attention(q_t, k_c, v_c);
+    }
+    let [n, _, lq, _] = q_t.dims();
+    let (lc, lr) = (k_c.dims()[2], k_r.dims()[2]);
+    let device = q_t.device();
+    let (m_r, m_c, m_t) = match masks {
+        Some(m) => (m.reference.clone(), m.context.clone(), m.target.clone()),
+        None => (
+            Tensor::<2>::ones([n, lr], &device),
+            Tensor::<2>::zeros([n, lc], &device),
+            Tensor::<2>::ones([n, lq], &device),
+        ),
+    };
+    match mode {
+        SwapMode::Split => {
+            let fg = masked_attention(q_t.clone(), k_r, v_r, exclude_unless_empty(m_r));
+            let bg = masked_attention(q_t, k_c, v_c, exclude_unless_empty(m_c.neg().add_scalar(1.0)));
+            let mt = m_t.reshape([n, 1, lq, 1]);
+            fg * mt.clone() + bg * mt.neg().add_scalar(1.0)
+        }
+        SwapMode::Concat => {
+            let lt = k_t.dims()[2];
+            let k = Tensor::cat(vec![k_t, k_c, k_r], 2);
+            let v = Tensor::cat(vec![v_t, v_c, v_r], 2);
+            let exclude = Tensor::cat(
+                vec![
+                    Tensor::<2>::zeros([n, lt], &device),
+                    m_c,                            // context subject: out
+                    m_r.neg().add_scalar(1.0),      // reference background: out
+                ],
+                1,
+            )
+            .equal_elem(1.0)
+            .reshape([n, 1, 1, lt + lc + lr]);
+            masked_attention(q_t, k, v, exclude)
+        }
+    }
+}
+
+/// Where the context and reference keys/values come from.
+pub enum KvSource<'a> {
+    /// Rows of the same batch, by branch name (the "recompute" path).
+    InBatch {
+        /// The context branch.
+        context: String,
+        /// The reference branch.
+        reference: String,
+    },
+    /// Recorded passes (the "replay" path): `[2m, H, L, d]` per (site, step), uncond rows
+    /// first; `m` is the number of samples (1 for a shared reference, broadcast to all).
+    Replay {
+        /// Stage 1's context keys/values.
+        context: &'a KvStore,
+        /// The reference branch's keys/values.
+        reference: &'a KvStore,
+    },
+}
+
+/// The stage-2 processor: at the sites routed to it, the target branch's output follows
+/// [`swap_attention`] with keys/values of the context and reference branches (in the batch or
+/// replayed); every other row gets plain attention. Set the masks of each step with
+/// [`set_masks`](Self::set_masks) (at the mask level; they are resized per layer).
+pub struct MultiSourceSwap<'a> {
+    /// The structure-lock length `S`.
+    pub swap_start: usize,
+    /// Split or concat.
+    pub mode: SwapMode,
+    target: String,
+    source: KvSource<'a>,
+    masks: Option<SwapMasks>,
+    resized: HashMap<(usize, usize), SwapMasks>,
+    missing: Vec<String>,
+}
+
+impl<'a> MultiSourceSwap<'a> {
+    /// A processor for branch `target` reading from `source`.
+    pub fn new(target: &str, source: KvSource<'a>, swap_start: usize, mode: SwapMode) -> Self {
+        Self {
+            swap_start,
+            mode,
+            target: target.to_string(),
+            source,
+            masks: None,
+            resized: HashMap::new(),
+            missing: Vec::new(),
+        }
+    }
+
+    /// The masks for the coming step (`None`: step 0's all-ones rule).
+    pub fn set_masks(&mut self, masks: Option<SwapMasks>) {
+        self.masks = masks;
+        self.resized.clear();
+    }
+
+    /// Sites where replayed keys/values were missing (plain attention was used there);
+    /// empty when everything was found.
+    pub fn missing(&self) -> &[String] {
+        &self.missing
+    }
+
+    fn masks_at(&mut self, h: usize, w: usize) -> Option<SwapMasks> {
+        let m = self.masks.as_ref()?;
+        Some(self.resized.entry((h, w)).or_insert_with(|| m.resize(h, w)).clone())
+    }
+}
+
+/// Rows `half·m .. (half+1)·m` of a replayed `[2m, …]` tensor, repeated to `n` rows if m = 1.
+fn replay_half(t: Tensor<4>, half: usize, halves: usize, n: usize) -> Tensor<4> {
+    let m = t.dims()[0] / halves.max(1);
+    let rows = t.slice([half * m..(half + 1) * m]);
+    if m == 1 && n > 1 { rows.repeat_dim(0, n) } else { rows }
+}
+
+impl AttentionProcessor for MultiSourceSwap<'_> {
+    fn attend(
+        &mut self,
+        site: &AttentionSite,
+        ctx: &StepContext,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+    ) -> Tensor<4> {
+        let layout = &ctx.layout;
+        let Some(tgt) = layout.branch(&self.target) else {
+            return default_attention(q, k, v);
+        };
+        let masks = self.masks_at(site.height, site.width);
+        let halves = layout.halves();
+        let n = layout.samples;
+        let only_target = layout.branches.len() == 1;
+        let mut out = if only_target { None } else { Some(default_attention(q.clone(), k.clone(), v.clone())) };
+        let mut parts = Vec::with_capacity(halves);
+        for h in 0..halves {
+            let rows: Vec<usize> = layout.rows(h, tgt).collect();
+            let (q_t, k_t, v_t) = (
+                take_rows(q.clone(), &rows),
+                take_rows(k.clone(), &rows),
+                take_rows(v.clone(), &rows),
+            );
+            let sources = match &self.source {
+                KvSource::InBatch { context, reference } => {
+                    match (layout.branch(context), layout.branch(reference)) {
+                        (Some(c), Some(r)) => {
+                            let rc: Vec<usize> = layout.rows(h, c).collect();
+                            let rr: Vec<usize> = layout.rows(h, r).collect();
+                            Some((
+                                (take_rows(k.clone(), &rc), take_rows(v.clone(), &rc)),
+                                (take_rows(k.clone(), &rr), take_rows(v.clone(), &rr)),
+                            ))
+                        }
+                        _ => None,
+                    }
+                }
+                KvSource::Replay { context, reference } => {
+                    match (context.get(site.path, ctx.step), reference.get(site.path, ctx.step)) {
+                        (Some((kc, vc)), Some((kr, vr))) => Some((
+                            (replay_half(kc, h, halves, n), replay_half(vc, h, halves, n)),
+                            (replay_half(kr, h, halves, n), replay_half(vr, h, halves, n)),
+                        )),
+                        _ => None,
+                    }
+                }
+            };
+            let o_t = match sources {
+                Some((c, r)) => swap_attention(
+                    ctx.step,
+                    self.swap_start,
+                    self.mode,
+                    q_t,
+                    (k_t, v_t),
+                    c,
+                    r,
+                    masks.as_ref(),
+                ),
+                None => {
+                    self.missing.push(format!("{}@{}", site.path, ctx.step));
+                    default_attention(q_t, k_t, v_t)
+                }
+            };
+            parts.push((rows, o_t));
+        }
+        match out.take() {
+            None => Tensor::cat(parts.into_iter().map(|(_, o)| o).collect(), 0),
+            Some(mut all) => {
+                for (rows, o_t) in parts {
+                    let (a, b) = (rows[0], rows[rows.len() - 1] + 1);
+                    all = all.slice_assign([a..b], o_t);
+                }
+                all
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Device;
+
+    /// `[1, 1, L, 1]` from literal values.
+    fn col(v: &[f32]) -> Tensor<4> {
+        Tensor::from_data(TensorData::new(v.to_vec(), [1, 1, v.len(), 1]), &Device::flex())
+    }
+
+    fn row(v: &[f32]) -> Tensor<2> {
+        Tensor::from_data(TensorData::new(v.to_vec(), [1, v.len()]), &Device::flex())
+    }
+
+    fn vals(t: Tensor<4>) -> Vec<f64> {
+        t.into_data().try_into_vec_as::<f32>().unwrap().into_iter().map(f64::from).collect()
+    }
+
+    /// Σ softmax(q·k)·v over the listed (k, v) pairs, d = 1 (scale 1).
+    fn attend(q: f64, kv: &[(f64, f64)]) -> f64 {
+        let z: f64 = kv.iter().map(|(k, _)| (q * k).exp()).sum();
+        kv.iter().map(|(k, v)| (q * k).exp() / z * v).sum()
+    }
+
+    // Queries 1 and 2; context keys (0, 1) values (10, 20); reference keys (1, 0) values
+    // (30, 40); target keys (0.5, 0.5) values (0, 5).
+    const Q: [f64; 2] = [1.0, 2.0];
+    const C: [(f64, f64); 2] = [(0.0, 10.0), (1.0, 20.0)];
+    const R: [(f64, f64); 2] = [(1.0, 30.0), (0.0, 40.0)];
+    const T: [(f64, f64); 2] = [(0.5, 0.0), (0.5, 5.0)];
+
+    fn run(step: usize, mode: SwapMode, masks: Option<(&[f32], &[f32], &[f32])>) -> Vec<f64> {
+        let m = masks.map(|(r, c, t)| SwapMasks {
+            height: 1,
+            width: 2,
+            reference: row(r),
+            context: row(c),
+            target: row(t),
+        });
+        let out = swap_attention(
+            step,
+            4,
+            mode,
+            col(&[1.0, 2.0]),
+            (col(&[0.5, 0.5]), col(&[0.0, 5.0])),
+            (col(&[0.0, 1.0]), col(&[10.0, 20.0])),
+            (col(&[1.0, 0.0]), col(&[30.0, 40.0])),
+            m.as_ref(),
+        );
+        vals(out)
+    }
+
+    fn close(got: Vec<f64>, want: [f64; 2]) {
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-5, "got {got:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn structure_lock_before_swap_start() {
+        let masks: (&[f32], &[f32], &[f32]) = (&[1.0, 0.0], &[1.0, 0.0], &[1.0, 0.0]);
+        for mode in [SwapMode::Split, SwapMode::Concat] {
+            close(run(3, mode, Some(masks)), [attend(Q[0], &C), attend(Q[1], &C)]);
+        }
+    }
+
+    #[test]
+    fn split_without_masks_reads_the_whole_reference() {
+        // Step 0's rule: M_t = M_r = ¬M_c = 1.
+        close(run(4, SwapMode::Split, None), [attend(Q[0], &R), attend(Q[1], &R)]);
+    }
+
+    #[test]
+    fn split_with_masks() {
+        // M_r = {r0}, ¬M_c = {c1}, M_t = {query 0}: query 0 reads r0 only, query 1 c1 only.
+        let out = run(4, SwapMode::Split, Some((&[1.0, 0.0], &[1.0, 0.0], &[1.0, 0.0])));
+        close(out, [30.0, 20.0]);
+    }
+
+    #[test]
+    fn split_empty_sets_mean_no_restriction() {
+        // M_r empty and ¬M_c empty (M_c all ones): both softmaxes unrestricted;
+        // M_t = {query 1}.
+        let out = run(4, SwapMode::Split, Some((&[0.0, 0.0], &[1.0, 1.0], &[0.0, 1.0])));
+        close(out, [attend(Q[0], &C), attend(Q[1], &R)]);
+    }
+
+    #[test]
+    fn concat_masks_context_subject_and_reference_background() {
+        // Allowed: t0, t1, c1 (¬M_c), r0 (M_r).
+        let out = run(4, SwapMode::Concat, Some((&[1.0, 0.0], &[1.0, 0.0], &[1.0, 1.0])));
+        let allowed = [T[0], T[1], C[1], R[0]];
+        close(out, [attend(Q[0], &allowed), attend(Q[1], &allowed)]);
+        // No masks: every context token is in ¬M_c (M_c = 0) and every reference token in M_r.
+        let all = [T[0], T[1], C[0], C[1], R[0], R[1]];
+        close(run(5, SwapMode::Concat, None), [attend(Q[0], &all), attend(Q[1], &all)]);
+        // Concat has no empty-set rule: with M_r empty and M_c full only the target remains.
+        let out = run(4, SwapMode::Concat, Some((&[0.0, 0.0], &[1.0, 1.0], &[1.0, 1.0])));
+        close(out, [attend(Q[0], &T), attend(Q[1], &T)]);
+    }
+
+    #[test]
+    fn masks_resize_by_the_nearest_rule() {
+        let m = SwapMasks {
+            height: 2,
+            width: 2,
+            reference: row(&[1.0, 2.0, 3.0, 4.0]),
+            context: row(&[1.0, 2.0, 3.0, 4.0]),
+            target: row(&[1.0, 2.0, 3.0, 4.0]),
+        };
+        let r = m.resize(4, 4);
+        let v: Vec<f32> = r.target.into_data().try_into_vec_as::<f32>().unwrap();
+        assert_eq!(v, vec![1., 1., 2., 2., 1., 1., 2., 2., 3., 3., 4., 4., 3., 3., 4., 4.]);
+    }
+}

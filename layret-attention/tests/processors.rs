@@ -1,0 +1,140 @@
+//! The hook system on a real UNet: bit-identical default routing, and MasaCtrl-style mutual
+//! self-attention and cross-attention map capture against a diffusers `AttnProcessor`
+//! reference (tools/reference/make_fixtures.py, `attention_goldens`).
+
+use std::path::PathBuf;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use layret_attention::{AttentionStore, MutualSelfAttention, Router, SiteSelector};
+use layret_core::attention::{AttentionKind, BatchLayout, DefaultAttention, StepContext};
+use layret_core::scheduler::Scheduler;
+use layret_core::stable_diffusion::{LoadOptions, StableDiffusion};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+fn golden(key: &str) -> Tensor<4> {
+    let bytes = std::fs::read(fixtures().join("golden/mutual_sd1-tiny.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(key).unwrap();
+    let v: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let mut shape = t.shape().to_vec();
+    while shape.len() < 4 {
+        shape.insert(1, 1);
+    }
+    Tensor::from_data(TensorData::new(v, [shape[0], shape[1], shape[2], shape[3]]), &Device::flex())
+}
+
+fn max_abs(a: Tensor<4>, b: Tensor<4>) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b).abs().max().into_scalar::<f32>() as f64
+}
+
+fn model() -> StableDiffusion {
+    StableDiffusion::load(fixtures().join("sd1-tiny"), &Device::flex(), &LoadOptions::default()).unwrap()
+}
+
+const RECORD: [&str; 2] = [
+    "down_blocks.1.attentions.0.transformer_blocks.0.attn2",
+    "up_blocks.1.attentions.2.transformer_blocks.0.attn2",
+];
+
+/// Five CFG steps of the two-image (source, target) batch with `router` built per step.
+fn run(sd: &StableDiffusion, mutual: bool, store: &mut AttentionStore) -> Tensor<4> {
+    let sched = sd.ddim(5, 0.0).unwrap();
+    let cond = sd.encode_prompts(&["a photo of a dog", "a photo of a dog running"]).unwrap();
+    let uncond = sd.encode_prompts(&["", ""]).unwrap();
+    let context = Tensor::cat(vec![uncond, cond], 0);
+    let mut latents = golden("noise");
+    let mut msa = MutualSelfAttention::new("source", "target", 2);
+    for (k, &t) in sched.timesteps().iter().enumerate() {
+        let ctx = StepContext {
+            step: k,
+            timestep: t as f64,
+            layout: BatchLayout {
+                branches: vec!["source".into(), "target".into()],
+                samples: 1,
+                cfg: true,
+            },
+        };
+        let mut router = Router::new();
+        if mutual {
+            router.route(SiteSelector::new().path("up_blocks.*").kind(AttentionKind::SelfAttention), &mut msa);
+        }
+        router.route(SiteSelector::new().path(RECORD[0]), store);
+        let input = Tensor::cat(vec![latents.clone(), latents.clone()], 0);
+        let eps = sd.unet.forward(input, t as f64, &context, &mut router, &ctx);
+        drop(router);
+        let mut h = eps.chunk(2, 0);
+        let (ec, eu) = (h.pop().unwrap(), h.pop().unwrap());
+        let eps = eu.clone() + (ec - eu) * 7.5;
+        latents = sched.step(eps, k, latents, None).unwrap();
+    }
+    latents
+}
+
+#[test]
+fn mutual_self_attention_and_maps_match_diffusers() {
+    let sd = model();
+    let mut store = AttentionStore::new(true);
+    let latents = run(&sd, true, &mut store);
+    let err = max_abs(latents.clone(), golden("latents"));
+    assert!(err <= 1e-4, "latents: {err}");
+    assert_eq!(store.records().len(), 5);
+    for r in store.records() {
+        assert_eq!((r.height, r.width), (8, 8));
+        let want = golden(&format!("map.{}.step{}", r.path, r.step));
+        let err = max_abs(r.probs.clone(), want);
+        assert!(err <= 1e-4, "map {} step {}: {err}", r.path, r.step);
+    }
+    // The processor matters: without it the result is far from the golden.
+    let plain = run(&sd, false, &mut AttentionStore::new(true));
+    assert!(max_abs(plain, golden("latents")) > 1e-3);
+}
+
+#[test]
+fn store_records_only_routed_sites_second_site_too() {
+    let sd = model();
+    let mut store = AttentionStore::new(true);
+    let sched = sd.ddim(5, 0.0).unwrap();
+    let cond = sd.encode_prompts(&["a photo of a dog", "a photo of a dog running"]).unwrap();
+    let uncond = sd.encode_prompts(&["", ""]).unwrap();
+    let context = Tensor::cat(vec![uncond, cond], 0);
+    let latents = golden("noise");
+    let t = sched.timesteps()[0];
+    let ctx = StepContext {
+        step: 0,
+        timestep: t as f64,
+        layout: BatchLayout { branches: vec!["source".into(), "target".into()], samples: 1, cfg: true },
+    };
+    let mut router = Router::new();
+    router.route(SiteSelector::new().path(RECORD[1]), &mut store);
+    let input = Tensor::cat(vec![latents.clone(), latents], 0);
+    let _ = sd.unet.forward(input, t as f64, &context, &mut router, &ctx);
+    drop(router);
+    assert_eq!(store.records().len(), 1);
+    let r = &store.records()[0];
+    assert_eq!(r.path, RECORD[1]);
+    let err = max_abs(r.probs.clone(), golden(&format!("map.{}.step0", RECORD[1])));
+    assert!(err <= 1e-4, "{err}");
+}
+
+#[test]
+fn default_routing_is_bit_identical() {
+    let sd = model();
+    let x = golden("noise");
+    let context = sd.encode_prompts(&["a dog", "a cat"]).unwrap();
+    let ctx = StepContext::plain(0, 501.0, 2);
+    let plain = sd.unet.forward(x.clone(), 501.0, &context, &mut DefaultAttention, &ctx);
+    let mut empty = Router::new();
+    let a = sd.unet.forward(x.clone(), 501.0, &context, &mut empty, &ctx);
+    let mut unused = DefaultAttention;
+    let mut router = Router::new();
+    router.route(SiteSelector::new().path("no_such_block.*"), &mut unused);
+    let b = sd.unet.forward(x, 501.0, &context, &mut router, &ctx);
+    let bits = |t: Tensor<4>| t.into_data().try_into_vec_as::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let p = bits(plain);
+    assert_eq!(p, bits(a));
+    assert_eq!(p, bits(b));
+}
