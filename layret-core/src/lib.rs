@@ -29,6 +29,7 @@ pub mod host;
 pub mod image_io;
 pub mod nn;
 pub mod noise;
+pub mod personalization;
 pub mod scheduler;
 pub mod stable_diffusion;
 pub mod tokenizer;

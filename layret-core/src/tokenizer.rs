@@ -46,6 +46,9 @@ pub struct ClipTokenizer {
     eos: u32,
     pad: u32,
     max_len: usize,
+    /// Multi-vector tokens (textual inversion): `(token, n)` expands to
+    /// `token token_1 … token_{n-1}` in prompts.
+    multi_vector: Vec<(String, usize)>,
 }
 
 fn tok_err(path: &Path, message: impl Into<String>) -> Error {
@@ -148,6 +151,7 @@ impl ClipTokenizer {
             eos,
             pad,
             max_len,
+            multi_vector: Vec::new(),
         })
     }
 
@@ -277,11 +281,58 @@ impl ClipTokenizer {
             .collect()
     }
 
-    /// The BPE ids of `text` without BOS/EOS or padding (how phrases are matched in prompts).
-    pub fn encode_phrase(&self, text: &str) -> Result<Vec<u32>> {
+    /// Add a textual-inversion token of `n` vectors: `token`, `token_1`, … `token_{n-1}`, as
+    /// diffusers does; prompts mentioning `token` are expanded to all of them. Returns the ids.
+    pub fn add_multi_vector_token(&mut self, token: &str, n: usize) -> Result<Vec<u32>> {
+        if n == 0 {
+            return Err(tok_err(&self.path, format!("token {token:?} needs at least one vector")));
+        }
+        let names: Vec<String> = std::iter::once(token.to_string())
+            .chain((1..n).map(|i| format!("{token}_{i}")))
+            .collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let ids = self.add_tokens(&refs)?;
+        if n > 1 {
+            self.multi_vector.push((token.to_string(), n));
+        }
+        Ok(ids)
+    }
+
+    /// diffusers' `maybe_convert_prompt`: every multi-vector token the prompt uses is replaced
+    /// by the sequence of its vector tokens.
+    pub fn expand_prompt(&self, prompt: &str) -> Result<String> {
+        if self.multi_vector.is_empty() {
+            return Ok(prompt.to_string());
+        }
+        let ids = self.raw_ids(prompt)?;
+        let mut out = prompt.to_string();
+        for (token, n) in &self.multi_vector {
+            let Some(id) = self.inner.token_to_id(token) else { continue };
+            if ids.contains(&id) {
+                let replacement: Vec<String> = std::iter::once(token.clone())
+                    .chain((1..*n).map(|i| format!("{token}_{i}")))
+                    .collect();
+                out = out.replace(token.as_str(), &replacement.join(" "));
+            }
+        }
+        Ok(out)
+    }
+
+    fn raw_ids(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self
             .inner
             .encode(text, false)
+            .map_err(|e| tok_err(&self.path, format!("cannot encode {text:?}: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// The BPE ids of `text` without BOS/EOS or padding (how phrases are matched in prompts);
+    /// multi-vector tokens are expanded first.
+    pub fn encode_phrase(&self, text: &str) -> Result<Vec<u32>> {
+        let text = self.expand_prompt(text)?;
+        let enc = self
+            .inner
+            .encode(text.as_str(), false)
             .map_err(|e| tok_err(&self.path, format!("cannot encode {text:?}: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }

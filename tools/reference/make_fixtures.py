@@ -600,6 +600,203 @@ def attention_goldens(name: str, tok, te, unet, sched):
     save_file(out, str(GOLDEN / f"mutual_{name}.safetensors"))
 
 
+# ---------------------------------------------------------------------------------------------
+# Personalization: textual inversion, DreamBooth, Custom Diffusion, LoRA
+# ---------------------------------------------------------------------------------------------
+
+PERS = FIX / "personalization"
+
+
+def make_ti_files(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    PERS.mkdir(parents=True, exist_ok=True)
+    # diffusers' textual_inversion output: {token: [dim]}
+    save_file({"<cat-toy>": torch.randn(16, generator=g)}, str(PERS / "ti_cat_toy.safetensors"))
+    # A1111 embedding: emb_params [n, dim], no token name (the user gives one)
+    save_file({"emb_params": torch.randn(2, 16, generator=g)}, str(PERS / "ti_a1111_2vec.safetensors"))
+    # Custom Diffusion's modifier token, diffusers format, beside the CD weights
+    (PERS / "custom_diffusion").mkdir(exist_ok=True)
+    save_file({"<new1>": torch.randn(16, generator=g)}, str(PERS / "custom_diffusion" / "new1.safetensors"))
+
+
+TI_PROMPTS = [
+    "a <cat-toy> on the beach",
+    "a photo of <sks2> and a <cat-toy>",
+    "<sks2> <sks2>",
+    "a photo of a cat toy",
+]
+
+
+def ti_goldens(tok_dir: Path, te_dir: Path):
+    from transformers import CLIPTextModel, CLIPTokenizer
+    from diffusers import StableDiffusionPipeline  # noqa: F401  (loader mixin lives there)
+    from diffusers.loaders import TextualInversionLoaderMixin
+
+    class Loader(TextualInversionLoaderMixin):
+        def __init__(self, tokenizer, text_encoder):
+            self.tokenizer, self.text_encoder = tokenizer, text_encoder
+            self.hf_device_map = None
+            self.components = {"tokenizer": tokenizer, "text_encoder": text_encoder}
+
+    tok = CLIPTokenizer.from_pretrained(str(tok_dir))
+    te = CLIPTextModel.from_pretrained(str(te_dir), torch_dtype=torch.float32).eval()
+    ld = Loader(tok, te)
+    ld.load_textual_inversion(str(PERS / "ti_cat_toy.safetensors"))
+    ld.load_textual_inversion(str(PERS / "ti_a1111_2vec.safetensors"), token="<sks2>")
+    out = {}
+    cases = []
+    for i, p in enumerate(TI_PROMPTS):
+        conv = ld.maybe_convert_prompt(p, tok)
+        ids = tok(conv, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():
+            out[f"hidden{i}"] = te(ids).last_hidden_state.contiguous()
+        out[f"ids{i}"] = ids.contiguous()
+        cases.append({"prompt": p, "converted": conv})
+    save_file(out, str(GOLDEN / "ti_sd1-tiny.safetensors"))
+    (GOLDEN / "ti_sd1-tiny.json").write_text(json.dumps(cases, indent=1) + "\n")
+
+
+def make_dreambooth(base: str, name: str, seed: int):
+    """A DreamBooth-style folder: the base with its UNet and text encoder fine-tuned (here:
+    perturbed); VAE, tokenizer and scheduler are byte-identical copies (git stores them once)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    src, dst = FIX / base, FIX / name
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    for sub in ["vae", "tokenizer", "scheduler"]:
+        shutil.copytree(src / sub, dst / sub)
+    shutil.copy(src / "model_index.json", dst / "model_index.json")
+    g = torch.Generator().manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(str(src / "unet")).eval()
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    unet.to(torch.float16).save_pretrained(str(dst / "unet"), safe_serialization=True)
+    te = CLIPTextModel.from_pretrained(str(src / "text_encoder"), torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        for p in te.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    te.to(torch.float16).save_pretrained(str(dst / "text_encoder"), safe_serialization=True)
+
+
+def make_unet_copy(name: str):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_pretrained(str(FIX / name / "unet")).eval()
+
+
+def cd_goldens(unet, seed: int):
+    """Custom Diffusion: attn2 to_k/to_v replaced (and to_q/to_out on one layer)."""
+    from diffusers.models.attention_processor import AttnProcessor, CustomDiffusionAttnProcessor
+
+    g = torch.Generator().manual_seed(seed)
+    procs = {}
+    for key in unet.attn_processors.keys():
+        site = key[: -len(".processor")]
+        if not site.endswith("attn2"):
+            procs[key] = CustomDiffusionAttnProcessor(train_kv=False, train_q_out=False)
+            continue
+        attn = unet.get_submodule(site)
+        qo = site.startswith("mid_block")
+        p = CustomDiffusionAttnProcessor(
+            train_kv=True,
+            train_q_out=qo,
+            hidden_size=attn.to_q.out_features,
+            cross_attention_dim=attn.to_k.in_features,
+        )
+        with torch.no_grad():
+            for name, param in p.named_parameters():
+                base = {
+                    "to_k_custom_diffusion.weight": attn.to_k.weight,
+                    "to_v_custom_diffusion.weight": attn.to_v.weight,
+                    "to_q_custom_diffusion.weight": attn.to_q.weight,
+                    "to_out_custom_diffusion.0.weight": attn.to_out[0].weight,
+                    "to_out_custom_diffusion.0.bias": attn.to_out[0].bias,
+                }[name]
+                param.copy_(base + 0.05 * torch.randn(base.shape, generator=g))
+        procs[key] = p
+    unet.set_attn_processor(procs)
+    state = {}
+    for key, p in unet.attn_processors.items():
+        for name, param in p.named_parameters():
+            state[f"{key}.{name}"] = param.detach().clone().contiguous()
+    save_file(state, str(PERS / "custom_diffusion" / "pytorch_custom_diffusion_weights.safetensors"))
+    d = load_file(str(GOLDEN / "unet_sd1-tiny.safetensors"))
+    with torch.no_grad():
+        eps = unet(d["sample"], 981, encoder_hidden_states=d["encoder_hidden_states"]).sample
+    unet.set_attn_processor(AttnProcessor())
+    save_file({"eps_t981": eps.contiguous()}, str(GOLDEN / "cd_sd1-tiny.safetensors"))
+
+
+def lora_goldens(seed: int):
+    """LoRA on the UNet (attention projections, via diffusers/PEFT) and on the text encoder
+    (q/k/v/out_proj), in PEFT/diffusers and kohya files.
+
+    The UNet goldens come from diffusers' own loaders (`load_lora_adapter`, `fuse_lora`). The
+    text-encoder goldens are computed by the LoRA formula W + scale·(alpha/r)·B·A directly:
+    transformers 5's PEFT integration needs peft >= 0.22, which PyPI does not offer yet."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    unet = UNet2DConditionModel.from_pretrained(str(FIX / "sd1-tiny" / "unet")).eval()
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    unet_sd = {k: v.detach().clone() for k, v in get_peft_model_state_dict(unet).items()}
+    te_r, te_alpha = 2, 3.0
+    te_sd = {}
+    for i in range(3):
+        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"]:
+            base = f"text_model.encoder.layers.{i}.self_attn.{proj}"
+            te_sd[f"{base}.lora_A.weight"] = 0.2 * torch.randn(te_r, 16, generator=g)
+            te_sd[f"{base}.lora_B.weight"] = 0.2 * torch.randn(16, te_r, generator=g)
+    out_dir = PERS / "lora_peft"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    peft_file = {f"unet.{k}": v.contiguous() for k, v in unet_sd.items()}
+    peft_file.update({f"text_encoder.{k}": v.contiguous() for k, v in te_sd.items()})
+    save_file(peft_file, str(out_dir / "pytorch_lora_weights.safetensors"))
+    # kohya naming; UNet alpha 8 (scale alpha/r = 2), text encoder alpha 3 (1.5).
+    kohya = {}
+    for sd_, prefix, alpha in [(unet_sd, "lora_unet_", 8.0), (te_sd, "lora_te_", te_alpha)]:
+        for k, v in sd_.items():
+            mod, ab = k.rsplit(".lora_", 1)
+            kk = prefix + mod.replace(".", "_")
+            kohya[f"{kk}.lora_{'down' if ab.startswith('A') else 'up'}.weight"] = v.contiguous()
+            kohya[f"{kk}.alpha"] = torch.tensor(alpha)
+    save_file(kohya, str(PERS / "lora_kohya.safetensors"))
+
+    d = load_file(str(GOLDEN / "unet_sd1-tiny.safetensors"))
+    ids = load_file(str(GOLDEN / "clip_sd1-tiny.safetensors"))["input_ids"]
+    scale = 0.7
+    out = {}
+    for tag, path in [("peft", out_dir / "pytorch_lora_weights.safetensors"),
+                      ("kohya", PERS / "lora_kohya.safetensors")]:
+        state, alphas = StableDiffusionPipeline.lora_state_dict(str(path))
+        u = UNet2DConditionModel.from_pretrained(str(FIX / "sd1-tiny" / "unet")).eval()
+        u.load_lora_adapter(state, prefix="unet", network_alphas=alphas, adapter_name="x")
+        u.fuse_lora(lora_scale=scale)
+        with torch.no_grad():
+            out[f"{tag}.eps_t981"] = u(d["sample"], 981, encoder_hidden_states=d["encoder_hidden_states"]).sample.contiguous()
+        te = CLIPTextModel.from_pretrained(str(FIX / "sd1-tiny" / "text_encoder"), torch_dtype=torch.float32).eval()
+        te_scale = te_alpha / te_r if tag == "kohya" else 1.0  # PEFT files carry no alpha: alpha = r
+        with torch.no_grad():
+            for k, a_ in te_sd.items():
+                if not k.endswith("lora_A.weight"):
+                    continue
+                mod = k[: -len(".lora_A.weight")]
+                b_ = te_sd[f"{mod}.lora_B.weight"]
+                lin = te.get_submodule(mod.removeprefix("text_model."))
+                lin.weight.add_(scale * te_scale * (b_ @ a_))
+            out[f"{tag}.hidden"] = te(ids).last_hidden_state.contiguous()
+    save_file(out, str(GOLDEN / "lora_sd1-tiny.safetensors"))
+
+
 def main():
     check_environment()
     FIX.mkdir(parents=True, exist_ok=True)
@@ -639,6 +836,12 @@ def main():
         inversion_goldens(name, tok, te, unet, sched, vae)
         pipeline_goldens(name, tok, te, unet, sched, vae)
     attention_goldens("sd1-tiny", tok1, te1, unet1, sched1)
+
+    make_ti_files(3000)
+    ti_goldens(FIX / "sd1-tiny" / "tokenizer", FIX / "sd1-tiny" / "text_encoder")
+    make_dreambooth("sd1-tiny", "sd1-tiny-dreambooth", 3100)
+    cd_goldens(make_unet_copy("sd1-tiny"), 3200)
+    lora_goldens(3300)
 
     for name in ["sd1-tiny", "sd2-tiny"]:
         write_model_index(

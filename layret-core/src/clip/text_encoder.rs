@@ -202,6 +202,43 @@ impl ClipTextEncoder {
         })
     }
 
+    /// Every Linear layer with its checkpoint path (`encoder.layers.3.self_attn.q_proj`,
+    /// `encoder.layers.3.mlp.fc1`; without the `text_model.` prefix), for LoRA.
+    pub fn for_each_linear_mut(&mut self, f: &mut dyn FnMut(&str, &mut Linear)) {
+        for (i, l) in self.encoder.layers.iter_mut().enumerate() {
+            let p = format!("encoder.layers.{i}");
+            f(&format!("{p}.self_attn.q_proj"), &mut l.self_attn.q_proj);
+            f(&format!("{p}.self_attn.k_proj"), &mut l.self_attn.k_proj);
+            f(&format!("{p}.self_attn.v_proj"), &mut l.self_attn.v_proj);
+            f(&format!("{p}.self_attn.out_proj"), &mut l.self_attn.out_proj);
+            f(&format!("{p}.mlp.fc1"), &mut l.mlp.fc1);
+            f(&format!("{p}.mlp.fc2"), &mut l.mlp.fc2);
+        }
+    }
+
+    /// Width of the hidden states (and of token embeddings).
+    pub fn hidden_size(&self) -> usize {
+        self.embeddings.token_embedding.weight.dims()[1]
+    }
+
+    /// A copy with `rows` (`[n, hidden]`) appended to the token embedding (new token ids
+    /// `vocab_size()..vocab_size()+n`); everything else is shared with `self`.
+    pub fn with_extra_tokens(&self, rows: Tensor<2>) -> Result<Self> {
+        let [_, d] = rows.dims();
+        if d != self.hidden_size() {
+            return Err(Error::Shape {
+                what: "token embedding rows".into(),
+                expected: format!("[n, {}]", self.hidden_size()),
+                got: rows.dims().to_vec(),
+            });
+        }
+        let mut out = self.clone();
+        let w = self.embeddings.token_embedding.weight.val();
+        out.embeddings.token_embedding.weight =
+            burn::module::Param::from_tensor(Tensor::cat(vec![w, rows], 0));
+        Ok(out)
+    }
+
     /// Vocabulary size (rows of the token embedding).
     pub fn vocab_size(&self) -> usize {
         self.embeddings.token_embedding.num_embeddings()

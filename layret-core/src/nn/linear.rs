@@ -39,3 +39,24 @@ impl Linear {
         burn::tensor::module::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
     }
 }
+
+impl Linear {
+    /// Input width.
+    pub fn d_in(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// Output width.
+    pub fn d_out(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    /// A copy with `delta` (`[out, in]`, PyTorch's layout) added to the weight; the original
+    /// is untouched (the copy gets new storage for this weight only).
+    pub fn with_weight_delta(&self, delta: Tensor<2>) -> Linear {
+        Linear {
+            weight: Param::from_tensor(self.weight.val() + delta.transpose()),
+            bias: self.bias.clone(),
+        }
+    }
+}

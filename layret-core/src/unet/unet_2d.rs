@@ -228,6 +228,44 @@ impl UNet2DConditionModel {
         self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
     }
 
+    /// Every transformer's Linear layers with their checkpoint paths (`…attn2.to_k`,
+    /// `…ff.net.2`, `…proj_in` when linear), for personalization (LoRA, Custom Diffusion).
+    pub fn for_each_linear_mut(&mut self, f: &mut dyn FnMut(&str, &mut crate::nn::Linear)) {
+        use super::transformer::{Projection, Transformer2D};
+        fn visit(t: &mut Transformer2D, prefix: &str, f: &mut dyn FnMut(&str, &mut crate::nn::Linear)) {
+            if let Projection::Linear(l) = &mut t.proj_in {
+                f(&format!("{prefix}.proj_in"), l);
+            }
+            for (i, b) in t.transformer_blocks.iter_mut().enumerate() {
+                let p = format!("{prefix}.transformer_blocks.{i}");
+                for (name, a) in [("attn1", &mut b.attn1), ("attn2", &mut b.attn2)] {
+                    f(&format!("{p}.{name}.to_q"), &mut a.to_q);
+                    f(&format!("{p}.{name}.to_k"), &mut a.to_k);
+                    f(&format!("{p}.{name}.to_v"), &mut a.to_v);
+                    f(&format!("{p}.{name}.to_out.0"), &mut a.to_out.linear);
+                }
+                f(&format!("{p}.ff.net.0.proj"), &mut b.ff.geglu.proj);
+                f(&format!("{p}.ff.net.2"), &mut b.ff.out);
+            }
+            if let Projection::Linear(l) = &mut t.proj_out {
+                f(&format!("{prefix}.proj_out"), l);
+            }
+        }
+        for (i, block) in self.down_blocks.iter_mut().enumerate() {
+            for (j, t) in block.attentions.iter_mut().enumerate() {
+                visit(t, &format!("down_blocks.{i}.attentions.{j}"), f);
+            }
+        }
+        for (j, t) in self.mid_block.attentions.iter_mut().enumerate() {
+            visit(t, &format!("mid_block.attentions.{j}"), f);
+        }
+        for (i, block) in self.up_blocks.iter_mut().enumerate() {
+            for (j, t) in block.attentions.iter_mut().enumerate() {
+                visit(t, &format!("up_blocks.{i}.attentions.{j}"), f);
+            }
+        }
+    }
+
     /// Every attention site in execution order, with its size for a `height × width` latent.
     pub fn sites(&self, height: usize, width: usize) -> Vec<SiteInfo> {
         let mut out = Vec::new();
