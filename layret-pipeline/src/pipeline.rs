@@ -1,0 +1,194 @@
+//! `LayoutAndRetouch`: the two stages composed over prompts and samples.
+
+use burn::tensor::Tensor;
+use image::RgbImage;
+use layret_core::stable_diffusion::{NoiseSource, Progress};
+use layret_core::{Error, Result};
+
+use crate::layout::StepBlendedLayout;
+use crate::models::ModelPair;
+use crate::prompts::SubjectPrompts;
+use crate::retouch::MultiSourceRetouch;
+use crate::settings::MethodSettings;
+use crate::stage::{LayoutRequest, LayoutStage, RetouchStage, StepMasks};
+
+/// The subject: its phrases and a reference photo.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    /// `P`, e.g. "sks dog".
+    pub phrase: String,
+    /// `C`, e.g. "dog".
+    pub class_phrase: String,
+    /// The reference photo at the generation size, `[1, 3, H, W]` in [-1, 1].
+    pub reference: Tensor<4>,
+}
+
+/// One generation request: several prompts × `num_samples` for one subject.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    /// Prompts, each containing the subject's phrase.
+    pub prompts: Vec<String>,
+    /// Samples per prompt (`K`).
+    pub num_samples: usize,
+    /// Image width.
+    pub width: usize,
+    /// Image height.
+    pub height: usize,
+    /// Initial noise: a seed (the same for every prompt) or a `[K, 4, H/8, W/8]` tensor whose
+    /// rows the K samples of each prompt use.
+    pub noise: NoiseSource,
+    /// The method's knobs.
+    pub settings: MethodSettings,
+    /// Also return the masks of the last step as images.
+    pub return_masks: bool,
+}
+
+/// The masks of one sample as grayscale images at the generation size.
+#[derive(Debug, Clone)]
+pub struct MaskImages {
+    /// `M_t`.
+    pub target: image::GrayImage,
+    /// `M_c`.
+    pub context: image::GrayImage,
+    /// `M_r`.
+    pub reference: image::GrayImage,
+    /// `M̃` (latent blending), if it ran.
+    pub blend: Option<image::GrayImage>,
+}
+
+/// One generated sample.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    /// Index of the prompt in the request.
+    pub prompt_index: usize,
+    /// Sample index within the prompt.
+    pub sample: usize,
+    /// The final image.
+    pub image: RgbImage,
+    /// The context (layout) image beside it.
+    pub context_image: RgbImage,
+    /// Final target latents `[1, 4, h, w]`.
+    pub latents: Tensor<4>,
+    /// Final context latents `[1, 4, h, w]`.
+    pub context_latents: Tensor<4>,
+    /// Masks, if asked for.
+    pub masks: Option<MaskImages>,
+}
+
+/// Progress of the whole pipeline: which prompt, and the stage's own progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PipelineProgress {
+    /// Prompt index.
+    pub prompt: usize,
+    /// Number of prompts.
+    pub prompts: usize,
+    /// Progress of the current stage.
+    pub stage: Progress,
+}
+
+/// The Layout-and-Retouch pipeline: a [`LayoutStage`] then a [`RetouchStage`] (by default
+/// [`StepBlendedLayout`] and [`MultiSourceRetouch`]); either can be a user's own.
+pub struct LayoutAndRetouch<L: LayoutStage = StepBlendedLayout, R: RetouchStage = MultiSourceRetouch> {
+    /// Stage 1.
+    pub layout: L,
+    /// Stage 2.
+    pub retouch: R,
+}
+
+impl Default for LayoutAndRetouch {
+    fn default() -> Self {
+        Self {
+            layout: StepBlendedLayout,
+            retouch: MultiSourceRetouch::new(),
+        }
+    }
+}
+
+fn gray(mask: &Tensor<4>, i: usize, width: u32, height: u32) -> Result<image::GrayImage> {
+    let [_, _, h, w] = mask.dims();
+    let row = mask.clone().slice([i..i + 1]);
+    let v = layret_core::host::to_f32_vec(row, "mask")?;
+    let small = image::GrayImage::from_fn(w as u32, h as u32, |x, y| {
+        image::Luma([if v[y as usize * w + x as usize] >= 0.5 { 255 } else { 0 }])
+    });
+    Ok(image::imageops::resize(&small, width, height, image::imageops::FilterType::Nearest))
+}
+
+impl<L: LayoutStage, R: RetouchStage> LayoutAndRetouch<L, R> {
+    /// Compose two stages.
+    pub fn new(layout: L, retouch: R) -> Self {
+        Self { layout, retouch }
+    }
+
+    /// Run both stages for every prompt of `request`.
+    pub fn generate(
+        &mut self,
+        models: &ModelPair,
+        subject: &Subject,
+        request: &GenerateRequest,
+        progress: &mut dyn FnMut(PipelineProgress),
+    ) -> Result<Vec<Generated>> {
+        request.settings.validate()?;
+        if request.prompts.is_empty() {
+            return Err(Error::invalid("prompts", "no prompt given"));
+        }
+        if request.num_samples == 0 {
+            return Err(Error::invalid("num_samples", "0; must be at least 1"));
+        }
+        let base = &models.base;
+        let (h, w) = base.latent_size(request.width, request.height)?;
+        let noise = base.initial_noise(&request.noise, request.num_samples, h, w)?;
+        // Check every prompt before any work.
+        let prompts = request
+            .prompts
+            .iter()
+            .map(|p| SubjectPrompts::new(p, &subject.phrase, &subject.class_phrase, &request.settings.reference_prefix))
+            .collect::<Result<Vec<_>>>()?;
+        let n_prompts = prompts.len();
+        let mut out = Vec::new();
+        for (pi, prompts) in prompts.into_iter().enumerate() {
+            let mut report = |stage: Progress| progress(PipelineProgress { prompt: pi, prompts: n_prompts, stage });
+            let req = LayoutRequest {
+                prompts,
+                noise: noise.clone(),
+                settings: request.settings.clone(),
+            };
+            let layout = self.layout.layout(models, &req, &mut report)?;
+            let context = layout
+                .trajectory
+                .last()
+                .cloned()
+                .ok_or_else(|| Error::invalid("layout", "empty trajectory"))?;
+            let result = self.retouch.retouch(models, &layout, &subject.reference, &mut report)?;
+            let images = base.decode_to_rgb8(result.latents.clone())?;
+            let context_images = base.decode_to_rgb8(context.clone())?;
+            report(Progress { stage: "decode", step: 1, total: 1 });
+            for (i, (image, context_image)) in images.into_iter().zip(context_images).enumerate() {
+                let masks = match (&result.masks, request.return_masks) {
+                    (Some(m), true) => Some(mask_images(m, i, request.width as u32, request.height as u32)?),
+                    _ => None,
+                };
+                out.push(Generated {
+                    prompt_index: pi,
+                    sample: i,
+                    image,
+                    context_image,
+                    latents: result.latents.clone().slice([i..i + 1]),
+                    context_latents: context.clone().slice([i..i + 1]),
+                    masks,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn mask_images(m: &StepMasks, i: usize, width: u32, height: u32) -> Result<MaskImages> {
+    Ok(MaskImages {
+        target: gray(&m.target, i, width, height)?,
+        context: gray(&m.context, i, width, height)?,
+        reference: gray(&m.reference, i, width, height)?,
+        blend: m.blend.as_ref().map(|b| gray(b, i, width, height)).transpose()?,
+    })
+}
+

@@ -1,0 +1,143 @@
+//! The reference branch: DDIM inversion of the subject photo and its per-step keys/values and
+//! maps, cached per (model, image, `y_r`, N).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use burn::tensor::Tensor;
+use layret_attention::{AttentionStore, KvPolicy, KvRecorder, KvStore, Router};
+use layret_core::Result;
+use layret_core::attention::{BatchLayout, DefaultAttention, StepContext};
+use layret_core::scheduler::Scheduler;
+use layret_core::stable_diffusion::{Progress, check_finite};
+
+use crate::models::{Conditioning, ModelPair, Which, cfg_pass, mask_sites, subject_map, swapped_sites};
+use crate::settings::MethodSettings;
+
+/// Everything stage 2 needs of the reference branch.
+#[derive(Debug, Clone)]
+pub struct ReferenceData {
+    /// `z^r(t_k)` in sampling order (k = 0 is the noisiest), each `[1, 4, h, w]`.
+    pub latents: Vec<Tensor<4>>,
+    /// Keys/values of the swapped sites per step (`[2, H, L, d]`: uncond, cond).
+    pub kv: KvStore,
+    /// Subject maps per step, `[1, hm·wm]`.
+    pub maps: Vec<Tensor<2>>,
+}
+
+/// The cache key of a reference.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReferenceKey {
+    /// Model pair id.
+    pub model: String,
+    /// A hash of the image tensor's values.
+    pub image: u64,
+    /// `y_r`.
+    pub prompt: String,
+    /// The unconditional prompt.
+    pub negative: String,
+    /// N.
+    pub steps: usize,
+    /// Guidance (bits), mask factor, swap divisor.
+    pub knobs: (u64, usize, usize),
+}
+
+/// An in-memory cache of references (reused across prompts and seeds).
+#[derive(Debug, Default)]
+pub struct ReferenceCache {
+    entries: HashMap<ReferenceKey, Arc<ReferenceData>>,
+    /// Hits so far.
+    pub hits: usize,
+    /// Misses so far.
+    pub misses: usize,
+}
+
+impl ReferenceCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The cached data for `key`, computing it with `make` on a miss.
+    pub fn get_or_insert(
+        &mut self,
+        key: ReferenceKey,
+        make: impl FnOnce() -> Result<ReferenceData>,
+    ) -> Result<Arc<ReferenceData>> {
+        if let Some(v) = self.entries.get(&key) {
+            self.hits += 1;
+            return Ok(v.clone());
+        }
+        self.misses += 1;
+        let v = Arc::new(make()?);
+        self.entries.insert(key, v.clone());
+        Ok(v)
+    }
+}
+
+/// FNV-1a over the tensor's f32 bits.
+pub fn hash_tensor(t: &Tensor<4>) -> Result<u64> {
+    let values = layret_core::host::to_f32_vec(t.clone(), "reference image")?;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for v in values {
+        for b in v.to_bits().to_le_bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    Ok(h)
+}
+
+/// Compute the reference branch (METHOD.md): `x = VAE.encode(I_r).mean · s`; DDIM inversion
+/// with ε* on `y_r` without CFG; then, per step k, ε* on `z^r(t_k)` with `y_r` under CFG
+/// batching, recording the swapped sites' keys/values and the subject maps.
+pub fn compute_reference(
+    models: &ModelPair,
+    image: &Tensor<4>,
+    prompts: &crate::prompts::SubjectPrompts,
+    settings: &MethodSettings,
+    mask: (usize, usize),
+    progress: &mut dyn FnMut(Progress),
+) -> Result<ReferenceData> {
+    let sched = models.base.ddim(settings.steps, 0.0)?;
+    let cond = Conditioning::new(models, Which::Personal, &prompts.reference, &settings.negative_prompt, &prompts.phrase)?;
+    let unet = models.unet(Which::Personal);
+    let mut x = models.base.encode_image(image.clone())?;
+    unet.check_inputs(&x, &cond.cond)?;
+    // Inversion, ascending timesteps.
+    let inv_ts = sched.inversion_timesteps();
+    let n = inv_ts.len();
+    let mut by_t = HashMap::new();
+    for (j, &t) in inv_ts.iter().enumerate() {
+        let ctx = StepContext {
+            step: n - 1 - j,
+            timestep: t as f64,
+            layout: BatchLayout::single("reference", 1, false),
+        };
+        let eps = unet.forward(x.clone(), t as f64, &cond.cond, &mut DefaultAttention, &ctx);
+        x = sched.inversion_step(eps, t, x);
+        check_finite(&x, "inverted reference latents", j)?;
+        by_t.insert(t, x.clone());
+        progress(Progress { stage: "invert", step: j + 1, total: n });
+    }
+    let mut latents = Vec::with_capacity(n);
+    let mut kv = KvStore::new(KvPolicy::KeepF32);
+    let mut maps = Vec::with_capacity(n);
+    for (k, &t) in sched.timesteps().iter().enumerate() {
+        let z = by_t.get(&t).cloned().ok_or_else(|| {
+            layret_core::Error::invalid("reference", format!("no inverted latent at t = {t}"))
+        })?;
+        let mut store = AttentionStore::new(true);
+        {
+            let mut recorder = KvRecorder::new(&mut kv);
+            let mut router = Router::new();
+            router.route(swapped_sites(settings.swap_divisor), &mut recorder);
+            router.route(mask_sites(mask.0, mask.1), &mut store);
+            cfg_pass(models, &cond, z.clone(), t as f64, k, settings.guidance, "reference", &mut router)?;
+        }
+        maps.push(subject_map(&store, k, mask, &cond.tokens)?);
+        latents.push(z);
+        progress(Progress { stage: "reference", step: k + 1, total: n });
+    }
+    Ok(ReferenceData { latents, kv, maps })
+}
