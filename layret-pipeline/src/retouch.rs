@@ -21,6 +21,9 @@ use crate::stage::{LayoutResult, RetouchResult, RetouchStage, StepMasks};
 pub struct MultiSourceRetouch {
     /// References computed so far (per model, image, `y_r`, N).
     pub cache: ReferenceCache,
+    /// When `Some`, the masks of every step are appended here as `(step, masks)` (for
+    /// debugging and tests); `None` keeps only the last step's in the result.
+    pub mask_log: Option<Vec<(usize, StepMasks)>>,
 }
 
 impl MultiSourceRetouch {
@@ -165,13 +168,17 @@ impl RetouchStage for MultiSourceRetouch {
                 }
             }
             check_finite(&z, "target latents", k)?;
+            let used = step_masks.map(|m| StepMasks {
+                target: spatial(&m.target, hm, wm),
+                context: spatial(&m.context, hm, wm),
+                reference: spatial(&m.reference, hm, wm),
+                blend: blend_mask,
+            });
+            if let (Some(log), Some(m)) = (self.mask_log.as_mut(), &used) {
+                log.push((k, m.clone()));
+            }
             if k + 1 == total {
-                last_masks = step_masks.map(|m| StepMasks {
-                    target: spatial(&m.target, hm, wm),
-                    context: spatial(&m.context, hm, wm),
-                    reference: spatial(&m.reference, hm, wm),
-                    blend: blend_mask,
-                });
+                last_masks = used;
             }
             prev_target_map = Some(target_map);
             prev_context_map = Some(context_map);

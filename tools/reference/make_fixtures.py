@@ -797,6 +797,67 @@ def lora_goldens(seed: int):
     save_file(out, str(GOLDEN / "lora_sd1-tiny.safetensors"))
 
 
+# ---------------------------------------------------------------------------------------------
+# The method (METHOD.md) on the tiny personalized fixtures
+# ---------------------------------------------------------------------------------------------
+
+METHOD_CFG = dict(N=6, guidance=7.5, S=2, tau=0.1, mf=2, layout_fraction=0.2, blend="otsu")
+
+
+def method_goldens():
+    import copy
+
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers.loaders import TextualInversionLoaderMixin
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from method_reference import run_method
+
+    def parts(name):
+        d = FIX / name
+        return (
+            CLIPTokenizer.from_pretrained(str(d / "tokenizer")),
+            CLIPTextModel.from_pretrained(str(d / "text_encoder"), torch_dtype=torch.float32).eval(),
+            UNet2DConditionModel.from_pretrained(str(d / "unet"), torch_dtype=torch.float32).eval(),
+        )
+
+    vae = AutoencoderKL.from_pretrained(str(FIX / "sd1-tiny" / "vae")).eval()
+    g = torch.Generator().manual_seed(4000)
+    noise = torch.randn(2, 4, 16, 16, generator=g)
+    ref = torch.nn.functional.interpolate(
+        torch.rand(1, 3, 16, 16, generator=g) * 2 - 1, size=(128, 128), mode="bilinear"
+    )
+
+    class Loader(TextualInversionLoaderMixin):
+        def __init__(self, tokenizer, text_encoder):
+            self.tokenizer, self.text_encoder = tokenizer, text_encoder
+            self.hf_device_map = None
+            self.components = {"tokenizer": tokenizer, "text_encoder": text_encoder}
+
+    runs = []
+    vanilla = parts("sd1-tiny")
+    tok_p, te_p = copy.deepcopy(vanilla[0]), copy.deepcopy(vanilla[1])
+    Loader(tok_p, te_p).load_textual_inversion(str(PERS / "ti_cat_toy.safetensors"))
+    ti_personal = (tok_p, te_p, vanilla[2])
+    runs.append(("ti", vanilla, ti_personal, "<cat-toy>", "cat toy", "a <cat-toy> on the beach", {}))
+    runs.append(("ti_concat", vanilla, ti_personal, "<cat-toy>", "cat toy", "a <cat-toy> on the beach",
+                 {"mode": "concat", "tau": 0.5}))
+    runs.append(("dreambooth", vanilla, parts("sd1-tiny-dreambooth"), "sks dog", "dog", "a sks dog surfing a wave",
+                 {"tau": 0.5}))
+    for tag, van, per, P, C, prompt, over in runs:
+        cfg = dict(METHOD_CFG, mode="split")
+        cfg.update(over)
+        sched = DDIMScheduler.from_pretrained(str(FIX / "sd1-tiny" / "scheduler"))
+        out = run_method(van, per, vae, sched, noise, ref, P, C, prompt, cfg)
+        out.update(noise=noise, reference_image=ref)
+        save_file({k: v.contiguous() for k, v in out.items()}, str(GOLDEN / f"method_{tag}.safetensors"))
+    (GOLDEN / "method_cases.json").write_text(json.dumps({
+        "settings": METHOD_CFG,
+        "cases": [{"tag": r[0], "phrase": r[3], "class": r[4], "prompt": r[5], **r[6]} for r in runs],
+    }, indent=1) + "\n")
+
+
 def main():
     check_environment()
     FIX.mkdir(parents=True, exist_ok=True)
@@ -842,6 +903,7 @@ def main():
     make_dreambooth("sd1-tiny", "sd1-tiny-dreambooth", 3100)
     cd_goldens(make_unet_copy("sd1-tiny"), 3200)
     lora_goldens(3300)
+    method_goldens()
 
     for name in ["sd1-tiny", "sd2-tiny"]:
         write_model_index(
