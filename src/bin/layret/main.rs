@@ -1,5 +1,6 @@
 //! The `layret` command line.
 
+mod generate;
 mod progress;
 mod sites;
 mod tokenize;
@@ -29,13 +30,7 @@ enum Command {
     Txt2img(txt2img::Args),
     Tokenize(tokenize::Args),
     Sites(sites::Args),
-    /// Layout-and-Retouch personalized generation (not implemented yet: this build has the
-    /// Stable Diffusion stack; the method's stages land next).
-    Generate {
-        /// Ignored until the command lands.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
+    Generate(generate::Args),
 }
 
 fn run(cli: Cli) -> layret::Result<()> {
@@ -43,11 +38,7 @@ fn run(cli: Cli) -> layret::Result<()> {
         Command::Txt2img(a) => txt2img::run(a, cli.quiet),
         Command::Tokenize(a) => tokenize::run(a),
         Command::Sites(a) => sites::run(a),
-        Command::Generate { .. } => Err(layret::Error::invalid(
-            "command",
-            "`layret generate` is not implemented yet in this build (the Layout-and-Retouch \
-             stages are still to land); `layret txt2img` works",
-        )),
+        Command::Generate(a) => generate::run(a, cli.quiet),
     }
 }
 
