@@ -144,3 +144,102 @@ fn sites_lists_every_attention_call() {
     assert_eq!(lines[0], "down_blocks.0.attentions.0.transformer_blocks.0.attn1\tself\t16x16\t2x8");
     assert!(lines[21].starts_with("up_blocks.2.attentions.2.transformer_blocks.0.attn2\tcross\t16x16"));
 }
+
+/// A synthetic 8-bit RGB reference photo (a smooth gradient with a disc), written as PNG.
+fn write_reference(path: &std::path::Path, w: u32, h: u32) {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        let (cx, cy) = (x as f32 - w as f32 / 2.0, y as f32 - h as f32 / 2.0);
+        let disc = cx * cx + cy * cy < (w.min(h) as f32 / 3.0).powi(2);
+        if disc { image::Rgb([200, 120, 40]) } else { image::Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, 90]) }
+    });
+    img.save(path).unwrap();
+}
+
+#[test]
+fn generate_writes_images_masks_latents_and_manifest() {
+    let dir = tempdir("generate");
+    let reference = dir.join("ref.png");
+    write_reference(&reference, 160, 128); // not square: center-cropped and resized
+    let out_dir = dir.join("out");
+    let out = bin()
+        .args(["generate", "--model", &fixture("sd1-tiny")])
+        .args(["--personalization", &format!("ti:{}", fixture("personalization/ti_cat_toy.safetensors"))])
+        .args(["--phrase", "<cat-toy>", "--class", "cat toy"])
+        .arg("--reference")
+        .arg(&reference)
+        .args(["--prompt", "a <cat-toy> on the beach", "--prompt", "a <cat-toy> in the snow"])
+        .args(["--num-samples", "2", "--steps", "4", "--width", "128", "--height", "128", "--seed", "9"])
+        .args(["--mask-factor", "2", "--save-context", "--save-masks", "-q"])
+        .arg("--save-latents")
+        .arg(dir.join("lat.safetensors"))
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for p in 0..2 {
+        for s in 0..2 {
+            for suffix in ["", "_context", "_mask_target", "_mask_context", "_mask_reference", "_mask_blend"] {
+                let f = out_dir.join(format!("p{p}_s{s}{suffix}.png"));
+                assert!(f.exists(), "{}", f.display());
+            }
+        }
+    }
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(out_dir.join("p1_s0.png")).unwrap()));
+    let reader = decoder.read_info().unwrap();
+    let text: Vec<(String, String)> = reader
+        .info()
+        .uncompressed_latin1_text
+        .iter()
+        .map(|t| (t.keyword.clone(), t.text.clone()))
+        .collect();
+    assert!(text.contains(&("prompt".into(), "a <cat-toy> in the snow".into())), "{text:?}");
+    assert!(text.iter().any(|(k, v)| k == "method" && v.contains("swap_start=4")));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["images"].as_array().unwrap().len(), 4);
+    assert_eq!(manifest["settings"]["lambda1"], 1);
+    assert_eq!(manifest["reference_cache"]["hits"], 1);
+    let bytes = std::fs::read(dir.join("lat.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("latents").unwrap().shape(), &[4, 4, 16, 16]);
+    assert_eq!(st.tensor("context").unwrap().shape(), &[4, 4, 16, 16]);
+}
+
+#[test]
+fn generate_rejects_bad_inputs_with_one_line() {
+    let dir = tempdir("generate-bad");
+    let good = dir.join("ref.png");
+    write_reference(&good, 128, 128);
+    let gray = dir.join("gray.png");
+    image::GrayImage::from_pixel(128, 128, image::Luma([128])).save(&gray).unwrap();
+    let garbage = dir.join("garbage.png");
+    std::fs::write(&garbage, b"not a png").unwrap();
+    let base = |reference: &std::path::Path, prompt: &str, pers: &str| {
+        let mut c = bin();
+        c.args(["generate", "--model", &fixture("sd1-tiny"), "--personalization", pers])
+            .args(["--phrase", "<cat-toy>", "--class", "cat toy", "--prompt", prompt])
+            .args(["--steps", "2", "--width", "128", "--height", "128", "-q"])
+            .arg("--reference")
+            .arg(reference)
+            .arg("--out")
+            .arg(dir.join("out"));
+        c
+    };
+    let ti = format!("ti:{}", fixture("personalization/ti_cat_toy.safetensors"));
+    let cases: Vec<(Command, &str)> = vec![
+        (base(&gray, "a <cat-toy>", &ti), "8-bit RGB"),
+        (base(&garbage, "a <cat-toy>", &ti), "cannot decode"),
+        (base(&dir.join("missing.png"), "a <cat-toy>", &ti), "missing reference image"),
+        (base(&good, "a dog", &ti), "does not appear in the prompt"),
+        (base(&good, "a <cat-toy>", "tii:x"), "unknown kind"),
+        (base(&good, "a <cat-toy>", "ti:/no/such/file.safetensors"), "missing weights file"),
+    ];
+    for (mut cmd, want) in cases {
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(want), "want {want:?} in {err}");
+    }
+}
