@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Peer comparison of one SD 1.5 UNet step (64x64 latents, batch 2, fp32, CPU):
+layret (flex) vs PyTorch diffusers (2 threads), on the same random weights file.
+
+    cargo build --release -p layret-benches --bins
+    ./target/release/sd15_weights /tmp/sd15_unet_f32.safetensors f32
+    python3 benches/peer/compare.py /tmp/sd15_unet_f32.safetensors [RUNS]
+
+Prints the median time per step of each implementation, their ratio, and the max abs
+difference of the outputs. candle-transformers is not part of this run yet (see
+docs/benchmarks.md).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def main():
+    weights = sys.argv[1]
+    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    torch.set_num_threads(2)
+    from diffusers import UNet2DConditionModel
+
+    cfg = dict(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        attention_head_dim=8, cross_attention_dim=768, norm_num_groups=32,
+    )
+    unet = UNet2DConditionModel(**cfg).eval()
+    missing, unexpected = unet.load_state_dict(load_file(weights), strict=True), None
+    g = torch.Generator().manual_seed(0)
+    sample = torch.randn(2, 4, 64, 64, generator=g)
+    ctx = torch.randn(2, 77, 768, generator=g)
+    t = torch.tensor([500.0])
+    tmp = Path(tempfile.mkdtemp())
+    save_file({"sample": sample, "encoder_hidden_states": ctx, "timestep": t}, str(tmp / "in.safetensors"))
+
+    times = []
+    with torch.no_grad():
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            eps = unet(sample, 500, encoder_hidden_states=ctx).sample
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    torch_med = times[len(times) // 2]
+
+    exe = ROOT / "target" / "release" / "peer_layret"
+    out = subprocess.run([str(exe), weights, str(tmp / "in.safetensors"), str(tmp / "out.safetensors"), str(runs)],
+                         capture_output=True, text=True, check=True)
+    layret_med = float(out.stdout.split()[2])
+    lay = load_file(str(tmp / "out.safetensors"))["eps"]
+    diff = (lay - eps).abs().max().item()
+    scale = eps.abs().max().item()
+    report = {
+        "machine": os.uname().machine, "cpus": os.cpu_count(), "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "pytorch_median_s": round(torch_med, 3), "layret_median_s": round(layret_med, 3),
+        "ratio_layret_over_pytorch": round(layret_med / torch_med, 2),
+        "max_abs_diff": diff, "max_abs_output": scale, "runs": runs,
+    }
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
