@@ -10,6 +10,9 @@
 //!
 //! The `layret` binary is the command-line face (`layret --help`).
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![warn(missing_docs)]
+
 pub mod device;
 
 pub use layret_attention as attention;

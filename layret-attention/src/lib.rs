@@ -27,6 +27,9 @@
 //! // the router's borrow has ended: read store.records()
 //! ```
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![warn(missing_docs)]
+
 pub mod masks;
 mod kv;
 mod mutual;
