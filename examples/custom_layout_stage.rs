@@ -19,14 +19,29 @@ struct GivenContext {
 }
 
 impl LayoutStage for GivenContext {
-    fn layout(&mut self, models: &ModelPair, request: &LayoutRequest, progress: &mut dyn FnMut(Progress)) -> layret::Result<LayoutResult> {
+    fn layout(
+        &mut self,
+        models: &ModelPair,
+        request: &LayoutRequest,
+        progress: &mut dyn FnMut(Progress),
+    ) -> layret::Result<LayoutResult> {
         let s = &request.settings;
         let n = request.noise.dims()[0];
         let x = models.base.encode_image(self.image.clone())?;
         // Invert with the vanilla model on the class prompt; z^c_k are the inverted latents in
         // sampling order, and z^c_N the image's own latent.
-        let inv = models.base.invert(x.clone(), &request.prompts.class, s.steps, &mut DefaultAttention, progress)?;
-        let mut trajectory: Vec<Tensor<4>> = inv.into_iter().rev().map(|(_, z)| z.repeat_dim(0, n)).collect();
+        let inv = models.base.invert(
+            x.clone(),
+            &request.prompts.class,
+            s.steps,
+            &mut DefaultAttention,
+            progress,
+        )?;
+        let mut trajectory: Vec<Tensor<4>> = inv
+            .into_iter()
+            .rev()
+            .map(|(_, z)| z.repeat_dim(0, n))
+            .collect();
         trajectory.push(x.repeat_dim(0, n));
         Ok(LayoutResult {
             request: request.clone(),
@@ -41,7 +56,11 @@ impl LayoutStage for GivenContext {
 fn disc(size: u32, color: [u8; 3], device: &Device) -> layret::Result<Tensor<4>> {
     let img = image::RgbImage::from_fn(size, size, |x, y| {
         let (dx, dy) = (x as i32 - 50, y as i32 - 70);
-        if dx * dx + dy * dy < 900 { image::Rgb(color) } else { image::Rgb([40, (y / 2) as u8, 200]) }
+        if dx * dx + dy * dy < 900 {
+            image::Rgb(color)
+        } else {
+            image::Rgb([40, (y / 2) as u8, 200])
+        }
     });
     from_rgb8(&[img], device)
 }
@@ -50,18 +69,35 @@ fn main() -> layret::Result<()> {
     let device = Device::flex();
     let fx = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
     let base = StableDiffusion::load(format!("{fx}/sd1-tiny"), &device, &LoadOptions::default())?;
-    let models = ModelPair::new(base, &Personalization::parse(&format!("ti:{fx}/personalization/ti_cat_toy.safetensors"))?)?;
-    let subject = Subject { phrase: "<cat-toy>".into(), class_phrase: "cat toy".into(), reference: disc(128, [230, 140, 20], &device)? };
+    let models = ModelPair::new(
+        base,
+        &Personalization::parse(&format!("ti:{fx}/personalization/ti_cat_toy.safetensors"))?,
+    )?;
+    let subject = Subject {
+        phrase: "<cat-toy>".into(),
+        class_phrase: "cat toy".into(),
+        reference: disc(128, [230, 140, 20], &device)?,
+    };
     let request = GenerateRequest {
         prompts: vec!["a <cat-toy> on the beach".into()],
         num_samples: 1,
         width: 128,
         height: 128,
         noise: NoiseSource::Seed(3),
-        settings: MethodSettings { steps: 10, mask_factor: 2, replay: false, ..MethodSettings::default() },
+        settings: MethodSettings {
+            steps: 10,
+            mask_factor: 2,
+            replay: false,
+            ..MethodSettings::default()
+        },
         return_masks: false,
     };
-    let mut pipe = LayoutAndRetouch::new(GivenContext { image: disc(128, [20, 200, 60], &device)? }, MultiSourceRetouch::new());
+    let mut pipe = LayoutAndRetouch::new(
+        GivenContext {
+            image: disc(128, [20, 200, 60], &device)?,
+        },
+        MultiSourceRetouch::new(),
+    );
     let out = pipe.generate(&models, &subject, &request, &mut |_| {})?;
     save_png(&out[0].image, "custom_layout.png".as_ref(), &[])?;
     println!("custom_layout.png");

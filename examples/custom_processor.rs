@@ -9,7 +9,9 @@
 
 use layret::attention::{Router, SiteSelector};
 use layret::burn::tensor::{Device, Tensor};
-use layret::core::attention::{AttentionKind, AttentionProcessor, AttentionSite, StepContext, default_attention};
+use layret::core::attention::{
+    AttentionKind, AttentionProcessor, AttentionSite, StepContext, default_attention,
+};
 use layret::core::image_io::save_png;
 use layret::core::stable_diffusion::{LoadOptions, NoiseSource, StableDiffusion, Txt2ImgRequest};
 
@@ -20,7 +22,14 @@ struct Temperature {
 }
 
 impl AttentionProcessor for Temperature {
-    fn attend(&mut self, _site: &AttentionSite, _ctx: &StepContext, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    fn attend(
+        &mut self,
+        _site: &AttentionSite,
+        _ctx: &StepContext,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+    ) -> Tensor<4> {
         self.calls += 1;
         default_attention(q / self.t, k, v)
     }
@@ -28,7 +37,9 @@ impl AttentionProcessor for Temperature {
 
 fn main() -> layret::Result<()> {
     let mut args = std::env::args().skip(1);
-    let model = args.next().unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sd1-tiny").into());
+    let model = args
+        .next()
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sd1-tiny").into());
     let t: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1.5);
     let sd = StableDiffusion::load(&model, &Device::flex(), &LoadOptions::default())?;
     let mut req = Txt2ImgRequest::new("a photo of a dog");
@@ -39,11 +50,23 @@ fn main() -> layret::Result<()> {
     let mut temperature = Temperature { t, calls: 0 };
     let latents = {
         let mut router = Router::new();
-        router.route(SiteSelector::new().path("up_blocks.*").kind(AttentionKind::SelfAttention), &mut temperature);
+        router.route(
+            SiteSelector::new()
+                .path("up_blocks.*")
+                .kind(AttentionKind::SelfAttention),
+            &mut temperature,
+        );
         sd.txt2img_latents(&req, &mut router, &mut |_| {})?
     };
     let img = &sd.decode_to_rgb8(latents)?[0];
-    save_png(img, "custom_processor.png".as_ref(), &[("temperature", t.to_string())])?;
-    println!("custom_processor.png ({} decoder self-attention calls at temperature {t})", temperature.calls);
+    save_png(
+        img,
+        "custom_processor.png".as_ref(),
+        &[("temperature", t.to_string())],
+    )?;
+    println!(
+        "custom_processor.png ({} decoder self-attention calls at temperature {t})",
+        temperature.calls
+    );
     Ok(())
 }

@@ -17,7 +17,16 @@ fn main() -> layret::Result<()> {
     let device = Device::flex();
     let fx = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
     let (model, pers, phrase, class, reference, prompt, size, steps) = if a.len() >= 6 {
-        (a[0].clone(), a[1].clone(), a[2].clone(), a[3].clone(), Some(a[4].clone()), a[5].clone(), 512, 50)
+        (
+            a[0].clone(),
+            a[1].clone(),
+            a[2].clone(),
+            a[3].clone(),
+            Some(a[4].clone()),
+            a[5].clone(),
+            512,
+            50,
+        )
     } else {
         (
             format!("{fx}/sd1-tiny"),
@@ -38,13 +47,24 @@ fn main() -> layret::Result<()> {
         None => {
             let img = image::RgbImage::from_fn(size as u32, size as u32, |x, y| {
                 let (dx, dy) = (x as i32 - 64, y as i32 - 64);
-                if dx * dx + dy * dy < 1600 { image::Rgb([220, 120, 30]) } else { image::Rgb([x as u8, y as u8, 128]) }
+                if dx * dx + dy * dy < 1600 {
+                    image::Rgb([220, 120, 30])
+                } else {
+                    image::Rgb([x as u8, y as u8, 128])
+                }
             });
             from_rgb8(&[img], &device)?
         }
     };
-    let subject = Subject { phrase, class_phrase: class, reference };
-    let mut settings = MethodSettings { steps, ..MethodSettings::default() };
+    let subject = Subject {
+        phrase,
+        class_phrase: class,
+        reference,
+    };
+    let mut settings = MethodSettings {
+        steps,
+        ..MethodSettings::default()
+    };
     if size == 128 {
         settings.mask_factor = 2; // the tiny UNet has cross-attention at 8×8, not 4×4
     }
@@ -58,13 +78,20 @@ fn main() -> layret::Result<()> {
         return_masks: false,
     };
     let out = LayoutAndRetouch::default().generate(&models, &subject, &request, &mut |p| {
-        eprint!("\r{:>9} {}/{}   ", p.stage.stage, p.stage.step, p.stage.total)
+        eprint!(
+            "\r{:>9} {}/{}   ",
+            p.stage.stage, p.stage.step, p.stage.total
+        )
     })?;
     eprintln!();
     for g in &out {
         let name = format!("lar_s{}.png", g.sample);
         save_png(&g.image, name.as_ref(), &[])?;
-        save_png(&g.context_image, format!("lar_s{}_context.png", g.sample).as_ref(), &[])?;
+        save_png(
+            &g.context_image,
+            format!("lar_s{}_context.png", g.sample).as_ref(),
+            &[],
+        )?;
         println!("{name}");
     }
     Ok(())

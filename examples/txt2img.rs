@@ -11,7 +11,9 @@ use layret::core::stable_diffusion::{LoadOptions, NoiseSource, StableDiffusion, 
 
 fn main() -> layret::Result<()> {
     let mut args = std::env::args().skip(1);
-    let model = args.next().unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sd1-tiny").into());
+    let model = args
+        .next()
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sd1-tiny").into());
     let prompt = args.next().unwrap_or_else(|| "a photo of a dog".into());
     let device = Device::flex();
     let sd = StableDiffusion::load(&model, &device, &LoadOptions::default())?;
@@ -21,9 +23,15 @@ fn main() -> layret::Result<()> {
         (req.steps, req.width, req.height) = (10, 128, 128);
     }
     req.noise = NoiseSource::Seed(42);
-    let out = sd.txt2img(&req, &mut |p| eprint!("\r{} {}/{}", p.stage, p.step, p.total))?;
+    let out = sd.txt2img(&req, &mut |p| {
+        eprint!("\r{} {}/{}", p.stage, p.step, p.total)
+    })?;
     eprintln!();
-    save_png(&out.images[0], "txt2img.png".as_ref(), &[("prompt", req.prompt.clone())])?;
+    save_png(
+        &out.images[0],
+        "txt2img.png".as_ref(),
+        &[("prompt", req.prompt.clone())],
+    )?;
     println!("txt2img.png");
     Ok(())
 }

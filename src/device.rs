@@ -31,7 +31,10 @@ pub fn parse_device(spec: &str) -> Result<Device> {
             let index = match s.strip_prefix("cuda:") {
                 None => None,
                 Some(n) => Some(n.parse::<usize>().map_err(|_| {
-                    Error::invalid("device", format!("{s:?}: the CUDA index must be a number, as in cuda:0"))
+                    Error::invalid(
+                        "device",
+                        format!("{s:?}: the CUDA index must be a number, as in cuda:0"),
+                    )
                 })?),
             };
             #[cfg(feature = "cuda")]
@@ -60,6 +63,9 @@ pub fn parse_dtype(spec: &str) -> Result<DType> {
         "f32" | "fp32" => Ok(DType::F32),
         "f16" | "fp16" => Ok(DType::F16),
         "bf16" => Ok(DType::BF16),
-        other => Err(Error::invalid("dtype", format!("{other:?}; expected f32, f16 or bf16"))),
+        other => Err(Error::invalid(
+            "dtype",
+            format!("{other:?}; expected f32, f16 or bf16"),
+        )),
     }
 }

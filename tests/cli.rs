@@ -25,10 +25,19 @@ fn tempdir(name: &str) -> PathBuf {
 #[test]
 fn tokenize_prints_the_ids() {
     let out = bin()
-        .args(["tokenize", "--model", &fixture("sd1-tiny"), "a photo of a dog"])
+        .args([
+            "tokenize",
+            "--model",
+            &fixture("sd1-tiny"),
+            "a photo of a dog",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ids: Vec<u32> = String::from_utf8(out.stdout)
         .unwrap()
         .split_whitespace()
@@ -39,7 +48,12 @@ fn tokenize_prints_the_ids() {
     assert!(ids[7..].iter().all(|&i| i == 49407), "SD 1.x pads with EOS");
 
     let out = bin()
-        .args(["tokenize", "--model", &fixture("sd1-tiny"), &"a ".repeat(80)])
+        .args([
+            "tokenize",
+            "--model",
+            &fixture("sd1-tiny"),
+            &"a ".repeat(80),
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -51,18 +65,41 @@ fn tokenize_prints_the_ids() {
 fn txt2img_writes_pngs_with_parameters_and_latents() {
     let dir = tempdir("txt2img");
     let out = bin()
-        .args(["txt2img", "--model", &fixture("sd1-tiny"), "--prompt", "a sks dog", "--steps", "2"])
-        .args(["--width", "64", "--height", "64", "--seed", "5", "--num-images", "2", "--quiet"])
+        .args([
+            "txt2img",
+            "--model",
+            &fixture("sd1-tiny"),
+            "--prompt",
+            "a sks dog",
+            "--steps",
+            "2",
+        ])
+        .args([
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--seed",
+            "5",
+            "--num-images",
+            "2",
+            "--quiet",
+        ])
         .arg("--out")
         .arg(dir.join("img.png"))
         .arg("--save-latents")
         .arg(dir.join("lat.safetensors"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for i in 0..2 {
         let path = dir.join(format!("img-{i}.png"));
-        let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
+        let decoder =
+            png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
         let reader = decoder.read_info().unwrap();
         let info = reader.info();
         assert_eq!((info.width, info.height), (64, 64));
@@ -71,7 +108,10 @@ fn txt2img_writes_pngs_with_parameters_and_latents() {
             .iter()
             .map(|t| (t.keyword.clone(), t.text.clone()))
             .collect();
-        assert!(text.contains(&("prompt".into(), "a sks dog".into())), "{text:?}");
+        assert!(
+            text.contains(&("prompt".into(), "a sks dog".into())),
+            "{text:?}"
+        );
         assert!(text.contains(&("seed".into(), "5".into())));
         assert!(text.contains(&("steps".into(), "2".into())));
     }
@@ -86,15 +126,45 @@ fn txt2img_reads_injected_noise_and_checks_its_shape() {
     // The diffusers pipeline golden's noise: [2, 4, 16, 16].
     let golden = fixture("golden/pipeline_sd1-tiny.safetensors");
     let out = bin()
-        .args(["txt2img", "--model", &fixture("sd1-tiny"), "--prompt", "x", "--steps", "1"])
-        .args(["--width", "128", "--height", "128", "--num-images", "2", "--noise", &golden, "-q"])
+        .args([
+            "txt2img",
+            "--model",
+            &fixture("sd1-tiny"),
+            "--prompt",
+            "x",
+            "--steps",
+            "1",
+        ])
+        .args([
+            "--width",
+            "128",
+            "--height",
+            "128",
+            "--num-images",
+            "2",
+            "--noise",
+            &golden,
+            "-q",
+        ])
         .arg("--out")
         .arg(dir.join("a.png"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = bin()
-        .args(["txt2img", "--model", &fixture("sd1-tiny"), "--prompt", "x", "--steps", "1"])
+        .args([
+            "txt2img",
+            "--model",
+            &fixture("sd1-tiny"),
+            "--prompt",
+            "x",
+            "--steps",
+            "1",
+        ])
         .args(["--width", "64", "--height", "64", "--noise", &golden, "-q"])
         .arg("--out")
         .arg(dir.join("b.png"))
@@ -102,22 +172,47 @@ fn txt2img_reads_injected_noise_and_checks_its_shape() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("`noise`") && err.contains("[2, 4, 16, 16]"), "{err}");
+    assert!(
+        err.contains("`noise`") && err.contains("[2, 4, 16, 16]"),
+        "{err}"
+    );
 }
 
 #[test]
 fn errors_are_one_clear_line() {
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
-            vec!["txt2img".into(), "--model".into(), "/no/such/model".into(), "--prompt".into(), "x".into()],
+            vec![
+                "txt2img".into(),
+                "--model".into(),
+                "/no/such/model".into(),
+                "--prompt".into(),
+                "x".into(),
+            ],
             "missing model folder",
         ),
         (
-            vec!["txt2img".into(), "--model".into(), fixture("sd1-tiny"), "--prompt".into(), "x".into(), "--device".into(), "wgpu".into()],
+            vec![
+                "txt2img".into(),
+                "--model".into(),
+                fixture("sd1-tiny"),
+                "--prompt".into(),
+                "x".into(),
+                "--device".into(),
+                "wgpu".into(),
+            ],
             "--features wgpu",
         ),
         (
-            vec!["txt2img".into(), "--model".into(), fixture("sd1-tiny"), "--prompt".into(), "x".into(), "--width".into(), "63".into()],
+            vec![
+                "txt2img".into(),
+                "--model".into(),
+                fixture("sd1-tiny"),
+                "--prompt".into(),
+                "x".into(),
+                "--width".into(),
+                "63".into(),
+            ],
             "invalid width",
         ),
         (
@@ -136,13 +231,21 @@ fn errors_are_one_clear_line() {
 
 #[test]
 fn sites_lists_every_attention_call() {
-    let out = bin().args(["sites", "--model", &fixture("sd1-tiny")]).output().unwrap();
+    let out = bin()
+        .args(["sites", "--model", &fixture("sd1-tiny")])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 22);
-    assert_eq!(lines[0], "down_blocks.0.attentions.0.transformer_blocks.0.attn1\tself\t16x16\t2x8");
-    assert!(lines[21].starts_with("up_blocks.2.attentions.2.transformer_blocks.0.attn2\tcross\t16x16"));
+    assert_eq!(
+        lines[0],
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn1\tself\t16x16\t2x8"
+    );
+    assert!(
+        lines[21].starts_with("up_blocks.2.attentions.2.transformer_blocks.0.attn2\tcross\t16x16")
+    );
 }
 
 /// A synthetic 8-bit RGB reference photo (a smooth gradient with a disc), written as PNG.
@@ -150,7 +253,11 @@ fn write_reference(path: &std::path::Path, w: u32, h: u32) {
     let img = image::RgbImage::from_fn(w, h, |x, y| {
         let (cx, cy) = (x as f32 - w as f32 / 2.0, y as f32 - h as f32 / 2.0);
         let disc = cx * cx + cy * cy < (w.min(h) as f32 / 3.0).powi(2);
-        if disc { image::Rgb([200, 120, 40]) } else { image::Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, 90]) }
+        if disc {
+            image::Rgb([200, 120, 40])
+        } else {
+            image::Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, 90])
+        }
     });
     img.save(path).unwrap();
 }
@@ -163,12 +270,31 @@ fn generate_writes_images_masks_latents_and_manifest() {
     let out_dir = dir.join("out");
     let out = bin()
         .args(["generate", "--model", &fixture("sd1-tiny")])
-        .args(["--personalization", &format!("ti:{}", fixture("personalization/ti_cat_toy.safetensors"))])
+        .args([
+            "--personalization",
+            &format!("ti:{}", fixture("personalization/ti_cat_toy.safetensors")),
+        ])
         .args(["--phrase", "<cat-toy>", "--class", "cat toy"])
         .arg("--reference")
         .arg(&reference)
-        .args(["--prompt", "a <cat-toy> on the beach", "--prompt", "a <cat-toy> in the snow"])
-        .args(["--num-samples", "2", "--steps", "4", "--width", "128", "--height", "128", "--seed", "9"])
+        .args([
+            "--prompt",
+            "a <cat-toy> on the beach",
+            "--prompt",
+            "a <cat-toy> in the snow",
+        ])
+        .args([
+            "--num-samples",
+            "2",
+            "--steps",
+            "4",
+            "--width",
+            "128",
+            "--height",
+            "128",
+            "--seed",
+            "9",
+        ])
         .args(["--mask-factor", "2", "--save-context", "--save-masks", "-q"])
         .arg("--save-latents")
         .arg(dir.join("lat.safetensors"))
@@ -176,16 +302,29 @@ fn generate_writes_images_masks_latents_and_manifest() {
         .arg(&out_dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for p in 0..2 {
         for s in 0..2 {
-            for suffix in ["", "_context", "_mask_target", "_mask_context", "_mask_reference", "_mask_blend"] {
+            for suffix in [
+                "",
+                "_context",
+                "_mask_target",
+                "_mask_context",
+                "_mask_reference",
+                "_mask_blend",
+            ] {
                 let f = out_dir.join(format!("p{p}_s{s}{suffix}.png"));
                 assert!(f.exists(), "{}", f.display());
             }
         }
     }
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(out_dir.join("p1_s0.png")).unwrap()));
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(out_dir.join("p1_s0.png")).unwrap(),
+    ));
     let reader = decoder.read_info().unwrap();
     let text: Vec<(String, String)> = reader
         .info()
@@ -193,10 +332,17 @@ fn generate_writes_images_masks_latents_and_manifest() {
         .iter()
         .map(|t| (t.keyword.clone(), t.text.clone()))
         .collect();
-    assert!(text.contains(&("prompt".into(), "a <cat-toy> in the snow".into())), "{text:?}");
-    assert!(text.iter().any(|(k, v)| k == "method" && v.contains("swap_start=4")));
+    assert!(
+        text.contains(&("prompt".into(), "a <cat-toy> in the snow".into())),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|(k, v)| k == "method" && v.contains("swap_start=4"))
+    );
     let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out_dir.join("manifest.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("manifest.json")).unwrap())
+            .unwrap();
     assert_eq!(manifest["images"].as_array().unwrap().len(), 4);
     assert_eq!(manifest["settings"]["lambda1"], 1);
     assert_eq!(manifest["reference_cache"]["hits"], 1);
@@ -212,28 +358,49 @@ fn generate_rejects_bad_inputs_with_one_line() {
     let good = dir.join("ref.png");
     write_reference(&good, 128, 128);
     let gray = dir.join("gray.png");
-    image::GrayImage::from_pixel(128, 128, image::Luma([128])).save(&gray).unwrap();
+    image::GrayImage::from_pixel(128, 128, image::Luma([128]))
+        .save(&gray)
+        .unwrap();
     let garbage = dir.join("garbage.png");
     std::fs::write(&garbage, b"not a png").unwrap();
     let base = |reference: &std::path::Path, prompt: &str, pers: &str| {
         let mut c = bin();
-        c.args(["generate", "--model", &fixture("sd1-tiny"), "--personalization", pers])
-            .args(["--phrase", "<cat-toy>", "--class", "cat toy", "--prompt", prompt])
-            .args(["--steps", "2", "--width", "128", "--height", "128", "-q"])
-            .arg("--reference")
-            .arg(reference)
-            .arg("--out")
-            .arg(dir.join("out"));
+        c.args([
+            "generate",
+            "--model",
+            &fixture("sd1-tiny"),
+            "--personalization",
+            pers,
+        ])
+        .args([
+            "--phrase",
+            "<cat-toy>",
+            "--class",
+            "cat toy",
+            "--prompt",
+            prompt,
+        ])
+        .args(["--steps", "2", "--width", "128", "--height", "128", "-q"])
+        .arg("--reference")
+        .arg(reference)
+        .arg("--out")
+        .arg(dir.join("out"));
         c
     };
     let ti = format!("ti:{}", fixture("personalization/ti_cat_toy.safetensors"));
     let cases: Vec<(Command, &str)> = vec![
         (base(&gray, "a <cat-toy>", &ti), "8-bit RGB"),
         (base(&garbage, "a <cat-toy>", &ti), "cannot decode"),
-        (base(&dir.join("missing.png"), "a <cat-toy>", &ti), "missing reference image"),
+        (
+            base(&dir.join("missing.png"), "a <cat-toy>", &ti),
+            "missing reference image",
+        ),
         (base(&good, "a dog", &ti), "does not appear in the prompt"),
         (base(&good, "a <cat-toy>", "tii:x"), "unknown kind"),
-        (base(&good, "a <cat-toy>", "ti:/no/such/file.safetensors"), "missing weights file"),
+        (
+            base(&good, "a <cat-toy>", "ti:/no/such/file.safetensors"),
+            "missing weights file",
+        ),
     ];
     for (mut cmd, want) in cases {
         let out = cmd.output().unwrap();

@@ -4,18 +4,24 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use layret::Error;
 use layret::burn::tensor::{Device, Tensor};
 use layret::core::clip::ClipTextEncoder;
-use layret::core::personalization::{Lora, Personalization, TextualInversion, apply_custom_diffusion};
+use layret::core::personalization::{
+    Lora, Personalization, TextualInversion, apply_custom_diffusion,
+};
 use layret::core::scheduler::SchedulerConfig;
 use layret::core::stable_diffusion::{LoadOptions, NoiseSource, StableDiffusion, Txt2ImgRequest};
 use layret::core::tokenizer::ClipTokenizer;
 use layret::core::unet::{UNet2DConditionModel, UNetConfig};
-use layret::pipeline::{GenerateRequest, LayoutAndRetouch, MethodSettings, ModelPair, Subject, load_reference};
-use layret::Error;
+use layret::pipeline::{
+    GenerateRequest, LayoutAndRetouch, MethodSettings, ModelPair, Subject, load_reference,
+};
 
 fn fx(p: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(p)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(p)
 }
 
 fn dev() -> Device {
@@ -52,19 +58,36 @@ fn copy_dir(src: &Path, dst: &Path) {
 }
 
 /// A copy of sd1-tiny's UNet folder with its weights edited.
-fn unet_with(name: &str, edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>)) -> PathBuf {
+fn unet_with(
+    name: &str,
+    edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>),
+) -> PathBuf {
     let src = fx("sd1-tiny/unet");
     let dst = tmp(name);
     std::fs::copy(src.join("config.json"), dst.join("config.json")).unwrap();
     let bytes = std::fs::read(src.join("diffusion_pytorch_model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut items: Vec<_> = st.tensors().into_iter().map(|(k, v)| (k, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
+    let mut items: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
     edit(&mut items);
     let views: Vec<_> = items
         .iter()
-        .map(|(k, d, s, b)| (k.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .map(|(k, d, s, b)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
-    safetensors::serialize_to_file(views, None, &dst.join("diffusion_pytorch_model.safetensors")).unwrap();
+    safetensors::serialize_to_file(
+        views,
+        None,
+        &dst.join("diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
     dst
 }
 
@@ -74,7 +97,9 @@ fn unet_err(dir: &Path) -> Error {
 
 fn unet_config_err(json_edit: impl FnOnce(&mut serde_json::Value)) -> Error {
     let d = tmp("cfg");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fx("sd1-tiny/unet/config.json")).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fx("sd1-tiny/unet/config.json")).unwrap())
+            .unwrap();
     json_edit(&mut v);
     std::fs::write(d.join("config.json"), v.to_string()).unwrap();
     UNetConfig::from_file(&d.join("config.json")).unwrap_err()
@@ -83,14 +108,20 @@ fn unet_config_err(json_edit: impl FnOnce(&mut serde_json::Value)) -> Error {
 #[test]
 fn r01_missing_model_folder() {
     let e = load(&fx("no-such-model")).unwrap_err();
-    assert!(matches!(&e, Error::MissingFile { path, .. } if path.ends_with("no-such-model")), "{e}");
+    assert!(
+        matches!(&e, Error::MissingFile { path, .. } if path.ends_with("no-such-model")),
+        "{e}"
+    );
     assert!(e.to_string().contains("no-such-model"));
 }
 
 #[test]
 fn r02_not_a_diffusers_folder() {
     let e = load(&fx("golden")).unwrap_err();
-    assert!(matches!(&e, Error::NotADiffusersFolder { reason, .. } if reason.contains("model_index.json")), "{e}");
+    assert!(
+        matches!(&e, Error::NotADiffusersFolder { reason, .. } if reason.contains("model_index.json")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -99,7 +130,10 @@ fn r03_missing_component_folder() {
     copy_dir(&fx("sd1-tiny"), &d);
     std::fs::remove_dir_all(d.join("vae")).unwrap();
     let e = load(&d).unwrap_err();
-    assert!(matches!(&e, Error::NotADiffusersFolder { reason, .. } if reason.contains("vae/")), "{e}");
+    assert!(
+        matches!(&e, Error::NotADiffusersFolder { reason, .. } if reason.contains("vae/")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -108,7 +142,10 @@ fn r04_missing_weights_file() {
     copy_dir(&fx("sd1-tiny"), &d);
     std::fs::remove_file(d.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
     let e = load(&d).unwrap_err();
-    assert!(matches!(&e, Error::MissingFile { path, .. } if path.ends_with("diffusion_pytorch_model.safetensors")), "{e}");
+    assert!(
+        matches!(&e, Error::MissingFile { path, .. } if path.ends_with("diffusion_pytorch_model.safetensors")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -118,7 +155,10 @@ fn r05_truncated_safetensors() {
     let b = std::fs::read(&f).unwrap();
     std::fs::write(&f, &b[..b.len() - 100]).unwrap();
     let e = unet_err(&d);
-    assert!(matches!(&e, Error::Safetensors { file, .. } if file == &f), "{e}");
+    assert!(
+        matches!(&e, Error::Safetensors { file, .. } if file == &f),
+        "{e}"
+    );
 }
 
 #[test]
@@ -129,7 +169,10 @@ fn r06_tensor_wrong_shape() {
         e.3.truncate(32);
     });
     let e = unet_err(&d);
-    assert!(matches!(&e, Error::TensorShape { key, expected, got, .. } if key == "conv_in.bias" && expected == &vec![16] && got == &vec![8]), "{e}");
+    assert!(
+        matches!(&e, Error::TensorShape { key, expected, got, .. } if key == "conv_in.bias" && expected == &vec![16] && got == &vec![8]),
+        "{e}"
+    );
 }
 
 #[test]
@@ -139,14 +182,20 @@ fn r07_tensor_wrong_dtype() {
         e.1 = safetensors::Dtype::I32;
     });
     let e = unet_err(&d);
-    assert!(matches!(&e, Error::TensorDtype { key, dtype, .. } if key == "conv_in.bias" && dtype.contains("I32")), "{e}");
+    assert!(
+        matches!(&e, Error::TensorDtype { key, dtype, .. } if key == "conv_in.bias" && dtype.contains("I32")),
+        "{e}"
+    );
 }
 
 #[test]
 fn r08_tensor_missing() {
     let d = unet_with("r08", |t| t.retain(|(k, ..)| k != "conv_out.weight"));
     let e = unet_err(&d);
-    assert!(matches!(&e, Error::MissingTensor { key, .. } if key == "conv_out.weight"), "{e}");
+    assert!(
+        matches!(&e, Error::MissingTensor { key, .. } if key == "conv_out.weight"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -157,20 +206,36 @@ fn r09_tensor_nan_or_inf() {
         e.3[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
     });
     let e = unet_err(&d);
-    assert!(matches!(&e, Error::NonFiniteTensor { key, count: 2, .. } if key == "conv_in.bias"), "{e}");
+    assert!(
+        matches!(&e, Error::NonFiniteTensor { key, count: 2, .. } if key == "conv_in.bias"),
+        "{e}"
+    );
 }
 
 #[test]
 fn r10_unexpected_tensor() {
-    let d = unet_with("r10", |t| t.push(("down_blocks.9.extra.weight".into(), safetensors::Dtype::F32, vec![1], vec![0; 4])));
+    let d = unet_with("r10", |t| {
+        t.push((
+            "down_blocks.9.extra.weight".into(),
+            safetensors::Dtype::F32,
+            vec![1],
+            vec![0; 4],
+        ))
+    });
     let e = unet_err(&d);
-    assert!(matches!(&e, Error::UnexpectedTensors { keys, .. } if keys == &vec!["down_blocks.9.extra.weight".to_string()]), "{e}");
+    assert!(
+        matches!(&e, Error::UnexpectedTensors { keys, .. } if keys == &vec!["down_blocks.9.extra.weight".to_string()]),
+        "{e}"
+    );
 }
 
 #[test]
 fn r11_config_unknown_block_type() {
     let e = unet_config_err(|v| v["down_block_types"][0] = "SimpleCrossAttnDownBlock2D".into());
-    assert!(matches!(&e, Error::UnsupportedConfig { key, value, .. } if key == "down_block_types" && value.contains("SimpleCrossAttn")), "{e}");
+    assert!(
+        matches!(&e, Error::UnsupportedConfig { key, value, .. } if key == "down_block_types" && value.contains("SimpleCrossAttn")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -178,7 +243,10 @@ fn r12_config_missing_field() {
     let e = unet_config_err(|v| {
         v.as_object_mut().unwrap().remove("block_out_channels");
     });
-    assert!(matches!(&e, Error::Config { message, .. } if message.contains("block_out_channels")), "{e}");
+    assert!(
+        matches!(&e, Error::Config { message, .. } if message.contains("block_out_channels")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -186,15 +254,24 @@ fn r13_config_malformed_json() {
     let d = tmp("r13");
     std::fs::write(d.join("config.json"), "{\"block_out_channels\": [16, 32,").unwrap();
     let e = UNetConfig::from_file(&d.join("config.json")).unwrap_err();
-    assert!(matches!(&e, Error::Config { file, message } if file.ends_with("config.json") && message.contains("line")), "{e}");
+    assert!(
+        matches!(&e, Error::Config { file, message } if file.ends_with("config.json") && message.contains("line")),
+        "{e}"
+    );
 }
 
 #[test]
 fn r14_config_unsupported_setting() {
     let e = unet_config_err(|v| v["class_embed_type"] = "timestep".into());
-    assert!(matches!(&e, Error::UnsupportedConfig { key, .. } if key == "class_embed_type"), "{e}");
+    assert!(
+        matches!(&e, Error::UnsupportedConfig { key, .. } if key == "class_embed_type"),
+        "{e}"
+    );
     let e = unet_config_err(|v| v["brand_new_option"] = 3.into());
-    assert!(matches!(&e, Error::UnsupportedConfig { key, .. } if key == "brand_new_option"), "{e}");
+    assert!(
+        matches!(&e, Error::UnsupportedConfig { key, .. } if key == "brand_new_option"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -202,30 +279,60 @@ fn r15_tokenizer_files_missing() {
     let d = tmp("r15");
     std::fs::copy(fx("sd1-tiny/tokenizer/vocab.json"), d.join("vocab.json")).unwrap();
     let e = ClipTokenizer::from_dir(&d).unwrap_err();
-    assert!(matches!(&e, Error::MissingFile { path, .. } if path.ends_with("merges.txt")), "{e}");
+    assert!(
+        matches!(&e, Error::MissingFile { path, .. } if path.ends_with("merges.txt")),
+        "{e}"
+    );
 }
 
 #[test]
 fn r16_tokenizer_malformed() {
     let d = tmp("r16");
-    std::fs::write(d.join("tokenizer.json"), "{\"version\": \"1.0\", \"model\": 5}").unwrap();
+    std::fs::write(
+        d.join("tokenizer.json"),
+        "{\"version\": \"1.0\", \"model\": 5}",
+    )
+    .unwrap();
     let e = ClipTokenizer::from_dir(&d).unwrap_err();
-    assert!(matches!(&e, Error::Tokenizer { path, .. } if path.ends_with("tokenizer.json")), "{e}");
+    assert!(
+        matches!(&e, Error::Tokenizer { path, .. } if path.ends_with("tokenizer.json")),
+        "{e}"
+    );
     std::fs::remove_file(d.join("tokenizer.json")).unwrap();
     std::fs::write(d.join("vocab.json"), "[1, 2]").unwrap();
     std::fs::write(d.join("merges.txt"), "").unwrap();
     let e = ClipTokenizer::from_dir(&d).unwrap_err();
-    assert!(matches!(&e, Error::Tokenizer { path, .. } if path.ends_with("vocab.json")), "{e}");
+    assert!(
+        matches!(&e, Error::Tokenizer { path, .. } if path.ends_with("vocab.json")),
+        "{e}"
+    );
 }
 
 #[test]
 fn r17_prompt_over_77_tokens() {
     let e = sd1().encode_prompts(&[&"a ".repeat(76)]).unwrap_err();
-    assert!(matches!(&e, Error::PromptTooLong { tokens: 78, max: 77, .. }), "{e}");
+    assert!(
+        matches!(
+            &e,
+            Error::PromptTooLong {
+                tokens: 78,
+                max: 77,
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 fn ti_pair() -> ModelPair {
-    ModelPair::new(sd1(), &Personalization::TextualInversion { path: fx("personalization/ti_cat_toy.safetensors"), token: None }).unwrap()
+    ModelPair::new(
+        sd1(),
+        &Personalization::TextualInversion {
+            path: fx("personalization/ti_cat_toy.safetensors"),
+            token: None,
+        },
+    )
+    .unwrap()
 }
 
 fn reference() -> Tensor<4> {
@@ -240,43 +347,81 @@ fn gen_request(prompt: &str) -> GenerateRequest {
         width: 128,
         height: 128,
         noise: NoiseSource::Seed(1),
-        settings: MethodSettings { steps: 2, mask_factor: 2, ..MethodSettings::default() },
+        settings: MethodSettings {
+            steps: 2,
+            mask_factor: 2,
+            ..MethodSettings::default()
+        },
         return_masks: false,
     }
 }
 
 #[test]
 fn r18_phrase_not_in_prompt() {
-    let s = Subject { phrase: "<cat-toy>".into(), class_phrase: "cat toy".into(), reference: reference() };
-    let e = LayoutAndRetouch::default().generate(&ti_pair(), &s, &gen_request("a dog"), &mut |_| {}).unwrap_err();
-    assert!(matches!(&e, Error::PhraseNotInPrompt { phrase, prompt } if phrase == "<cat-toy>" && prompt == "a dog"), "{e}");
+    let s = Subject {
+        phrase: "<cat-toy>".into(),
+        class_phrase: "cat toy".into(),
+        reference: reference(),
+    };
+    let e = LayoutAndRetouch::default()
+        .generate(&ti_pair(), &s, &gen_request("a dog"), &mut |_| {})
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::PhraseNotInPrompt { phrase, prompt } if phrase == "<cat-toy>" && prompt == "a dog"),
+        "{e}"
+    );
 }
 
 #[test]
 fn r19_class_phrase_empty() {
-    let s = Subject { phrase: "<cat-toy>".into(), class_phrase: " ".into(), reference: reference() };
-    let e = LayoutAndRetouch::default().generate(&ti_pair(), &s, &gen_request("a <cat-toy>"), &mut |_| {}).unwrap_err();
-    assert!(matches!(&e, Error::InvalidArgument { name, .. } if name == "class"), "{e}");
+    let s = Subject {
+        phrase: "<cat-toy>".into(),
+        class_phrase: " ".into(),
+        reference: reference(),
+    };
+    let e = LayoutAndRetouch::default()
+        .generate(&ti_pair(), &s, &gen_request("a <cat-toy>"), &mut |_| {})
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument { name, .. } if name == "class"),
+        "{e}"
+    );
 }
 
 #[test]
 fn r20_textual_inversion_wrong_dimension() {
     let d = tmp("r20");
     let bytes = vec![0u8; 24 * 4];
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![24], &bytes).unwrap();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![24], &bytes).unwrap();
     safetensors::serialize_to_file(vec![("<x>", view)], None, &d.join("x.safetensors")).unwrap();
     let sd = sd1();
     let ti = TextualInversion::load(&d.join("x.safetensors"), None, &dev()).unwrap();
-    let e = ti.apply(&mut sd.tokenizer.clone(), &sd.text_encoder).unwrap_err();
-    assert!(matches!(&e, Error::InvalidArgument { message, .. } if message.contains("dimension 24") && message.contains("text encoder 16")), "{e}");
+    let e = ti
+        .apply(&mut sd.tokenizer.clone(), &sd.text_encoder)
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument { message, .. } if message.contains("dimension 24") && message.contains("text encoder 16")),
+        "{e}"
+    );
 }
 
 #[test]
 fn r21_textual_inversion_token_exists() {
     let sd = sd1();
-    let ti = TextualInversion::load(&fx("personalization/ti_cat_toy.safetensors"), Some("<|endoftext|>"), &dev()).unwrap();
-    let e = ti.apply(&mut sd.tokenizer.clone(), &sd.text_encoder).unwrap_err();
-    assert!(matches!(&e, Error::Tokenizer { message, .. } if message.contains("<|endoftext|>") && message.contains("already")), "{e}");
+    let ti = TextualInversion::load(
+        &fx("personalization/ti_cat_toy.safetensors"),
+        Some("<|endoftext|>"),
+        &dev(),
+    )
+    .unwrap();
+    let e = ti
+        .apply(&mut sd.tokenizer.clone(), &sd.text_encoder)
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Tokenizer { message, .. } if message.contains("<|endoftext|>") && message.contains("already")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -285,7 +430,10 @@ fn r22_textual_inversion_without_embedding() {
     let none: Vec<(&str, safetensors::tensor::TensorView)> = vec![];
     safetensors::serialize_to_file(none, None, &d.join("e.safetensors")).unwrap();
     let e = TextualInversion::load(&d.join("e.safetensors"), None, &dev()).unwrap_err();
-    assert!(matches!(&e, Error::InvalidArgument { message, .. } if message.contains("no embedding") && message.contains("e.safetensors")), "{e}");
+    assert!(
+        matches!(&e, Error::InvalidArgument { message, .. } if message.contains("no embedding") && message.contains("e.safetensors")),
+        "{e}"
+    );
 }
 
 fn ref_err(path: &Path) -> Error {
@@ -297,31 +445,49 @@ fn r23_reference_unreadable() {
     let d = tmp("r23");
     std::fs::write(d.join("x.png"), b"\x89PNG not really").unwrap();
     let e = ref_err(&d.join("x.png"));
-    assert!(matches!(&e, Error::Image { path, message } if path.ends_with("x.png") && message.contains("decode")), "{e}");
+    assert!(
+        matches!(&e, Error::Image { path, message } if path.ends_with("x.png") && message.contains("decode")),
+        "{e}"
+    );
 }
 
 #[test]
 fn r24_reference_grayscale() {
     let d = tmp("r24");
-    image::GrayImage::new(128, 128).save(d.join("g.png")).unwrap();
+    image::GrayImage::new(128, 128)
+        .save(d.join("g.png"))
+        .unwrap();
     let e = ref_err(&d.join("g.png"));
-    assert!(matches!(&e, Error::Image { message, .. } if message.contains("L8") && message.contains("8-bit RGB")), "{e}");
+    assert!(
+        matches!(&e, Error::Image { message, .. } if message.contains("L8") && message.contains("8-bit RGB")),
+        "{e}"
+    );
 }
 
 #[test]
 fn r25_reference_rgba() {
     let d = tmp("r25");
-    image::RgbaImage::new(128, 128).save(d.join("a.png")).unwrap();
+    image::RgbaImage::new(128, 128)
+        .save(d.join("a.png"))
+        .unwrap();
     let e = ref_err(&d.join("a.png"));
-    assert!(matches!(&e, Error::Image { message, .. } if message.contains("Rgba8")), "{e}");
+    assert!(
+        matches!(&e, Error::Image { message, .. } if message.contains("Rgba8")),
+        "{e}"
+    );
 }
 
 #[test]
 fn r26_reference_16_bit() {
     let d = tmp("r26");
-    image::ImageBuffer::<image::Rgb<u16>, Vec<u16>>::new(128, 128).save(d.join("w.png")).unwrap();
+    image::ImageBuffer::<image::Rgb<u16>, Vec<u16>>::new(128, 128)
+        .save(d.join("w.png"))
+        .unwrap();
     let e = ref_err(&d.join("w.png"));
-    assert!(matches!(&e, Error::Image { message, .. } if message.contains("Rgb16")), "{e}");
+    assert!(
+        matches!(&e, Error::Image { message, .. } if message.contains("Rgb16")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -329,25 +495,40 @@ fn r27_reference_tiny() {
     let d = tmp("r27");
     image::RgbImage::new(32, 32).save(d.join("t.png")).unwrap();
     let e = ref_err(&d.join("t.png"));
-    assert!(matches!(&e, Error::Image { message, .. } if message.contains("32×32") && message.contains("64")), "{e}");
+    assert!(
+        matches!(&e, Error::Image { message, .. } if message.contains("32×32") && message.contains("64")),
+        "{e}"
+    );
 }
 
 #[test]
 fn r28_reference_huge() {
     let d = tmp("r28");
-    image::RgbImage::new(8200, 64).save(d.join("h.png")).unwrap();
+    image::RgbImage::new(8200, 64)
+        .save(d.join("h.png"))
+        .unwrap();
     let e = ref_err(&d.join("h.png"));
-    assert!(matches!(&e, Error::Image { message, .. } if message.contains("8200×64") && message.contains("8192")), "{e}");
+    assert!(
+        matches!(&e, Error::Image { message, .. } if message.contains("8200×64") && message.contains("8192")),
+        "{e}"
+    );
 }
 
 #[test]
 fn r29_reference_non_square_is_cropped() {
     let d = tmp("r29");
-    image::RgbImage::from_fn(300, 200, |x, _| image::Rgb([if x < 50 || x >= 250 { 255 } else { 0 }, 0, 0])).save(d.join("w.png")).unwrap();
+    image::RgbImage::from_fn(300, 200, |x, _| {
+        image::Rgb([if x < 50 || x >= 250 { 255 } else { 0 }, 0, 0])
+    })
+    .save(d.join("w.png"))
+    .unwrap();
     let img = load_reference(&d.join("w.png"), 128, 128).unwrap();
     assert_eq!(img.dimensions(), (128, 128));
     // The centered 200×200 crop drops the red side bands.
-    assert!(img.pixels().all(|p| p.0[0] < 30), "center crop kept the borders");
+    assert!(
+        img.pixels().all(|p| p.0[0] < 30),
+        "center crop kept the borders"
+    );
 }
 
 fn txt(f: impl FnOnce(&mut Txt2ImgRequest)) -> Error {
@@ -360,32 +541,51 @@ fn txt(f: impl FnOnce(&mut Txt2ImgRequest)) -> Error {
 #[test]
 fn r30_size_not_multiple_of_8() {
     let e = txt(|r| r.height = 100);
-    assert!(matches!(&e, Error::InvalidArgument { name, message } if name == "height" && message.contains("100")), "{e}");
+    assert!(
+        matches!(&e, Error::InvalidArgument { name, message } if name == "height" && message.contains("100")),
+        "{e}"
+    );
 }
 
 #[test]
 fn r31_zero_steps() {
     let e = txt(|r| r.steps = 0);
-    assert!(matches!(&e, Error::InvalidArgument { name, .. } if name == "steps"), "{e}");
+    assert!(
+        matches!(&e, Error::InvalidArgument { name, .. } if name == "steps"),
+        "{e}"
+    );
 }
 
 #[test]
 fn r32_guidance_nan() {
     let e = txt(|r| r.guidance = f64::NAN);
-    assert!(matches!(&e, Error::InvalidArgument { name, message } if name == "guidance" && message.contains("NaN")), "{e}");
+    assert!(
+        matches!(&e, Error::InvalidArgument { name, message } if name == "guidance" && message.contains("NaN")),
+        "{e}"
+    );
 }
 
 #[test]
 fn r33_noise_wrong_shape() {
     let e = txt(|r| r.noise = NoiseSource::Tensor(Tensor::zeros([1, 4, 8, 9], &dev())));
-    assert!(matches!(&e, Error::Shape { what, got, .. } if what == "initial noise" && got == &vec![1, 4, 8, 9]), "{e}");
+    assert!(
+        matches!(&e, Error::Shape { what, got, .. } if what == "initial noise" && got == &vec![1, 4, 8, 9]),
+        "{e}"
+    );
     let f = fx("golden/pipeline_sd1-tiny.safetensors");
     let e = layret::core::noise::load_tensor::<4>(&f, "noise", [1, 4, 8, 8], &dev()).unwrap_err();
-    assert!(matches!(&e, Error::Shape { what, .. } if what.contains("`noise`") && what.contains("pipeline_sd1-tiny")), "{e}");
+    assert!(
+        matches!(&e, Error::Shape { what, .. } if what.contains("`noise`") && what.contains("pipeline_sd1-tiny")),
+        "{e}"
+    );
 }
 
 fn cli(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_layret")).args(args).arg("-q").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_layret"))
+        .args(args)
+        .arg("-q")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     String::from_utf8(out.stderr).unwrap()
 }
@@ -395,21 +595,46 @@ fn r34_output_folder_not_writable() {
     let d = tmp("r34");
     std::fs::write(d.join("file"), b"").unwrap();
     let out = d.join("file/sub");
-    let ti = format!("ti:{}", fx("personalization/ti_cat_toy.safetensors").display());
+    let ti = format!(
+        "ti:{}",
+        fx("personalization/ti_cat_toy.safetensors").display()
+    );
     let model = fx("sd1-tiny").display().to_string();
     let err = cli(&[
-        "generate", "--model", &model, "--personalization", &ti, "--phrase", "<cat-toy>", "--class", "toy",
-        "--reference", "x.png", "--prompt", "a <cat-toy>", "--out", out.to_str().unwrap(),
+        "generate",
+        "--model",
+        &model,
+        "--personalization",
+        &ti,
+        "--phrase",
+        "<cat-toy>",
+        "--class",
+        "toy",
+        "--reference",
+        "x.png",
+        "--prompt",
+        "a <cat-toy>",
+        "--out",
+        out.to_str().unwrap(),
     ]);
-    assert!(err.contains("error: creating") && err.contains("file/sub"), "{err}");
+    assert!(
+        err.contains("error: creating") && err.contains("file/sub"),
+        "{err}"
+    );
 }
 
 #[test]
 fn r35_device_not_built_in() {
     let e = layret::device::parse_device("cuda:1").unwrap_err();
-    assert!(matches!(&e, Error::DeviceUnavailable { device, message } if device == "cuda:1" && message.contains("--features cuda")), "{e}");
+    assert!(
+        matches!(&e, Error::DeviceUnavailable { device, message } if device == "cuda:1" && message.contains("--features cuda")),
+        "{e}"
+    );
     let e = layret::device::parse_device("tpu").unwrap_err();
-    assert!(matches!(&e, Error::InvalidArgument { name, .. } if name == "device"), "{e}");
+    assert!(
+        matches!(&e, Error::InvalidArgument { name, .. } if name == "device"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -417,17 +642,29 @@ fn r36_scheduler_unsupported() {
     let d = tmp("r36");
     std::fs::write(d.join("s.json"), r#"{"trained_betas": [0.1, 0.2]}"#).unwrap();
     let e = SchedulerConfig::from_file(&d.join("s.json")).unwrap_err();
-    assert!(matches!(&e, Error::UnsupportedConfig { key, .. } if key == "trained_betas"), "{e}");
+    assert!(
+        matches!(&e, Error::UnsupportedConfig { key, .. } if key == "trained_betas"),
+        "{e}"
+    );
 }
 
 #[test]
 fn r37_lora_unrecognized() {
     let d = tmp("r37");
     let bytes = vec![0u8; 16];
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4], &bytes).unwrap();
-    safetensors::serialize_to_file(vec![("model.diffusion_model.foo", view)], None, &d.join("l.safetensors")).unwrap();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4], &bytes).unwrap();
+    safetensors::serialize_to_file(
+        vec![("model.diffusion_model.foo", view)],
+        None,
+        &d.join("l.safetensors"),
+    )
+    .unwrap();
     let e = Lora::load(&d.join("l.safetensors"), &dev()).unwrap_err();
-    assert!(matches!(&e, Error::InvalidArgument { message, .. } if message.contains("model.diffusion_model.foo")), "{e}");
+    assert!(
+        matches!(&e, Error::InvalidArgument { message, .. } if message.contains("model.diffusion_model.foo")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -436,7 +673,8 @@ fn r38_custom_diffusion_for_another_model() {
     let sd2 = load(&fx("sd2-tiny")).unwrap();
     let d = tmp("r38");
     let bytes = vec![0u8; 16 * 16 * 4];
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![16, 16], &bytes).unwrap();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![16, 16], &bytes)
+        .unwrap();
     safetensors::serialize_to_file(
         vec![("up_blocks.7.attentions.0.transformer_blocks.0.attn2.processor.to_k_custom_diffusion.weight", view)],
         None,
@@ -444,13 +682,23 @@ fn r38_custom_diffusion_for_another_model() {
     )
     .unwrap();
     let e = apply_custom_diffusion(&sd2.unet, &d.join("cd.safetensors")).unwrap_err();
-    assert!(matches!(&e, Error::InvalidArgument { message, .. } if message.contains("up_blocks.7")), "{e}");
+    assert!(
+        matches!(&e, Error::InvalidArgument { message, .. } if message.contains("up_blocks.7")),
+        "{e}"
+    );
 }
 
 #[test]
 fn r39_dreambooth_with_another_vae() {
-    let e = Personalization::DreamBooth { dir: fx("sd2-tiny") }.apply(&sd1()).unwrap_err();
-    assert!(matches!(&e, Error::NotADiffusersFolder { reason, .. } if reason.contains("VAE")), "{e}");
+    let e = Personalization::DreamBooth {
+        dir: fx("sd2-tiny"),
+    }
+    .apply(&sd1())
+    .unwrap_err();
+    assert!(
+        matches!(&e, Error::NotADiffusersFolder { reason, .. } if reason.contains("VAE")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -464,28 +712,47 @@ fn r40_non_finite_latents_stop_with_the_step() {
             c.copy_from_slice(&3.0e38f32.to_le_bytes());
         }
     });
-    std::fs::copy(unet.join("diffusion_pytorch_model.safetensors"), d.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
+    std::fs::copy(
+        unet.join("diffusion_pytorch_model.safetensors"),
+        d.join("unet/diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
     let sd = load(&d).unwrap();
     let mut r = Txt2ImgRequest::new("a dog");
     (r.steps, r.width, r.height) = (3, 64, 64);
     let e = sd.txt2img(&r, &mut |_| {}).unwrap_err();
-    assert!(matches!(&e, Error::NonFinite { step: 0, suggestion, .. } if suggestion.contains("f32")), "{e}");
+    assert!(
+        matches!(&e, Error::NonFinite { step: 0, suggestion, .. } if suggestion.contains("f32")),
+        "{e}"
+    );
 }
 
 #[test]
 fn r41_mask_factor_not_dividing_the_latent() {
-    let s = Subject { phrase: "<cat-toy>".into(), class_phrase: "cat toy".into(), reference: reference() };
+    let s = Subject {
+        phrase: "<cat-toy>".into(),
+        class_phrase: "cat toy".into(),
+        reference: reference(),
+    };
     let mut req = gen_request("a <cat-toy>");
     req.settings.mask_factor = 3;
-    let e = LayoutAndRetouch::default().generate(&ti_pair(), &s, &req, &mut |_| {}).unwrap_err();
-    assert!(matches!(&e, Error::InvalidArgument { name, message } if name == "mask_factor" && message.contains("16×16")), "{e}");
+    let e = LayoutAndRetouch::default()
+        .generate(&ti_pair(), &s, &req, &mut |_| {})
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument { name, message } if name == "mask_factor" && message.contains("16×16")),
+        "{e}"
+    );
 }
 
 #[test]
 fn r42_text_encoder_ids_out_of_range() {
     let te: ClipTextEncoder = sd1().text_encoder;
     let e = te.encode(&[vec![60000; 77]], 0).unwrap_err();
-    assert!(matches!(&e, Error::InvalidArgument { message, .. } if message.contains("60000")), "{e}");
+    assert!(
+        matches!(&e, Error::InvalidArgument { message, .. } if message.contains("60000")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -494,12 +761,19 @@ fn determinism_same_seed_same_pngs() {
     let model = fx("sd1-tiny").display().to_string();
     let run = |out: &str| {
         let o = Command::new(env!("CARGO_BIN_EXE_layret"))
-            .args(["txt2img", "--model", &model, "--prompt", "a dog", "--steps", "3", "--width", "64", "--height", "64", "--seed", "11", "-q", "--out"])
+            .args([
+                "txt2img", "--model", &model, "--prompt", "a dog", "--steps", "3", "--width", "64",
+                "--height", "64", "--seed", "11", "-q", "--out",
+            ])
             .arg(d.join(out))
             .output()
             .unwrap();
         assert!(o.status.success());
         std::fs::read(d.join(out)).unwrap()
     };
-    assert_eq!(run("a.png"), run("b.png"), "same seed, same settings: bit-identical PNGs");
+    assert_eq!(
+        run("a.png"),
+        run("b.png"),
+        "same seed, same settings: bit-identical PNGs"
+    );
 }

@@ -17,7 +17,8 @@ fn unet(c: &mut Criterion) {
             let ctx = StepContext::plain(0, 500.0, 2);
             group.bench_function(format!("b2_{side}x{side}"), |b| {
                 b.iter(|| {
-                    let eps = unet.forward(sample.clone(), 500.0, &context, &mut DefaultAttention, &ctx);
+                    let eps =
+                        unet.forward(sample.clone(), 500.0, &context, &mut DefaultAttention, &ctx);
                     // Wait for the result (GPU backends run asynchronously).
                     let _ = eps.slice([0..1, 0..1, 0..1, 0..1]).into_data();
                 })

@@ -10,9 +10,15 @@ pub fn devices() -> Vec<(&'static str, Device)> {
     #[allow(unused_mut)]
     let mut v = vec![("flex", Device::flex())];
     #[cfg(feature = "wgpu")]
-    v.push(("wgpu", layret::device::parse_device("wgpu").expect("wgpu device")));
+    v.push((
+        "wgpu",
+        layret::device::parse_device("wgpu").expect("wgpu device"),
+    ));
     #[cfg(feature = "cuda")]
-    v.push(("cuda", layret::device::parse_device("cuda").expect("cuda device")));
+    v.push((
+        "cuda",
+        layret::device::parse_device("cuda").expect("cuda device"),
+    ));
     v
 }
 

@@ -50,10 +50,12 @@ impl KvStore {
 
     /// The keys and values of `path` at `step`, as f32.
     pub fn get(&self, path: &str, step: usize) -> Option<(Tensor<4>, Tensor<4>)> {
-        self.entries.get(&(path.to_string(), step)).map(|(k, v)| match self.policy {
-            KvPolicy::KeepF16 => (k.clone().cast(DType::F32), v.clone().cast(DType::F32)),
-            _ => (k.clone(), v.clone()),
-        })
+        self.entries
+            .get(&(path.to_string(), step))
+            .map(|(k, v)| match self.policy {
+                KvPolicy::KeepF16 => (k.clone().cast(DType::F32), v.clone().cast(DType::F32)),
+                _ => (k.clone(), v.clone()),
+            })
     }
 
     /// Number of (site, step) entries.
@@ -74,7 +76,9 @@ impl KvStore {
         };
         self.entries
             .values()
-            .map(|(k, v)| (k.dims().iter().product::<usize>() + v.dims().iter().product::<usize>()) * per)
+            .map(|(k, v)| {
+                (k.dims().iter().product::<usize>() + v.dims().iter().product::<usize>()) * per
+            })
             .sum()
     }
 }
@@ -89,7 +93,10 @@ pub struct KvRecorder<'s> {
 impl<'s> KvRecorder<'s> {
     /// Record all rows into `store`.
     pub fn new(store: &'s mut KvStore) -> Self {
-        Self { store, branch: None }
+        Self {
+            store,
+            branch: None,
+        }
     }
 
     /// Record only the rows of `branch` (both CFG halves, uncond first).
@@ -110,7 +117,10 @@ pub(crate) fn branch_rows(ctx: &StepContext, branch: usize) -> Vec<usize> {
 pub(crate) fn take_rows(t: Tensor<4>, rows: &[usize]) -> Tensor<4> {
     let device = t.device();
     let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-    t.select(0, Tensor::<1, Int>::from_data(TensorData::new(idx, [rows.len()]), &device))
+    t.select(
+        0,
+        Tensor::<1, Int>::from_data(TensorData::new(idx, [rows.len()]), &device),
+    )
 }
 
 impl AttentionProcessor for KvRecorder<'_> {

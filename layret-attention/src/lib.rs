@@ -27,11 +27,16 @@
 //! // the router's borrow has ended: read store.records()
 //! ```
 
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 #![warn(missing_docs)]
+// burn slices take one range per axis: `[a..b]` is a 1-axis slice, not a vec of ranges.
+#![allow(clippy::single_range_in_vec_init)]
 
-pub mod masks;
 mod kv;
+pub mod masks;
 mod mutual;
 mod router;
 mod selector;

@@ -129,7 +129,10 @@ mod tests {
     use burn::tensor::Device;
 
     fn t2(v: &[f32], rows: usize) -> Tensor<2> {
-        Tensor::from_data(TensorData::new(v.to_vec(), [rows, v.len() / rows]), &Device::flex())
+        Tensor::from_data(
+            TensorData::new(v.to_vec(), [rows, v.len() / rows]),
+            &Device::flex(),
+        )
     }
 
     fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {

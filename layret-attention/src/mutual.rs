@@ -37,7 +37,8 @@ impl AttentionProcessor for MutualSelfAttention {
         v: Tensor<4>,
     ) -> Tensor<4> {
         let layout = &ctx.layout;
-        let (Some(src), Some(tgt)) = (layout.branch(&self.source), layout.branch(&self.target)) else {
+        let (Some(src), Some(tgt)) = (layout.branch(&self.source), layout.branch(&self.target))
+        else {
             return default_attention(q, k, v);
         };
         if ctx.step < self.start_step {

@@ -20,7 +20,11 @@ impl<'a> Router<'a> {
     }
 
     /// Add a route; routes are tried in the order they were added.
-    pub fn route(&mut self, selector: SiteSelector, processor: &'a mut dyn AttentionProcessor) -> &mut Self {
+    pub fn route(
+        &mut self,
+        selector: SiteSelector,
+        processor: &'a mut dyn AttentionProcessor,
+    ) -> &mut Self {
         self.routes.push((selector, processor));
         self
     }

@@ -60,15 +60,19 @@ impl SiteSelector {
 
     /// Whether `site` at `ctx` satisfies every condition.
     pub fn matches(&self, site: &AttentionSite, ctx: &StepContext) -> bool {
-        if let Some(g) = &self.path {
-            if !glob_match(g, site.path) {
-                return false;
-            }
+        if let Some(g) = &self.path
+            && !glob_match(g, site.path)
+        {
+            return false;
         }
         if self.kind.is_some_and(|k| k != site.kind) {
             return false;
         }
-        if self.index.as_ref().is_some_and(|r| !r.contains(&site.index)) {
+        if self
+            .index
+            .as_ref()
+            .is_some_and(|r| !r.contains(&site.index))
+        {
             return false;
         }
         if self.size.is_some_and(|s| s != (site.height, site.width)) {
@@ -77,7 +81,8 @@ impl SiteSelector {
         if let Some(div) = self.decoder_min_divisor {
             let up = matches!(site.block(), Some(BlockPosition::Up(_)));
             // h ≥ H/div  ⇔  div·h ≥ H (no rounding).
-            if !up || div * site.height < site.latent_height || div * site.width < site.latent_width {
+            if !up || div * site.height < site.latent_height || div * site.width < site.latent_width
+            {
                 return false;
             }
         }
@@ -133,10 +138,19 @@ mod tests {
 
     #[test]
     fn globs() {
-        assert!(glob_match("up_blocks.*.attn1", "up_blocks.3.attentions.1.transformer_blocks.0.attn1"));
-        assert!(!glob_match("up_blocks.*.attn1", "up_blocks.3.attentions.1.transformer_blocks.0.attn2"));
+        assert!(glob_match(
+            "up_blocks.*.attn1",
+            "up_blocks.3.attentions.1.transformer_blocks.0.attn1"
+        ));
+        assert!(!glob_match(
+            "up_blocks.*.attn1",
+            "up_blocks.3.attentions.1.transformer_blocks.0.attn2"
+        ));
         assert!(glob_match("*", ""));
-        assert!(glob_match("*attn2", "mid_block.attentions.0.transformer_blocks.0.attn2"));
+        assert!(glob_match(
+            "*attn2",
+            "mid_block.attentions.0.transformer_blocks.0.attn2"
+        ));
         assert!(!glob_match("down_blocks.*", "mid_block.x"));
         assert!(glob_match("a*b*c", "a--b--b--c"));
     }
@@ -144,15 +158,35 @@ mod tests {
     #[test]
     fn selectors() {
         let ctx = StepContext::plain(5, 500.0, 1);
-        let up64 = site("up_blocks.3.attentions.0.transformer_blocks.0.attn1", SelfAttention, 64);
-        let up32 = site("up_blocks.2.attentions.0.transformer_blocks.0.attn1", SelfAttention, 32);
-        let up16 = site("up_blocks.1.attentions.0.transformer_blocks.0.attn1", SelfAttention, 16);
-        let down64 = site("down_blocks.0.attentions.0.transformer_blocks.0.attn1", SelfAttention, 64);
+        let up64 = site(
+            "up_blocks.3.attentions.0.transformer_blocks.0.attn1",
+            SelfAttention,
+            64,
+        );
+        let up32 = site(
+            "up_blocks.2.attentions.0.transformer_blocks.0.attn1",
+            SelfAttention,
+            32,
+        );
+        let up16 = site(
+            "up_blocks.1.attentions.0.transformer_blocks.0.attn1",
+            SelfAttention,
+            16,
+        );
+        let down64 = site(
+            "down_blocks.0.attentions.0.transformer_blocks.0.attn1",
+            SelfAttention,
+            64,
+        );
         let swapped = SiteSelector::new().kind(SelfAttention).decoder_at_least(2);
         assert!(swapped.matches(&up64, &ctx) && swapped.matches(&up32, &ctx));
         assert!(!swapped.matches(&up16, &ctx) && !swapped.matches(&down64, &ctx));
         assert!(SiteSelector::new().size(32, 32).matches(&up32, &ctx));
-        assert!(!SiteSelector::new().kind(CrossAttention).matches(&up32, &ctx));
+        assert!(
+            !SiteSelector::new()
+                .kind(CrossAttention)
+                .matches(&up32, &ctx)
+        );
         assert!(SiteSelector::new().steps(2..10).matches(&up32, &ctx));
         assert!(!SiteSelector::new().steps(0..5).matches(&up32, &ctx));
         assert!(SiteSelector::new().index(0..4).matches(&up32, &ctx));

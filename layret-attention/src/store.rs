@@ -63,7 +63,9 @@ impl AttentionStore {
 
     /// The record of `path` at `step`.
     pub fn get(&self, path: &str, step: usize) -> Option<&AttentionRecord> {
-        self.records.iter().find(|r| r.path == path && r.step == step)
+        self.records
+            .iter()
+            .find(|r| r.path == path && r.step == step)
     }
 
     /// The records of `step` whose map is `height × width`.
@@ -99,7 +101,11 @@ impl AttentionProcessor for AttentionStore {
             (Half::Cond, true) => b / 2..b,
         };
         let kept = probs.slice([rows]);
-        let kept = if self.average_heads { kept.mean_dim(1) } else { kept };
+        let kept = if self.average_heads {
+            kept.mean_dim(1)
+        } else {
+            kept
+        };
         self.records.push(AttentionRecord {
             path: site.path.to_string(),
             step: ctx.step,

@@ -65,11 +65,18 @@ impl SwapMasks {
 fn exclude_unless_empty(allowed: Tensor<2>) -> Tensor<4, Bool> {
     let [n, l] = allowed.dims();
     let empty = allowed.clone().sum_dim(1).equal_elem(0.0); // [n, 1]
-    let excluded = allowed.equal_elem(0.0).bool_and(empty.bool_not().expand([n, l]));
+    let excluded = allowed
+        .equal_elem(0.0)
+        .bool_and(empty.bool_not().expand([n, l]));
     excluded.reshape([n, 1, 1, l])
 }
 
-fn masked_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, exclude: Tensor<4, Bool>) -> Tensor<4> {
+fn masked_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    exclude: Tensor<4, Bool>,
+) -> Tensor<4> {
     let [n, h, lq, _] = q.dims();
     let lk = k.dims()[2];
     let mask = exclude.expand([n, h, lq, lk]);
@@ -118,7 +125,12 @@ pub fn swap_attention(
     match mode {
         SwapMode::Split => {
             let fg = masked_attention(q_t.clone(), k_r, v_r, exclude_unless_empty(m_r));
-            let bg = masked_attention(q_t, k_c, v_c, exclude_unless_empty(m_c.neg().add_scalar(1.0)));
+            let bg = masked_attention(
+                q_t,
+                k_c,
+                v_c,
+                exclude_unless_empty(m_c.neg().add_scalar(1.0)),
+            );
             let mt = m_t.reshape([n, 1, lq, 1]);
             fg * mt.clone() + bg * mt.neg().add_scalar(1.0)
         }
@@ -129,8 +141,8 @@ pub fn swap_attention(
             let exclude = Tensor::cat(
                 vec![
                     Tensor::<2>::zeros([n, lt], &device),
-                    m_c,                            // context subject: out
-                    m_r.neg().add_scalar(1.0),      // reference background: out
+                    m_c,                       // context subject: out
+                    m_r.neg().add_scalar(1.0), // reference background: out
                 ],
                 1,
             )
@@ -204,7 +216,12 @@ impl<'a> MultiSourceSwap<'a> {
 
     fn masks_at(&mut self, h: usize, w: usize) -> Option<SwapMasks> {
         let m = self.masks.as_ref()?;
-        Some(self.resized.entry((h, w)).or_insert_with(|| m.resize(h, w)).clone())
+        Some(
+            self.resized
+                .entry((h, w))
+                .or_insert_with(|| m.resize(h, w))
+                .clone(),
+        )
     }
 }
 
@@ -212,7 +229,11 @@ impl<'a> MultiSourceSwap<'a> {
 fn replay_half(t: Tensor<4>, half: usize, halves: usize, n: usize) -> Tensor<4> {
     let m = t.dims()[0] / halves.max(1);
     let rows = t.slice([half * m..(half + 1) * m]);
-    if m == 1 && n > 1 { rows.repeat_dim(0, n) } else { rows }
+    if m == 1 && n > 1 {
+        rows.repeat_dim(0, n)
+    } else {
+        rows
+    }
 }
 
 impl AttentionProcessor for MultiSourceSwap<'_> {
@@ -232,7 +253,11 @@ impl AttentionProcessor for MultiSourceSwap<'_> {
         let halves = layout.halves();
         let n = layout.samples;
         let only_target = layout.branches.len() == 1;
-        let mut out = if only_target { None } else { Some(default_attention(q.clone(), k.clone(), v.clone())) };
+        let mut out = if only_target {
+            None
+        } else {
+            Some(default_attention(q.clone(), k.clone(), v.clone()))
+        };
         let mut parts = Vec::with_capacity(halves);
         for h in 0..halves {
             let rows: Vec<usize> = layout.rows(h, tgt).collect();
@@ -256,7 +281,10 @@ impl AttentionProcessor for MultiSourceSwap<'_> {
                     }
                 }
                 KvSource::Replay { context, reference } => {
-                    match (context.get(site.path, ctx.step), reference.get(site.path, ctx.step)) {
+                    match (
+                        context.get(site.path, ctx.step),
+                        reference.get(site.path, ctx.step),
+                    ) {
                         (Some((kc, vc)), Some((kr, vr))) => Some((
                             (replay_half(kc, h, halves, n), replay_half(vc, h, halves, n)),
                             (replay_half(kr, h, halves, n), replay_half(vr, h, halves, n)),
@@ -303,7 +331,10 @@ mod tests {
 
     /// `[1, 1, L, 1]` from literal values.
     fn col(v: &[f32]) -> Tensor<4> {
-        Tensor::from_data(TensorData::new(v.to_vec(), [1, 1, v.len(), 1]), &Device::flex())
+        Tensor::from_data(
+            TensorData::new(v.to_vec(), [1, 1, v.len(), 1]),
+            &Device::flex(),
+        )
     }
 
     fn row(v: &[f32]) -> Tensor<2> {
@@ -311,7 +342,12 @@ mod tests {
     }
 
     fn vals(t: Tensor<4>) -> Vec<f64> {
-        t.into_data().try_into_vec_as::<f32>().unwrap().into_iter().map(f64::from).collect()
+        t.into_data()
+            .try_into_vec_as::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect()
     }
 
     /// Σ softmax(q·k)·v over the listed (k, v) pairs, d = 1 (scale 1).
@@ -358,20 +394,30 @@ mod tests {
     fn structure_lock_before_swap_start() {
         let masks: (&[f32], &[f32], &[f32]) = (&[1.0, 0.0], &[1.0, 0.0], &[1.0, 0.0]);
         for mode in [SwapMode::Split, SwapMode::Concat] {
-            close(run(3, mode, Some(masks)), [attend(Q[0], &C), attend(Q[1], &C)]);
+            close(
+                run(3, mode, Some(masks)),
+                [attend(Q[0], &C), attend(Q[1], &C)],
+            );
         }
     }
 
     #[test]
     fn split_without_masks_reads_the_whole_reference() {
         // Step 0's rule: M_t = M_r = ¬M_c = 1.
-        close(run(4, SwapMode::Split, None), [attend(Q[0], &R), attend(Q[1], &R)]);
+        close(
+            run(4, SwapMode::Split, None),
+            [attend(Q[0], &R), attend(Q[1], &R)],
+        );
     }
 
     #[test]
     fn split_with_masks() {
         // M_r = {r0}, ¬M_c = {c1}, M_t = {query 0}: query 0 reads r0 only, query 1 c1 only.
-        let out = run(4, SwapMode::Split, Some((&[1.0, 0.0], &[1.0, 0.0], &[1.0, 0.0])));
+        let out = run(
+            4,
+            SwapMode::Split,
+            Some((&[1.0, 0.0], &[1.0, 0.0], &[1.0, 0.0])),
+        );
         close(out, [30.0, 20.0]);
     }
 
@@ -379,21 +425,36 @@ mod tests {
     fn split_empty_sets_mean_no_restriction() {
         // M_r empty and ¬M_c empty (M_c all ones): both softmaxes unrestricted;
         // M_t = {query 1}.
-        let out = run(4, SwapMode::Split, Some((&[0.0, 0.0], &[1.0, 1.0], &[0.0, 1.0])));
+        let out = run(
+            4,
+            SwapMode::Split,
+            Some((&[0.0, 0.0], &[1.0, 1.0], &[0.0, 1.0])),
+        );
         close(out, [attend(Q[0], &C), attend(Q[1], &R)]);
     }
 
     #[test]
     fn concat_masks_context_subject_and_reference_background() {
         // Allowed: t0, t1, c1 (¬M_c), r0 (M_r).
-        let out = run(4, SwapMode::Concat, Some((&[1.0, 0.0], &[1.0, 0.0], &[1.0, 1.0])));
+        let out = run(
+            4,
+            SwapMode::Concat,
+            Some((&[1.0, 0.0], &[1.0, 0.0], &[1.0, 1.0])),
+        );
         let allowed = [T[0], T[1], C[1], R[0]];
         close(out, [attend(Q[0], &allowed), attend(Q[1], &allowed)]);
         // No masks: every context token is in ¬M_c (M_c = 0) and every reference token in M_r.
         let all = [T[0], T[1], C[0], C[1], R[0], R[1]];
-        close(run(5, SwapMode::Concat, None), [attend(Q[0], &all), attend(Q[1], &all)]);
+        close(
+            run(5, SwapMode::Concat, None),
+            [attend(Q[0], &all), attend(Q[1], &all)],
+        );
         // Concat has no empty-set rule: with M_r empty and M_c full only the target remains.
-        let out = run(4, SwapMode::Concat, Some((&[0.0, 0.0], &[1.0, 1.0], &[1.0, 1.0])));
+        let out = run(
+            4,
+            SwapMode::Concat,
+            Some((&[0.0, 0.0], &[1.0, 1.0], &[1.0, 1.0])),
+        );
         close(out, [attend(Q[0], &T), attend(Q[1], &T)]);
     }
 
@@ -408,6 +469,11 @@ mod tests {
         };
         let r = m.resize(4, 4);
         let v: Vec<f32> = r.target.into_data().try_into_vec_as::<f32>().unwrap();
-        assert_eq!(v, vec![1., 1., 2., 2., 1., 1., 2., 2., 3., 3., 4., 4., 3., 3., 4., 4.]);
+        assert_eq!(
+            v,
+            vec![
+                1., 1., 2., 2., 1., 1., 2., 2., 3., 3., 4., 4., 3., 3., 4., 4.
+            ]
+        );
     }
 }

@@ -18,12 +18,19 @@ fn golden(key: &str) -> Tensor<4> {
     let bytes = std::fs::read(fixtures().join("golden/mutual_sd1-tiny.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let t = st.tensor(key).unwrap();
-    let v: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let v: Vec<f32> = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     let mut shape = t.shape().to_vec();
     while shape.len() < 4 {
         shape.insert(1, 1);
     }
-    Tensor::from_data(TensorData::new(v, [shape[0], shape[1], shape[2], shape[3]]), &Device::flex())
+    Tensor::from_data(
+        TensorData::new(v, [shape[0], shape[1], shape[2], shape[3]]),
+        &Device::flex(),
+    )
 }
 
 fn max_abs(a: Tensor<4>, b: Tensor<4>) -> f64 {
@@ -32,7 +39,12 @@ fn max_abs(a: Tensor<4>, b: Tensor<4>) -> f64 {
 }
 
 fn model() -> StableDiffusion {
-    StableDiffusion::load(fixtures().join("sd1-tiny"), &Device::flex(), &LoadOptions::default()).unwrap()
+    StableDiffusion::load(
+        fixtures().join("sd1-tiny"),
+        &Device::flex(),
+        &LoadOptions::default(),
+    )
+    .unwrap()
 }
 
 const RECORD: [&str; 2] = [
@@ -43,7 +55,9 @@ const RECORD: [&str; 2] = [
 /// Five CFG steps of the two-image (source, target) batch with `router` built per step.
 fn run(sd: &StableDiffusion, mutual: bool, store: &mut AttentionStore) -> Tensor<4> {
     let sched = sd.ddim(5, 0.0).unwrap();
-    let cond = sd.encode_prompts(&["a photo of a dog", "a photo of a dog running"]).unwrap();
+    let cond = sd
+        .encode_prompts(&["a photo of a dog", "a photo of a dog running"])
+        .unwrap();
     let uncond = sd.encode_prompts(&["", ""]).unwrap();
     let context = Tensor::cat(vec![uncond, cond], 0);
     let mut latents = golden("noise");
@@ -60,11 +74,18 @@ fn run(sd: &StableDiffusion, mutual: bool, store: &mut AttentionStore) -> Tensor
         };
         let mut router = Router::new();
         if mutual {
-            router.route(SiteSelector::new().path("up_blocks.*").kind(AttentionKind::SelfAttention), &mut msa);
+            router.route(
+                SiteSelector::new()
+                    .path("up_blocks.*")
+                    .kind(AttentionKind::SelfAttention),
+                &mut msa,
+            );
         }
         router.route(SiteSelector::new().path(RECORD[0]), store);
         let input = Tensor::cat(vec![latents.clone(), latents.clone()], 0);
-        let eps = sd.unet.forward(input, t as f64, &context, &mut router, &ctx);
+        let eps = sd
+            .unet
+            .forward(input, t as f64, &context, &mut router, &ctx);
         drop(router);
         let mut h = eps.chunk(2, 0);
         let (ec, eu) = (h.pop().unwrap(), h.pop().unwrap());
@@ -98,7 +119,9 @@ fn store_records_only_routed_sites_second_site_too() {
     let sd = model();
     let mut store = AttentionStore::new(true);
     let sched = sd.ddim(5, 0.0).unwrap();
-    let cond = sd.encode_prompts(&["a photo of a dog", "a photo of a dog running"]).unwrap();
+    let cond = sd
+        .encode_prompts(&["a photo of a dog", "a photo of a dog running"])
+        .unwrap();
     let uncond = sd.encode_prompts(&["", ""]).unwrap();
     let context = Tensor::cat(vec![uncond, cond], 0);
     let latents = golden("noise");
@@ -106,12 +129,18 @@ fn store_records_only_routed_sites_second_site_too() {
     let ctx = StepContext {
         step: 0,
         timestep: t as f64,
-        layout: BatchLayout { branches: vec!["source".into(), "target".into()], samples: 1, cfg: true },
+        layout: BatchLayout {
+            branches: vec!["source".into(), "target".into()],
+            samples: 1,
+            cfg: true,
+        },
     };
     let mut router = Router::new();
     router.route(SiteSelector::new().path(RECORD[1]), &mut store);
     let input = Tensor::cat(vec![latents.clone(), latents], 0);
-    let _ = sd.unet.forward(input, t as f64, &context, &mut router, &ctx);
+    let _ = sd
+        .unet
+        .forward(input, t as f64, &context, &mut router, &ctx);
     drop(router);
     assert_eq!(store.records().len(), 1);
     let r = &store.records()[0];
@@ -126,14 +155,25 @@ fn default_routing_is_bit_identical() {
     let x = golden("noise");
     let context = sd.encode_prompts(&["a dog", "a cat"]).unwrap();
     let ctx = StepContext::plain(0, 501.0, 2);
-    let plain = sd.unet.forward(x.clone(), 501.0, &context, &mut DefaultAttention, &ctx);
+    let plain = sd
+        .unet
+        .forward(x.clone(), 501.0, &context, &mut DefaultAttention, &ctx);
     let mut empty = Router::new();
-    let a = sd.unet.forward(x.clone(), 501.0, &context, &mut empty, &ctx);
+    let a = sd
+        .unet
+        .forward(x.clone(), 501.0, &context, &mut empty, &ctx);
     let mut unused = DefaultAttention;
     let mut router = Router::new();
     router.route(SiteSelector::new().path("no_such_block.*"), &mut unused);
     let b = sd.unet.forward(x, 501.0, &context, &mut router, &ctx);
-    let bits = |t: Tensor<4>| t.into_data().try_into_vec_as::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let bits = |t: Tensor<4>| {
+        t.into_data()
+            .try_into_vec_as::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<_>>()
+    };
     let p = bits(plain);
     assert_eq!(p, bits(a));
     assert_eq!(p, bits(b));

@@ -138,7 +138,9 @@ pub enum Error {
     },
 
     /// A prompt needs more tokens than the text encoder takes.
-    #[error("prompt is {tokens} tokens long (with BOS/EOS), the text encoder takes at most {max}; shorten it or enable truncation: \"{prompt}\"")]
+    #[error(
+        "prompt is {tokens} tokens long (with BOS/EOS), the text encoder takes at most {max}; shorten it or enable truncation: \"{prompt}\""
+    )]
     PromptTooLong {
         /// The prompt.
         prompt: String,

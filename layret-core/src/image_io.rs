@@ -54,7 +54,10 @@ pub fn from_rgb8(images: &[RgbImage], device: &Device) -> Result<Tensor<4>> {
             values.extend(img.pixels().map(|p| 2.0 * (p.0[ch] as f32 / 255.0) - 1.0));
         }
     }
-    Ok(Tensor::from_data(TensorData::new(values, [images.len(), 3, h, w]), device))
+    Ok(Tensor::from_data(
+        TensorData::new(values, [images.len(), 3, h, w]),
+        device,
+    ))
 }
 
 /// Save an RGB image as PNG with `text` as `tEXt` chunks (keyword, value), e.g. the
@@ -72,7 +75,8 @@ pub fn save_png(image: &RgbImage, path: &Path, text: &[(&str, String)]) -> Resul
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
     for (k, v) in text {
-        enc.add_text_chunk(k.to_string(), v.clone()).map_err(png_err)?;
+        enc.add_text_chunk(k.to_string(), v.clone())
+            .map_err(png_err)?;
     }
     let mut writer = enc.write_header().map_err(png_err)?;
     writer.write_image_data(image.as_raw()).map_err(png_err)?;

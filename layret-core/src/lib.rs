@@ -21,8 +21,13 @@
 //! # Ok(()) }
 //! ```
 
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 #![warn(missing_docs)]
+// burn slices take one range per axis: `[a..b]` is a 1-axis slice, not a vec of ranges.
+#![allow(clippy::single_range_in_vec_init)]
 
 pub mod attention;
 pub mod clip;

@@ -36,6 +36,7 @@ impl Default for LoadOptions {
 
 /// Where the initial noise comes from.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum NoiseSource {
     /// layret's seeded generator (the same noise on every device).
     Seed(u64),
@@ -130,14 +131,18 @@ pub struct StableDiffusion {
 
 impl std::fmt::Debug for StableDiffusion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StableDiffusion").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("StableDiffusion")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
 /// The variant file if it exists (when asked for), else the plain one.
 pub(crate) fn pick_variant(dir: &Path, stem: &str, variant: Option<&str>) -> Option<String> {
     let v = variant?;
-    dir.join(format!("{stem}.{v}.safetensors")).exists().then(|| v.to_string())
+    dir.join(format!("{stem}.{v}.safetensors"))
+        .exists()
+        .then(|| v.to_string())
 }
 
 /// Check that `dir` is a diffusers SD folder, naming what is missing.
@@ -153,7 +158,9 @@ pub fn check_model_dir(dir: &Path) -> Result<()> {
         reason,
     };
     if !dir.join("model_index.json").exists() {
-        return Err(not("no model_index.json (a diffusers pipeline folder has one at its root)".into()));
+        return Err(not(
+            "no model_index.json (a diffusers pipeline folder has one at its root)".into(),
+        ));
     }
     for sub in ["unet", "vae", "text_encoder", "tokenizer", "scheduler"] {
         if !dir.join(sub).is_dir() {
@@ -172,8 +179,12 @@ impl StableDiffusion {
         let v = options.variant.as_deref();
         let tokenizer = ClipTokenizer::from_model_dir(&dir)?;
         let te_dir = dir.join("text_encoder");
-        let (text_encoder, text_config) =
-            ClipTextEncoder::from_dir(&te_dir, device, options.dtype, pick_variant(&te_dir, "model", v).as_deref())?;
+        let (text_encoder, text_config) = ClipTextEncoder::from_dir(
+            &te_dir,
+            device,
+            options.dtype,
+            pick_variant(&te_dir, "model", v).as_deref(),
+        )?;
         let unet_dir = dir.join("unet");
         let (unet, unet_config) = UNet2DConditionModel::from_dir(
             &unet_dir,
@@ -254,7 +265,13 @@ impl StableDiffusion {
     }
 
     /// Initial noise `[n, C, h, w]` from `source`, checking an injected tensor's shape.
-    pub fn initial_noise(&self, source: &NoiseSource, n: usize, h: usize, w: usize) -> Result<Tensor<4>> {
+    pub fn initial_noise(
+        &self,
+        source: &NoiseSource,
+        n: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Tensor<4>> {
         let c = self.unet.in_channels;
         match source {
             NoiseSource::Seed(seed) => Ok(seeded_noise(*seed, [n, c, h, w], &self.device)),
@@ -300,7 +317,8 @@ impl StableDiffusion {
             let uncond = halves.pop().unwrap_or_else(|| unreachable!("two halves"));
             uncond.clone() + (cond - uncond) * guidance
         } else {
-            self.unet.forward(latents, timestep, context, processor, &ctx)
+            self.unet
+                .forward(latents, timestep, context, processor, &ctx)
         }
     }
 
@@ -313,7 +331,11 @@ impl StableDiffusion {
     ) -> Result<Txt2ImgOutput> {
         let latents = self.txt2img_latents(req, &mut DefaultAttention, progress)?;
         let images = self.decode_to_rgb8(latents.clone())?;
-        progress(Progress { stage: "decode", step: 1, total: 1 });
+        progress(Progress {
+            stage: "decode",
+            step: 1,
+            total: 1,
+        });
         Ok(Txt2ImgOutput { latents, images })
     }
 
@@ -326,7 +348,10 @@ impl StableDiffusion {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Tensor<4>> {
         if !req.guidance.is_finite() {
-            return Err(Error::invalid("guidance", format!("{}; must be finite", req.guidance)));
+            return Err(Error::invalid(
+                "guidance",
+                format!("{}; must be finite", req.guidance),
+            ));
         }
         if req.num_images == 0 {
             return Err(Error::invalid("num_images", "0; must be at least 1"));
@@ -345,7 +370,14 @@ impl StableDiffusion {
         };
         let total = sched.timesteps().len();
         for (k, &t) in sched.timesteps().iter().enumerate() {
-            let eps = self.guided_eps(latents.clone(), t as f64, &context, req.guidance, processor, k);
+            let eps = self.guided_eps(
+                latents.clone(),
+                t as f64,
+                &context,
+                req.guidance,
+                processor,
+                k,
+            );
             let noise = if sched.needs_noise() {
                 let seed = match req.noise {
                     NoiseSource::Seed(s) => s.wrapping_add(1 + k as u64),
@@ -357,7 +389,11 @@ impl StableDiffusion {
             };
             latents = sched.step(eps, k, latents, noise)?;
             check_finite(&latents, "latents", k)?;
-            progress(Progress { stage: "denoise", step: k + 1, total });
+            progress(Progress {
+                stage: "denoise",
+                step: k + 1,
+                total,
+            });
         }
         Ok(latents)
     }
@@ -415,11 +451,17 @@ impl StableDiffusion {
                 timestep: t as f64,
                 layout: BatchLayout::single("reference", b, false),
             };
-            let eps = self.unet.forward(x.clone(), t as f64, &context, processor, &ctx);
+            let eps = self
+                .unet
+                .forward(x.clone(), t as f64, &context, processor, &ctx);
             x = sched.inversion_step(eps, t, x);
             check_finite(&x, "inverted latents", j)?;
             out.push((t, x.clone()));
-            progress(Progress { stage: "invert", step: j + 1, total: ts.len() });
+            progress(Progress {
+                stage: "invert",
+                step: j + 1,
+                total: ts.len(),
+            });
         }
         Ok(out)
     }

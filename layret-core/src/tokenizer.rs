@@ -23,7 +23,8 @@ pub const BOS_TOKEN: &str = "<|startoftext|>";
 /// CLIP's end-of-text token (also the SD 1.x pad token).
 pub const EOS_TOKEN: &str = "<|endoftext|>";
 /// CLIP's split pattern (transformers' `CLIPTokenizer`).
-const CLIP_PATTERN: &str = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+const CLIP_PATTERN: &str =
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
 /// What to do with a prompt longer than the text encoder's maximum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -121,7 +122,10 @@ impl ClipTokenizer {
                     });
                 }
             }
-            (Self::build_from_vocab(&vocab_path, &merges_path)?, dir.to_path_buf())
+            (
+                Self::build_from_vocab(&vocab_path, &merges_path)?,
+                dir.to_path_buf(),
+            )
         };
 
         let id = |tok: &str| {
@@ -180,7 +184,10 @@ impl ClipTokenizer {
             if parts.len() != 2 {
                 return Err(tok_err(
                     merges_path,
-                    format!("line {}: expected two space-separated symbols, got {line:?}", n + 1),
+                    format!(
+                        "line {}: expected two space-separated symbols, got {line:?}",
+                        n + 1
+                    ),
                 ));
             }
             merges.push(json!([parts[0], parts[1]]));
@@ -188,10 +195,15 @@ impl ClipTokenizer {
         let mut added = Vec::new();
         for tok in [BOS_TOKEN, EOS_TOKEN] {
             let Some(id) = vocab.get(tok).and_then(Value::as_u64) else {
-                return Err(tok_err(vocab_path, format!("special token {tok} is missing")));
+                return Err(tok_err(
+                    vocab_path,
+                    format!("special token {tok} is missing"),
+                ));
             };
-            added.push(json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": false, "special": true}));
+            added.push(
+                json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true}),
+            );
         }
         let doc = json!({
             "version": "1.0",
@@ -285,7 +297,10 @@ impl ClipTokenizer {
     /// diffusers does; prompts mentioning `token` are expanded to all of them. Returns the ids.
     pub fn add_multi_vector_token(&mut self, token: &str, n: usize) -> Result<Vec<u32>> {
         if n == 0 {
-            return Err(tok_err(&self.path, format!("token {token:?} needs at least one vector")));
+            return Err(tok_err(
+                &self.path,
+                format!("token {token:?} needs at least one vector"),
+            ));
         }
         let names: Vec<String> = std::iter::once(token.to_string())
             .chain((1..n).map(|i| format!("{token}_{i}")))
@@ -307,7 +322,9 @@ impl ClipTokenizer {
         let ids = self.raw_ids(prompt)?;
         let mut out = prompt.to_string();
         for (token, n) in &self.multi_vector {
-            let Some(id) = self.inner.token_to_id(token) else { continue };
+            let Some(id) = self.inner.token_to_id(token) else {
+                continue;
+            };
             if ids.contains(&id) {
                 let replacement: Vec<String> = std::iter::once(token.clone())
                     .chain((1..*n).map(|i| format!("{token}_{i}")))

@@ -182,12 +182,18 @@ impl Weights {
     /// counted against the process).
     fn read_data(&self, key: &str, shape: &[usize], dtype: DType) -> Result<TensorData> {
         if let Some((rng, std)) = &self.random {
-            self.requested.borrow_mut().push((key.to_string(), shape.to_vec()));
+            self.requested
+                .borrow_mut()
+                .push((key.to_string(), shape.to_vec()));
             let n = shape.iter().product();
             let mut v = rng.borrow_mut().normals(n);
             v.iter_mut().for_each(|x| *x *= std);
             let data = TensorData::new(v, shape.to_vec());
-            return Ok(if dtype == DType::F32 { data } else { data.convert_dtype(dtype) });
+            return Ok(if dtype == DType::F32 {
+                data
+            } else {
+                data.convert_dtype(dtype)
+            });
         }
         let entry = self.entries.get(key).ok_or_else(|| Error::MissingTensor {
             file: self.path.clone(),
@@ -213,8 +219,10 @@ impl Weights {
         };
         let data = match entry.dtype {
             Dtype::F16 if dtype == DType::F16 => {
-                let v: Vec<half::f16> =
-                    bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]])).collect();
+                let v: Vec<half::f16> = bytes
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]))
+                    .collect();
                 let bad = v.iter().filter(|x| !x.is_finite()).count();
                 if bad > 0 {
                     return Err(non_finite(bad));
@@ -222,8 +230,10 @@ impl Weights {
                 TensorData::new(v, shape.to_vec())
             }
             Dtype::BF16 if dtype == DType::BF16 => {
-                let v: Vec<half::bf16> =
-                    bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]])).collect();
+                let v: Vec<half::bf16> = bytes
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]))
+                    .collect();
                 let bad = v.iter().filter(|x| !x.is_finite()).count();
                 if bad > 0 {
                     return Err(non_finite(bad));
@@ -250,7 +260,11 @@ impl Weights {
                     return Err(non_finite(bad));
                 }
                 let data = TensorData::new(v, shape.to_vec());
-                if dtype == DType::F32 { data } else { data.convert_dtype(dtype) }
+                if dtype == DType::F32 {
+                    data
+                } else {
+                    data.convert_dtype(dtype)
+                }
             }
             other => {
                 return Err(Error::TensorDtype {

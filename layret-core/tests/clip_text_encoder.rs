@@ -9,12 +9,16 @@ use layret_core::clip::ClipTextEncoder;
 
 fn golden_ids(name: &str) -> Vec<Vec<u32>> {
     let (ids, shape) = common::golden(&format!("clip_{name}.safetensors"), "input_ids");
-    ids.chunks(shape[1]).map(|r| r.iter().map(|&v| v as u32).collect()).collect()
+    ids.chunks(shape[1])
+        .map(|r| r.iter().map(|&v| v as u32).collect())
+        .collect()
 }
 
 fn load(name: &str) -> ClipTextEncoder {
     let dir = common::fixtures().join(name).join("text_encoder");
-    ClipTextEncoder::from_dir(&dir, &common::device(), DType::F32, None).unwrap().0
+    ClipTextEncoder::from_dir(&dir, &common::device(), DType::F32, None)
+        .unwrap()
+        .0
 }
 
 fn check(name: &str) {
@@ -50,18 +54,33 @@ fn a_perturbed_weight_breaks_parity() {
     model.final_layer_norm.bias = Param::from_tensor(nudged);
     let ids = golden_ids("sd1-tiny");
     let out = model.encode(&ids, 0).unwrap();
-    let err = common::max_abs_diff(out, &common::golden("clip_sd1-tiny.safetensors", "last_hidden_state"));
+    let err = common::max_abs_diff(
+        out,
+        &common::golden("clip_sd1-tiny.safetensors", "last_hidden_state"),
+    );
     assert!(err > 1e-4, "perturbation not detected: {err}");
 }
 
 #[test]
 fn bad_ids_are_errors_not_panics() {
     let model = load("sd2-tiny");
-    assert!(matches!(model.encode(&[vec![49408; 77]], 0), Err(Error::InvalidArgument { .. })));
-    assert!(matches!(model.encode(&[vec![1; 78]], 0), Err(Error::Shape { .. })));
-    assert!(matches!(model.encode(&[vec![1; 77], vec![1; 76]], 0), Err(Error::Shape { .. })));
+    assert!(matches!(
+        model.encode(&[vec![49408; 77]], 0),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        model.encode(&[vec![1; 78]], 0),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        model.encode(&[vec![1; 77], vec![1; 76]], 0),
+        Err(Error::Shape { .. })
+    ));
     assert!(matches!(model.encode(&[], 0), Err(Error::Shape { .. })));
-    assert!(matches!(model.encode(&[vec![1; 77]], 3), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(
+        model.encode(&[vec![1; 77]], 3),
+        Err(Error::InvalidArgument { .. })
+    ));
 }
 
 fn tempdir(name: &str) -> std::path::PathBuf {
@@ -89,7 +108,12 @@ fn edited_copy(
     edit(&mut items);
     let views: Vec<(String, safetensors::tensor::TensorView)> = items
         .iter()
-        .map(|(k, d, s, b)| (k.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .map(|(k, d, s, b)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize_to_file(views, None, &dst.join("model.safetensors")).unwrap();
     dst
@@ -99,7 +123,9 @@ fn edited_copy(
 fn weight_file_problems_name_file_and_key() {
     let dev = common::device();
     // Missing tensor.
-    let dir = edited_copy("missing", |t| t.retain(|(k, ..)| k != "final_layer_norm.bias"));
+    let dir = edited_copy("missing", |t| {
+        t.retain(|(k, ..)| k != "final_layer_norm.bias")
+    });
     match ClipTextEncoder::from_dir(&dir, &dev, DType::F32, None) {
         Err(Error::MissingTensor { key, file }) => {
             assert_eq!(key, "final_layer_norm.bias");
@@ -109,19 +135,32 @@ fn weight_file_problems_name_file_and_key() {
     }
     // Wrong shape.
     let dir = edited_copy("shape", |t| {
-        let e = t.iter_mut().find(|(k, ..)| k == "final_layer_norm.bias").unwrap();
+        let e = t
+            .iter_mut()
+            .find(|(k, ..)| k == "final_layer_norm.bias")
+            .unwrap();
         e.2 = vec![8];
         e.3.truncate(16);
     });
     match ClipTextEncoder::from_dir(&dir, &dev, DType::F32, None) {
-        Err(Error::TensorShape { key, expected, got, .. }) => {
-            assert_eq!((key.as_str(), expected, got), ("final_layer_norm.bias", vec![16], vec![8]));
+        Err(Error::TensorShape {
+            key, expected, got, ..
+        }) => {
+            assert_eq!(
+                (key.as_str(), expected, got),
+                ("final_layer_norm.bias", vec![16], vec![8])
+            );
         }
         other => panic!("expected TensorShape, got {other:?}"),
     }
     // Unexpected extra tensor.
     let dir = edited_copy("extra", |t| {
-        t.push(("encoder.layers.9.mlp.fc1.weight".into(), safetensors::Dtype::F16, vec![2], vec![0; 4]))
+        t.push((
+            "encoder.layers.9.mlp.fc1.weight".into(),
+            safetensors::Dtype::F16,
+            vec![2],
+            vec![0; 4],
+        ))
     });
     match ClipTextEncoder::from_dir(&dir, &dev, DType::F32, None) {
         Err(Error::UnexpectedTensors { keys, count, .. }) => {
@@ -132,7 +171,10 @@ fn weight_file_problems_name_file_and_key() {
     }
     // NaN in a tensor.
     let dir = edited_copy("nan", |t| {
-        let e = t.iter_mut().find(|(k, ..)| k == "final_layer_norm.bias").unwrap();
+        let e = t
+            .iter_mut()
+            .find(|(k, ..)| k == "final_layer_norm.bias")
+            .unwrap();
         e.3[0..2].copy_from_slice(&half::f16::NAN.to_le_bytes());
     });
     match ClipTextEncoder::from_dir(&dir, &dev, DType::F32, None) {

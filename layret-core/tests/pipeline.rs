@@ -5,14 +5,16 @@ mod common;
 use burn::tensor::Tensor;
 use layret_core::attention::DefaultAttention;
 use layret_core::scheduler::Scheduler;
-use layret_core::stable_diffusion::{
-    LoadOptions, NoiseSource, StableDiffusion, Txt2ImgRequest,
-};
+use layret_core::stable_diffusion::{LoadOptions, NoiseSource, StableDiffusion, Txt2ImgRequest};
 use layret_core::{Error, image_io};
 
 fn load(name: &str) -> StableDiffusion {
-    StableDiffusion::load(common::fixtures().join(name), &common::device(), &LoadOptions::default())
-        .unwrap()
+    StableDiffusion::load(
+        common::fixtures().join(name),
+        &common::device(),
+        &LoadOptions::default(),
+    )
+    .unwrap()
 }
 
 fn request(noise: Tensor<4>) -> Txt2ImgRequest {
@@ -84,7 +86,15 @@ fn check_inversion(name: &str) {
     let x = sd.encode_image(image).unwrap();
     let err = common::max_abs_diff(x.clone(), &common::golden(&file, "x_start"));
     assert!(err <= 1e-4, "{name} x_start: {err}");
-    let traj = sd.invert(x, "a photo of a sks dog", 5, &mut DefaultAttention, &mut |_| {}).unwrap();
+    let traj = sd
+        .invert(
+            x,
+            "a photo of a sks dog",
+            5,
+            &mut DefaultAttention,
+            &mut |_| {},
+        )
+        .unwrap();
     let ts: Vec<usize> = traj.iter().map(|(t, _)| *t).collect();
     assert_eq!(ts, vec![1, 201, 401, 601, 801]);
     for (t, z) in traj {
@@ -115,7 +125,10 @@ fn seeded_runs_are_deterministic_and_seeds_differ() {
     req.noise = NoiseSource::Seed(43);
     let c = sd.txt2img(&req, &mut |_| {}).unwrap();
     assert_ne!(a.images[0].as_raw(), c.images[0].as_raw());
-    assert_eq!(image_io::to_rgb8(sd.decode(a.latents).unwrap()).unwrap()[0].as_raw(), b.images[0].as_raw());
+    assert_eq!(
+        image_io::to_rgb8(sd.decode(a.latents).unwrap()).unwrap()[0].as_raw(),
+        b.images[0].as_raw()
+    );
 }
 
 #[test]
@@ -128,19 +141,31 @@ fn bad_requests_are_errors() {
     };
     let mut r = base();
     r.width = 60;
-    assert!(matches!(sd.txt2img(&r, &mut |_| {}), Err(Error::InvalidArgument { name, .. }) if name == "width"));
+    assert!(
+        matches!(sd.txt2img(&r, &mut |_| {}), Err(Error::InvalidArgument { name, .. }) if name == "width")
+    );
     let mut r = base();
     r.steps = 0;
-    assert!(matches!(sd.txt2img(&r, &mut |_| {}), Err(Error::InvalidArgument { name, .. }) if name == "steps"));
+    assert!(
+        matches!(sd.txt2img(&r, &mut |_| {}), Err(Error::InvalidArgument { name, .. }) if name == "steps")
+    );
     let mut r = base();
     r.guidance = f64::NAN;
-    assert!(matches!(sd.txt2img(&r, &mut |_| {}), Err(Error::InvalidArgument { name, .. }) if name == "guidance"));
+    assert!(
+        matches!(sd.txt2img(&r, &mut |_| {}), Err(Error::InvalidArgument { name, .. }) if name == "guidance")
+    );
     let mut r = base();
     r.noise = NoiseSource::Tensor(Tensor::zeros([1, 4, 9, 8], &common::device()));
-    assert!(matches!(sd.txt2img(&r, &mut |_| {}), Err(Error::Shape { .. })));
+    assert!(matches!(
+        sd.txt2img(&r, &mut |_| {}),
+        Err(Error::Shape { .. })
+    ));
     let mut r = base();
     r.prompt = "a ".repeat(80);
-    assert!(matches!(sd.txt2img(&r, &mut |_| {}), Err(Error::PromptTooLong { tokens: 82, .. })));
+    assert!(matches!(
+        sd.txt2img(&r, &mut |_| {}),
+        Err(Error::PromptTooLong { tokens: 82, .. })
+    ));
 }
 
 #[test]
@@ -148,7 +173,10 @@ fn not_a_model_folder_is_named() {
     let dev = common::device();
     let opts = LoadOptions::default();
     let missing = common::fixtures().join("no-such-model");
-    assert!(matches!(StableDiffusion::load(&missing, &dev, &opts), Err(Error::MissingFile { .. })));
+    assert!(matches!(
+        StableDiffusion::load(&missing, &dev, &opts),
+        Err(Error::MissingFile { .. })
+    ));
     let dir = common::tempdir("notsd");
     assert!(matches!(
         StableDiffusion::load(&dir, &dev, &opts),

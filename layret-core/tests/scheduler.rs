@@ -24,7 +24,11 @@ fn schedules_and_timesteps_match_diffusers() {
     for (case, cfg) in cases {
         let ac = cfg.alphas_cumprod();
         let (want, _) = common::golden(FILE, &format!("{case}.alphas_cumprod"));
-        let err = ac.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+        let err = ac
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (*a as f64 - b).abs())
+            .fold(0.0, f64::max);
         assert!(err <= 1e-6, "{case}: alphas_cumprod error {err}");
         for n in [50usize, 5] {
             let s = DdimScheduler::new(cfg.clone(), n, 0.0).unwrap();
@@ -44,9 +48,13 @@ fn ddim_steps_match_diffusers() {
             let mut x: Tensor<4> = common::golden_tensor(FILE, &key("x0"));
             for k in 0..5 {
                 let out: Tensor<4> = common::golden_tensor(FILE, &key(&format!("model_output{k}")));
-                let noise: Tensor<4> = common::golden_tensor(FILE, &key(&format!("variance_noise{k}")));
+                let noise: Tensor<4> =
+                    common::golden_tensor(FILE, &key(&format!("variance_noise{k}")));
                 x = s.step(out, k, x, Some(noise)).unwrap();
-                let err = common::max_abs_diff(x.clone(), &common::golden(FILE, &key(&format!("x{}", k + 1))));
+                let err = common::max_abs_diff(
+                    x.clone(),
+                    &common::golden(FILE, &key(&format!("x{}", k + 1))),
+                );
                 assert!(err <= 1e-4, "{case} eta={eta} step {k}: {err}");
             }
         }
@@ -61,8 +69,14 @@ fn bad_settings_are_errors() {
     assert!(DdimScheduler::new(cfg.clone(), 10, f64::NAN).is_err());
     let s = DdimScheduler::new(cfg, 10, 0.5).unwrap();
     let x = Tensor::<4>::zeros([1, 4, 2, 2], &common::device());
-    assert!(s.step(x.clone(), 0, x.clone(), None).is_err(), "eta > 0 without noise");
-    assert!(s.step(x.clone(), 10, x, None).is_err(), "step index past the schedule");
+    assert!(
+        s.step(x.clone(), 0, x.clone(), None).is_err(),
+        "eta > 0 without noise"
+    );
+    assert!(
+        s.step(x.clone(), 10, x, None).is_err(),
+        "step index past the schedule"
+    );
     let dir = common::tempdir("sched");
     let f = dir.join("scheduler_config.json");
     std::fs::write(&f, r#"{"thresholding": true}"#).unwrap();
@@ -71,5 +85,8 @@ fn bad_settings_are_errors() {
         Err(layret_core::Error::UnsupportedConfig { key, .. }) if key == "thresholding"
     ));
     std::fs::write(&f, r#"{"beta_schedule": "sigmoid"}"#).unwrap();
-    assert!(matches!(SchedulerConfig::from_file(&f), Err(layret_core::Error::Config { .. })));
+    assert!(matches!(
+        SchedulerConfig::from_file(&f),
+        Err(layret_core::Error::Config { .. })
+    ));
 }

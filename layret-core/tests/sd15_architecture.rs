@@ -23,14 +23,24 @@ fn sd15_unet_runs_at_full_size() {
         .filter(|s| s.path.starts_with("up_blocks") && s.path.ends_with("attn1") && s.height >= 32)
         .map(|s| s.path.as_str())
         .collect();
-    assert_eq!(swapped.len(), 6, "METHOD.md's six swapped layers at 512²: {swapped:?}");
+    assert_eq!(
+        swapped.len(),
+        6,
+        "METHOD.md's six swapped layers at 512²: {swapped:?}"
+    );
     assert_eq!(sites[0].heads * sites[0].head_dim, 320);
     assert_eq!((sites[0].heads, sites[0].head_dim), (8, 40));
 
     let sample: Tensor<4> = seeded_noise(1, [2, 4, 8, 8], &dev);
     let context: Tensor<3> = seeded_noise(2, [2, 77, 768], &dev);
     unet.check_inputs(&sample, &context).unwrap();
-    let eps = unet.forward(sample, 500.0, &context, &mut DefaultAttention, &StepContext::plain(0, 500.0, 2));
+    let eps = unet.forward(
+        sample,
+        500.0,
+        &context,
+        &mut DefaultAttention,
+        &StepContext::plain(0, 500.0, 2),
+    );
     assert_eq!(eps.dims(), [2, 4, 8, 8]);
     let v = common::to_f64(eps);
     assert!(v.iter().all(|x| x.is_finite()));

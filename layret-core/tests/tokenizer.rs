@@ -15,7 +15,10 @@ fn check_model(name: &str) {
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(tok.pad_id() as u64, golden["pad_token_id"].as_u64().unwrap());
+    assert_eq!(
+        tok.pad_id() as u64,
+        golden["pad_token_id"].as_u64().unwrap()
+    );
     let cases = golden["cases"].as_array().unwrap();
     assert!(cases.len() >= 30, "need at least 30 golden prompts");
     let mut too_long = 0;
@@ -28,7 +31,11 @@ fn check_model(name: &str) {
             .map(|v| v.as_u64().unwrap() as u32)
             .collect();
         let n = case["untruncated_len"].as_u64().unwrap() as usize;
-        assert_eq!(tok.token_count(prompt).unwrap(), n, "token count of {prompt:?}");
+        assert_eq!(
+            tok.token_count(prompt).unwrap(),
+            n,
+            "token count of {prompt:?}"
+        );
         if n > 77 {
             too_long += 1;
             match tok.encode(prompt) {
@@ -37,16 +44,30 @@ fn check_model(name: &str) {
                 }
                 other => panic!("{prompt:?}: expected PromptTooLong, got {other:?}"),
             }
-            assert_eq!(tok.encode_with(prompt, Truncation::Truncate).unwrap(), want, "{prompt:?}");
+            assert_eq!(
+                tok.encode_with(prompt, Truncation::Truncate).unwrap(),
+                want,
+                "{prompt:?}"
+            );
         } else {
             assert_eq!(tok.encode(prompt).unwrap(), want, "{name}: {prompt:?}");
         }
     }
-    assert!(too_long >= 1, "the goldens must include an over-long prompt");
+    assert!(
+        too_long >= 1,
+        "the goldens must include an over-long prompt"
+    );
     for ph in golden["phrases"].as_array().unwrap() {
-        let want: Vec<u32> =
-            ph["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-        assert_eq!(tok.encode_phrase(ph["phrase"].as_str().unwrap()).unwrap(), want);
+        let want: Vec<u32> = ph["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(
+            tok.encode_phrase(ph["phrase"].as_str().unwrap()).unwrap(),
+            want
+        );
     }
 }
 
@@ -67,12 +88,24 @@ fn both_file_layouts_give_the_same_ids() {
     let src = common::fixtures().join("sd2-tiny/tokenizer");
     let tmp = tempdir("layouts");
     for f in ["vocab.json", "merges.txt"] {
-        std::fs::copy(common::fixtures().join("sd1-tiny/tokenizer").join(f), tmp.join(f)).unwrap();
+        std::fs::copy(
+            common::fixtures().join("sd1-tiny/tokenizer").join(f),
+            tmp.join(f),
+        )
+        .unwrap();
     }
-    std::fs::copy(src.join("tokenizer_config.json"), tmp.join("tokenizer_config.json")).unwrap();
+    std::fs::copy(
+        src.join("tokenizer_config.json"),
+        tmp.join("tokenizer_config.json"),
+    )
+    .unwrap();
     let a = ClipTokenizer::from_dir(&src).unwrap();
     let b = ClipTokenizer::from_dir(&tmp).unwrap();
-    for p in ["a photo of a sks dog", "東京の犬 🐶 café", "what's   up\tdoc?"] {
+    for p in [
+        "a photo of a sks dog",
+        "東京の犬 🐶 café",
+        "what's   up\tdoc?",
+    ] {
         assert_eq!(a.encode(p).unwrap(), b.encode(p).unwrap(), "{p:?}");
     }
 }
@@ -84,7 +117,11 @@ fn added_tokens_get_new_ids() {
     assert_eq!(ids, vec![49408]);
     // As transformers: the added token matches on normalized (lower-cased) text.
     for p in ["a <cat-toy> on a beach", "a <CAT-TOY> on a beach"] {
-        assert_eq!(tok.encode_phrase(p).unwrap(), vec![320, 49408, 525, 320, 2117], "{p}");
+        assert_eq!(
+            tok.encode_phrase(p).unwrap(),
+            vec![320, 49408, 525, 320, 2117],
+            "{p}"
+        );
     }
     match tok.add_tokens(&["dog</w>"]) {
         Err(Error::Tokenizer { message, .. }) => assert!(message.contains("already")),

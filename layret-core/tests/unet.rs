@@ -8,14 +8,21 @@ use layret_core::unet::UNet2DConditionModel;
 
 fn check(name: &str) {
     let dir = common::fixtures().join(name).join("unet");
-    let (unet, _) = UNet2DConditionModel::from_dir(&dir, &common::device(), DType::F32, None).unwrap();
+    let (unet, _) =
+        UNet2DConditionModel::from_dir(&dir, &common::device(), DType::F32, None).unwrap();
     let file = format!("unet_{name}.safetensors");
     let sample: Tensor<4> = common::golden_tensor(&file, "sample");
     let context: Tensor<3> = common::golden_tensor(&file, "encoder_hidden_states");
     unet.check_inputs(&sample, &context).unwrap();
     for t in [981, 1] {
         let ctx = StepContext::plain(0, t as f64, 2);
-        let eps = unet.forward(sample.clone(), t as f64, &context, &mut DefaultAttention, &ctx);
+        let eps = unet.forward(
+            sample.clone(),
+            t as f64,
+            &context,
+            &mut DefaultAttention,
+            &ctx,
+        );
         let err = common::max_abs_diff(eps, &common::golden(&file, &format!("eps_t{t}")));
         assert!(err <= 1e-4, "{name} t={t}: max abs error {err}");
     }
@@ -36,17 +43,35 @@ fn sd2_style_unet_matches_diffusers() {
 #[test]
 fn sites_are_listed_in_execution_order() {
     let dir = common::fixtures().join("sd1-tiny/unet");
-    let (unet, _) = UNet2DConditionModel::from_dir(&dir, &common::device(), DType::F32, None).unwrap();
+    let (unet, _) =
+        UNet2DConditionModel::from_dir(&dir, &common::device(), DType::F32, None).unwrap();
     let sites = unet.sites(16, 16);
     // 2 cross-attn down levels × 2 layers + mid + 2 cross-attn up levels × 3 layers = 11
     // transformers, two sites each.
     assert_eq!(sites.len(), 22);
-    assert_eq!(sites[0].path, "down_blocks.0.attentions.0.transformer_blocks.0.attn1");
-    assert_eq!((sites[0].height, sites[0].width, sites[0].heads, sites[0].head_dim), (16, 16, 2, 8));
-    assert_eq!(sites[8].path, "mid_block.attentions.0.transformer_blocks.0.attn1");
+    assert_eq!(
+        sites[0].path,
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
+    );
+    assert_eq!(
+        (
+            sites[0].height,
+            sites[0].width,
+            sites[0].heads,
+            sites[0].head_dim
+        ),
+        (16, 16, 2, 8)
+    );
+    assert_eq!(
+        sites[8].path,
+        "mid_block.attentions.0.transformer_blocks.0.attn1"
+    );
     assert_eq!((sites[8].height, sites[8].width), (4, 4));
     let last = sites.last().unwrap();
-    assert_eq!(last.path, "up_blocks.2.attentions.2.transformer_blocks.0.attn2");
+    assert_eq!(
+        last.path,
+        "up_blocks.2.attentions.2.transformer_blocks.0.attn2"
+    );
     assert_eq!((last.height, last.width), (16, 16));
     assert!(sites.iter().enumerate().all(|(i, s)| s.index == i));
 }

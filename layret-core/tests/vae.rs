@@ -8,7 +8,9 @@ use layret_core::vae::AutoencoderKL;
 
 fn load(name: &str) -> AutoencoderKL {
     let dir = common::fixtures().join(name).join("vae");
-    AutoencoderKL::from_dir(&dir, &common::device(), DType::F32, None).unwrap().0
+    AutoencoderKL::from_dir(&dir, &common::device(), DType::F32, None)
+        .unwrap()
+        .0
 }
 
 fn check(vae: &AutoencoderKL, name: &str) {
@@ -20,10 +22,16 @@ fn check(vae: &AutoencoderKL, name: &str) {
     let err = common::max_abs_diff(dist.std(), &common::golden(&file, "latent_std"));
     assert!(err <= 1e-4, "{name} encode std: {err}");
     let noise: Tensor<4> = common::golden_tensor(&file, "sample_noise");
-    let err = common::max_abs_diff(dist.sample_with(noise), &common::golden(&file, "latent_sample"));
+    let err = common::max_abs_diff(
+        dist.sample_with(noise),
+        &common::golden(&file, "latent_sample"),
+    );
     assert!(err <= 1e-4, "{name} encode sample: {err}");
     let latents: Tensor<4> = common::golden_tensor(&file, "latents");
-    let err = common::max_abs_diff(vae.decode(latents).unwrap(), &common::golden(&file, "decoded"));
+    let err = common::max_abs_diff(
+        vae.decode(latents).unwrap(),
+        &common::golden(&file, "decoded"),
+    );
     assert!(err <= 1e-4, "{name} decode: {err}");
 }
 
@@ -58,9 +66,15 @@ fn legacy_attention_key_names_load() {
         })
         .collect();
     assert!(renamed.iter().any(|(k, _)| k.ends_with("proj_attn.weight")));
-    safetensors::serialize_to_file(renamed, None, &dst.join("diffusion_pytorch_model.safetensors"))
-        .unwrap();
-    let vae = AutoencoderKL::from_dir(&dst, &common::device(), DType::F32, None).unwrap().0;
+    safetensors::serialize_to_file(
+        renamed,
+        None,
+        &dst.join("diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
+    let vae = AutoencoderKL::from_dir(&dst, &common::device(), DType::F32, None)
+        .unwrap()
+        .0;
     check(&vae, "sd1-tiny");
 }
 

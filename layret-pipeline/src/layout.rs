@@ -5,7 +5,9 @@ use layret_core::Result;
 use layret_core::scheduler::Scheduler;
 use layret_core::stable_diffusion::{Progress, check_finite};
 
-use crate::models::{Conditioning, ModelPair, Which, cfg_pass, mask_sites, subject_map, swapped_sites};
+use crate::models::{
+    Conditioning, ModelPair, Which, cfg_pass, mask_sites, subject_map, swapped_sites,
+};
 use crate::stage::{LayoutRequest, LayoutResult, LayoutStage};
 
 /// METHOD.md stage 1: the first `λ1` steps run the vanilla model on `y_c`, the rest the
@@ -29,7 +31,10 @@ pub(crate) fn geometry(request: &LayoutRequest) -> Result<((usize, usize), (usiz
 }
 
 /// The context branch's conditioning at step k (vanilla on `y_c` before `λ1`).
-pub(crate) fn context_conditioning(models: &ModelPair, request: &LayoutRequest) -> Result<(Conditioning, Conditioning)> {
+pub(crate) fn context_conditioning(
+    models: &ModelPair,
+    request: &LayoutRequest,
+) -> Result<(Conditioning, Conditioning)> {
     let p = &request.prompts;
     let neg = &request.settings.negative_prompt;
     Ok((
@@ -60,19 +65,32 @@ impl LayoutStage for StepBlendedLayout {
             let c = if k < lambda1 { &vanilla } else { &personal };
             let mut store = AttentionStore::new(true);
             let eps = {
-                let mut recorder = kv.as_mut().map(|kv| KvRecorder::new(kv));
+                let mut recorder = kv.as_mut().map(KvRecorder::new);
                 let mut router = Router::new();
                 if let Some(r) = recorder.as_mut() {
                     router.route(swapped_sites(s.swap_divisor), r);
                 }
                 router.route(mask_sites(mask.0, mask.1), &mut store);
-                cfg_pass(models, c, z.clone(), t as f64, k, s.guidance, "context", &mut router)?
+                cfg_pass(
+                    models,
+                    c,
+                    z.clone(),
+                    t as f64,
+                    k,
+                    s.guidance,
+                    "context",
+                    &mut router,
+                )?
             };
             z = sched.step(eps, k, z, None)?;
             check_finite(&z, "context latents", k)?;
             maps.push(subject_map(&store, k, mask, &c.tokens)?);
             trajectory.push(z.clone());
-            progress(Progress { stage: "layout", step: k + 1, total });
+            progress(Progress {
+                stage: "layout",
+                step: k + 1,
+                total,
+            });
         }
         Ok(LayoutResult {
             request: request.clone(),

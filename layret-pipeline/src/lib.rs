@@ -31,8 +31,13 @@
 //! # Ok(()) }
 //! ```
 
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 #![warn(missing_docs)]
+// burn slices take one range per axis: `[a..b]` is a 1-axis slice, not a vec of ranges.
+#![allow(clippy::single_range_in_vec_init)]
 
 mod layout;
 mod models;
@@ -45,8 +50,12 @@ mod settings;
 mod stage;
 
 pub use layout::StepBlendedLayout;
-pub use models::{Conditioning, ModelPair, Which, cfg_pass, mask_sites, subject_map, swapped_sites};
-pub use pipeline::{GenerateRequest, Generated, LayoutAndRetouch, MaskImages, PipelineProgress, Subject};
+pub use models::{
+    Conditioning, ModelPair, Which, cfg_pass, mask_sites, subject_map, swapped_sites,
+};
+pub use pipeline::{
+    GenerateRequest, Generated, LayoutAndRetouch, MaskImages, PipelineProgress, Subject,
+};
 pub use prompts::{SubjectPrompts, subject_tokens};
 pub use reference::{ReferenceCache, ReferenceData, ReferenceKey, compute_reference};
 pub use reference_image::{load_reference, load_reference_tensor};

@@ -77,7 +77,13 @@ pub struct Conditioning {
 
 impl Conditioning {
     /// Encode `prompt` (and `negative`) with `which`, locating `phrase` in `prompt`.
-    pub fn new(models: &ModelPair, which: Which, prompt: &str, negative: &str, phrase: &str) -> Result<Self> {
+    pub fn new(
+        models: &ModelPair,
+        which: Which,
+        prompt: &str,
+        negative: &str,
+        phrase: &str,
+    ) -> Result<Self> {
         Ok(Self {
             which,
             cond: models.encode(which, prompt)?,
@@ -104,7 +110,13 @@ pub fn cfg_pass(
     processor: &mut dyn AttentionProcessor,
 ) -> Result<Tensor<4>> {
     let n = latents.dims()[0];
-    let context = Tensor::cat(vec![c.uncond.clone().repeat_dim(0, n), c.cond.clone().repeat_dim(0, n)], 0);
+    let context = Tensor::cat(
+        vec![
+            c.uncond.clone().repeat_dim(0, n),
+            c.cond.clone().repeat_dim(0, n),
+        ],
+        0,
+    );
     let input = Tensor::cat(vec![latents.clone(), latents], 0);
     let unet = models.unet(c.which);
     unet.check_inputs(&input, &context)?;
@@ -124,18 +136,27 @@ pub fn cfg_pass(
 
 /// The sites METHOD.md swaps: decoder self-attention at ≥ latent / `divisor`.
 pub fn swapped_sites(divisor: usize) -> SiteSelector {
-    SiteSelector::new().kind(AttentionKind::SelfAttention).decoder_at_least(divisor)
+    SiteSelector::new()
+        .kind(AttentionKind::SelfAttention)
+        .decoder_at_least(divisor)
 }
 
 /// The cross-attention sites at the mask level.
 pub fn mask_sites(hm: usize, wm: usize) -> SiteSelector {
-    SiteSelector::new().kind(AttentionKind::CrossAttention).size(hm, wm)
+    SiteSelector::new()
+        .kind(AttentionKind::CrossAttention)
+        .size(hm, wm)
 }
 
 /// METHOD.md's map of a branch at `step`: the cond-half cross-attention probabilities at the
 /// mask level, averaged over heads then layers, summed over `tokens`, min-max normalized per
 /// image: `[n, hm·wm]`.
-pub fn subject_map(store: &AttentionStore, step: usize, (hm, wm): (usize, usize), tokens: &[usize]) -> Result<Tensor<2>> {
+pub fn subject_map(
+    store: &AttentionStore,
+    step: usize,
+    (hm, wm): (usize, usize),
+    tokens: &[usize],
+) -> Result<Tensor<2>> {
     let records = store.at(step, hm, wm);
     let avg = masks::average_layers(&records).ok_or_else(|| {
         Error::invalid(

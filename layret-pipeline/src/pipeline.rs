@@ -88,7 +88,10 @@ pub struct PipelineProgress {
 
 /// The Layout-and-Retouch pipeline: a [`LayoutStage`] then a [`RetouchStage`] (by default
 /// [`StepBlendedLayout`] and [`MultiSourceRetouch`]); either can be a user's own.
-pub struct LayoutAndRetouch<L: LayoutStage = StepBlendedLayout, R: RetouchStage = MultiSourceRetouch> {
+pub struct LayoutAndRetouch<
+    L: LayoutStage = StepBlendedLayout,
+    R: RetouchStage = MultiSourceRetouch,
+> {
     /// Stage 1.
     pub layout: L,
     /// Stage 2.
@@ -109,9 +112,18 @@ fn gray(mask: &Tensor<4>, i: usize, width: u32, height: u32) -> Result<image::Gr
     let row = mask.clone().slice([i..i + 1]);
     let v = layret_core::host::to_f32_vec(row, "mask")?;
     let small = image::GrayImage::from_fn(w as u32, h as u32, |x, y| {
-        image::Luma([if v[y as usize * w + x as usize] >= 0.5 { 255 } else { 0 }])
+        image::Luma([if v[y as usize * w + x as usize] >= 0.5 {
+            255
+        } else {
+            0
+        }])
     });
-    Ok(image::imageops::resize(&small, width, height, image::imageops::FilterType::Nearest))
+    Ok(image::imageops::resize(
+        &small,
+        width,
+        height,
+        image::imageops::FilterType::Nearest,
+    ))
 }
 
 impl<L: LayoutStage, R: RetouchStage> LayoutAndRetouch<L, R> {
@@ -142,12 +154,25 @@ impl<L: LayoutStage, R: RetouchStage> LayoutAndRetouch<L, R> {
         let prompts = request
             .prompts
             .iter()
-            .map(|p| SubjectPrompts::new(p, &subject.phrase, &subject.class_phrase, &request.settings.reference_prefix))
+            .map(|p| {
+                SubjectPrompts::new(
+                    p,
+                    &subject.phrase,
+                    &subject.class_phrase,
+                    &request.settings.reference_prefix,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         let n_prompts = prompts.len();
         let mut out = Vec::new();
         for (pi, prompts) in prompts.into_iter().enumerate() {
-            let mut report = |stage: Progress| progress(PipelineProgress { prompt: pi, prompts: n_prompts, stage });
+            let mut report = |stage: Progress| {
+                progress(PipelineProgress {
+                    prompt: pi,
+                    prompts: n_prompts,
+                    stage,
+                })
+            };
             let req = LayoutRequest {
                 prompts,
                 noise: noise.clone(),
@@ -159,13 +184,24 @@ impl<L: LayoutStage, R: RetouchStage> LayoutAndRetouch<L, R> {
                 .last()
                 .cloned()
                 .ok_or_else(|| Error::invalid("layout", "empty trajectory"))?;
-            let result = self.retouch.retouch(models, &layout, &subject.reference, &mut report)?;
+            let result = self
+                .retouch
+                .retouch(models, &layout, &subject.reference, &mut report)?;
             let images = base.decode_to_rgb8(result.latents.clone())?;
             let context_images = base.decode_to_rgb8(context.clone())?;
-            report(Progress { stage: "decode", step: 1, total: 1 });
+            report(Progress {
+                stage: "decode",
+                step: 1,
+                total: 1,
+            });
             for (i, (image, context_image)) in images.into_iter().zip(context_images).enumerate() {
                 let masks = match (&result.masks, request.return_masks) {
-                    (Some(m), true) => Some(mask_images(m, i, request.width as u32, request.height as u32)?),
+                    (Some(m), true) => Some(mask_images(
+                        m,
+                        i,
+                        request.width as u32,
+                        request.height as u32,
+                    )?),
                     _ => None,
                 };
                 out.push(Generated {
@@ -188,7 +224,10 @@ fn mask_images(m: &StepMasks, i: usize, width: u32, height: u32) -> Result<MaskI
         target: gray(&m.target, i, width, height)?,
         context: gray(&m.context, i, width, height)?,
         reference: gray(&m.reference, i, width, height)?,
-        blend: m.blend.as_ref().map(|b| gray(b, i, width, height)).transpose()?,
+        blend: m
+            .blend
+            .as_ref()
+            .map(|b| gray(b, i, width, height))
+            .transpose()?,
     })
 }
-

@@ -20,7 +20,12 @@ pub struct SubjectPrompts {
 
 impl SubjectPrompts {
     /// Build and check the prompts: `P` must occur in `prompt`, `C` must not be empty.
-    pub fn new(prompt: &str, phrase: &str, class_phrase: &str, reference_prefix: &str) -> Result<Self> {
+    pub fn new(
+        prompt: &str,
+        phrase: &str,
+        class_phrase: &str,
+        reference_prefix: &str,
+    ) -> Result<Self> {
         if phrase.trim().is_empty() {
             return Err(Error::invalid("phrase", "the personal phrase is empty"));
         }
@@ -73,13 +78,22 @@ mod tests {
 
     #[test]
     fn class_substitution_and_reference() {
-        let p = SubjectPrompts::new("a sks dog next to a sks dog", "sks dog", "dog", "a photo of ").unwrap();
+        let p = SubjectPrompts::new(
+            "a sks dog next to a sks dog",
+            "sks dog",
+            "dog",
+            "a photo of ",
+        )
+        .unwrap();
         assert_eq!(p.class, "a dog next to a sks dog");
         assert_eq!(p.reference, "a photo of sks dog");
         assert!(matches!(
             SubjectPrompts::new("a cat", "sks dog", "dog", ""),
             Err(Error::PhraseNotInPrompt { .. })
         ));
-        assert!(matches!(SubjectPrompts::new("a sks dog", "sks dog", " ", ""), Err(Error::InvalidArgument { .. })));
+        assert!(matches!(
+            SubjectPrompts::new("a sks dog", "sks dog", " ", ""),
+            Err(Error::InvalidArgument { .. })
+        ));
     }
 }

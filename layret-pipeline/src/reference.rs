@@ -11,7 +11,9 @@ use layret_core::attention::{BatchLayout, DefaultAttention, StepContext};
 use layret_core::scheduler::Scheduler;
 use layret_core::stable_diffusion::{Progress, check_finite};
 
-use crate::models::{Conditioning, ModelPair, Which, cfg_pass, mask_sites, subject_map, swapped_sites};
+use crate::models::{
+    Conditioning, ModelPair, Which, cfg_pass, mask_sites, subject_map, swapped_sites,
+};
 use crate::settings::MethodSettings;
 
 /// Everything stage 2 needs of the reference branch.
@@ -100,7 +102,13 @@ pub fn compute_reference(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<ReferenceData> {
     let sched = models.base.ddim(settings.steps, 0.0)?;
-    let cond = Conditioning::new(models, Which::Personal, &prompts.reference, &settings.negative_prompt, &prompts.phrase)?;
+    let cond = Conditioning::new(
+        models,
+        Which::Personal,
+        &prompts.reference,
+        &settings.negative_prompt,
+        &prompts.phrase,
+    )?;
     let unet = models.unet(Which::Personal);
     let mut x = models.base.encode_image(image.clone())?;
     unet.check_inputs(&x, &cond.cond)?;
@@ -118,7 +126,11 @@ pub fn compute_reference(
         x = sched.inversion_step(eps, t, x);
         check_finite(&x, "inverted reference latents", j)?;
         by_t.insert(t, x.clone());
-        progress(Progress { stage: "invert", step: j + 1, total: n });
+        progress(Progress {
+            stage: "invert",
+            step: j + 1,
+            total: n,
+        });
     }
     let mut latents = Vec::with_capacity(n);
     let mut kv = KvStore::new(KvPolicy::KeepF32);
@@ -133,11 +145,24 @@ pub fn compute_reference(
             let mut router = Router::new();
             router.route(swapped_sites(settings.swap_divisor), &mut recorder);
             router.route(mask_sites(mask.0, mask.1), &mut store);
-            cfg_pass(models, &cond, z.clone(), t as f64, k, settings.guidance, "reference", &mut router)?;
+            cfg_pass(
+                models,
+                &cond,
+                z.clone(),
+                t as f64,
+                k,
+                settings.guidance,
+                "reference",
+                &mut router,
+            )?;
         }
         maps.push(subject_map(&store, k, mask, &cond.tokens)?);
         latents.push(z);
-        progress(Progress { stage: "reference", step: k + 1, total: n });
+        progress(Progress {
+            stage: "reference",
+            step: k + 1,
+            total: n,
+        });
     }
     Ok(ReferenceData { latents, kv, maps })
 }

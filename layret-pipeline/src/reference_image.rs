@@ -43,7 +43,9 @@ pub fn load_reference(path: &Path, width: usize, height: usize) -> Result<RgbIma
     };
     let (w, h) = rgb.dimensions();
     if w < MIN_SIDE || h < MIN_SIDE {
-        return Err(err(format!("is {w}×{h}; a reference needs at least {MIN_SIDE} px per side")));
+        return Err(err(format!(
+            "is {w}×{h}; a reference needs at least {MIN_SIDE} px per side"
+        )));
     }
     if w > MAX_SIDE || h > MAX_SIDE {
         return Err(err(format!("is {w}×{h}; at most {MAX_SIDE} px per side")));
@@ -59,10 +61,20 @@ pub fn load_reference(path: &Path, width: usize, height: usize) -> Result<RgbIma
         (w, ((w as u64 * th as u64) / tw as u64) as u32)
     };
     let cropped = image::imageops::crop_imm(&rgb, (w - cw) / 2, (h - ch) / 2, cw, ch).to_image();
-    Ok(image::imageops::resize(&cropped, tw, th, FilterType::CatmullRom))
+    Ok(image::imageops::resize(
+        &cropped,
+        tw,
+        th,
+        FilterType::CatmullRom,
+    ))
 }
 
 /// [`load_reference`] as a `[1, 3, H, W]` tensor in [-1, 1].
-pub fn load_reference_tensor(path: &Path, width: usize, height: usize, device: &Device) -> Result<Tensor<4>> {
+pub fn load_reference_tensor(
+    path: &Path,
+    width: usize,
+    height: usize,
+    device: &Device,
+) -> Result<Tensor<4>> {
     image_io::from_rgb8(&[load_reference(path, width, height)?], device)
 }

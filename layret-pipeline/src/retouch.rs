@@ -2,14 +2,17 @@
 
 use burn::tensor::Tensor;
 use layret_attention::{
-    AttentionStore, KvPolicy, KvRecorder, KvSource, KvStore, MultiSourceSwap, Router, SwapMasks, masks,
+    AttentionStore, KvPolicy, KvRecorder, KvSource, KvStore, MultiSourceSwap, Router, SwapMasks,
+    masks,
 };
 use layret_core::scheduler::Scheduler;
 use layret_core::stable_diffusion::{Progress, check_finite};
 use layret_core::{Error, Result};
 
 use crate::layout::{context_conditioning, geometry};
-use crate::models::{Conditioning, ModelPair, Which, cfg_pass, mask_sites, subject_map, swapped_sites};
+use crate::models::{
+    Conditioning, ModelPair, Which, cfg_pass, mask_sites, subject_map, swapped_sites,
+};
 use crate::reference::{ReferenceCache, ReferenceKey, compute_reference, hash_tensor};
 use crate::settings::Blend;
 use crate::stage::{LayoutResult, RetouchResult, RetouchStage, StepMasks};
@@ -55,7 +58,11 @@ impl RetouchStage for MultiSourceRetouch {
         if layout.trajectory.len() != s.steps + 1 {
             return Err(Error::invalid(
                 "layout",
-                format!("the trajectory has {} latents, expected N + 1 = {}", layout.trajectory.len(), s.steps + 1),
+                format!(
+                    "the trajectory has {} latents, expected N + 1 = {}",
+                    layout.trajectory.len(),
+                    s.steps + 1
+                ),
             ));
         }
         let [_, _, rh, rw] = reference.dims();
@@ -76,10 +83,16 @@ impl RetouchStage for MultiSourceRetouch {
             steps: s.steps,
             knobs: (s.guidance.to_bits(), s.mask_factor, s.swap_divisor),
         };
-        let refd = self
-            .cache
-            .get_or_insert(key, || compute_reference(models, reference, &req.prompts, s, mask, progress))?;
-        let target = Conditioning::new(models, Which::Personal, &req.prompts.personal, &s.negative_prompt, &req.prompts.phrase)?;
+        let refd = self.cache.get_or_insert(key, || {
+            compute_reference(models, reference, &req.prompts, s, mask, progress)
+        })?;
+        let target = Conditioning::new(
+            models,
+            Which::Personal,
+            &req.prompts.personal,
+            &s.negative_prompt,
+            &req.prompts.phrase,
+        )?;
         let (vanilla_c, personal_c) = context_conditioning(models, req)?;
         let replay = layout.kv.is_some() && s.replays();
         let tau = s.mask_threshold;
@@ -94,11 +107,20 @@ impl RetouchStage for MultiSourceRetouch {
             // The context branch at step k: replayed, or recomputed on z^c_k.
             let recomputed;
             let (context_kv, context_map): (&KvStore, Tensor<2>) = if replay {
-                let kv = layout.kv.as_ref().ok_or_else(|| Error::invalid("layout", "no recorded keys/values"))?;
-                let map = layout.maps.get(k).cloned().ok_or_else(|| Error::invalid("layout", format!("no context map at step {k}")))?;
+                let kv = layout
+                    .kv
+                    .as_ref()
+                    .ok_or_else(|| Error::invalid("layout", "no recorded keys/values"))?;
+                let map = layout.maps.get(k).cloned().ok_or_else(|| {
+                    Error::invalid("layout", format!("no context map at step {k}"))
+                })?;
                 (kv, map)
             } else {
-                let c = if k < layout.lambda1 { &vanilla_c } else { &personal_c };
+                let c = if k < layout.lambda1 {
+                    &vanilla_c
+                } else {
+                    &personal_c
+                };
                 let mut kv = KvStore::new(KvPolicy::KeepF32);
                 let mut store = AttentionStore::new(true);
                 {
@@ -106,7 +128,16 @@ impl RetouchStage for MultiSourceRetouch {
                     let mut router = Router::new();
                     router.route(swapped_sites(s.swap_divisor), &mut recorder);
                     router.route(mask_sites(hm, wm), &mut store);
-                    cfg_pass(models, c, layout.trajectory[k].clone(), t as f64, k, s.guidance, "context", &mut router)?;
+                    cfg_pass(
+                        models,
+                        c,
+                        layout.trajectory[k].clone(),
+                        t as f64,
+                        k,
+                        s.guidance,
+                        "context",
+                        &mut router,
+                    )?;
                 }
                 let map = subject_map(&store, k, mask, &c.tokens)?;
                 recomputed = kv;
@@ -117,7 +148,11 @@ impl RetouchStage for MultiSourceRetouch {
             let step_masks = match (k, &prev_target_map, &prev_context_map) {
                 (0, _, _) => None,
                 (_, Some(tm), Some(cm)) => {
-                    let rm = refd.maps.get(k - 1).cloned().ok_or_else(|| Error::invalid("reference", "missing map"))?;
+                    let rm = refd
+                        .maps
+                        .get(k - 1)
+                        .cloned()
+                        .ok_or_else(|| Error::invalid("reference", "missing map"))?;
                     Some(SwapMasks {
                         height: hm,
                         width: wm,
@@ -126,7 +161,12 @@ impl RetouchStage for MultiSourceRetouch {
                         target: masks::threshold(tm.clone(), tau),
                     })
                 }
-                _ => return Err(Error::invalid("retouch", format!("missing maps before step {k}"))),
+                _ => {
+                    return Err(Error::invalid(
+                        "retouch",
+                        format!("missing maps before step {k}"),
+                    ));
+                }
             };
 
             let mut swap = MultiSourceSwap::new(
@@ -144,12 +184,23 @@ impl RetouchStage for MultiSourceRetouch {
                 let mut router = Router::new();
                 router.route(swapped_sites(s.swap_divisor), &mut swap);
                 router.route(mask_sites(hm, wm), &mut store);
-                cfg_pass(models, &target, z.clone(), t as f64, k, s.guidance, "target", &mut router)?
+                cfg_pass(
+                    models,
+                    &target,
+                    z.clone(),
+                    t as f64,
+                    k,
+                    s.guidance,
+                    "target",
+                    &mut router,
+                )?
             };
             if let Some(site) = swap.missing().first() {
                 return Err(Error::invalid(
                     "retouch",
-                    format!("no recorded keys/values for {site}; record them in stage 1 or recompute"),
+                    format!(
+                        "no recorded keys/values for {site}; record them in stage 1 or recompute"
+                    ),
                 ));
             }
             z = sched.step(eps, k, z, None)?;
@@ -163,7 +214,8 @@ impl RetouchStage for MultiSourceRetouch {
                 };
                 if let Some(b) = binary {
                     let m = masks::resize_nearest(masks::dilate3x3(spatial(&b, hm, wm)), h, w);
-                    z = z * m.clone() + layout.trajectory[k + 1].clone() * m.clone().neg().add_scalar(1.0);
+                    z = z * m.clone()
+                        + layout.trajectory[k + 1].clone() * m.clone().neg().add_scalar(1.0);
                     blend_mask = Some(m);
                 }
             }
@@ -182,7 +234,11 @@ impl RetouchStage for MultiSourceRetouch {
             }
             prev_target_map = Some(target_map);
             prev_context_map = Some(context_map);
-            progress(Progress { stage: "retouch", step: k + 1, total });
+            progress(Progress {
+                stage: "retouch",
+                step: k + 1,
+                total,
+            });
         }
         Ok(RetouchResult {
             latents: z,

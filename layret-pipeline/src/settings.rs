@@ -25,7 +25,9 @@ impl std::str::FromStr for Blend {
                 .ok()
                 .filter(|x| x.is_finite())
                 .map(Blend::Fixed)
-                .ok_or_else(|| Error::invalid("blend", format!("{v:?}; expected otsu, off or a number"))),
+                .ok_or_else(|| {
+                    Error::invalid("blend", format!("{v:?}; expected otsu, off or a number"))
+                }),
         }
     }
 }
@@ -112,16 +114,28 @@ impl MethodSettings {
             return Err(Error::invalid("steps", "0; must be at least 1"));
         }
         if !self.guidance.is_finite() {
-            return Err(Error::invalid("guidance", format!("{}; must be finite", self.guidance)));
+            return Err(Error::invalid(
+                "guidance",
+                format!("{}; must be finite", self.guidance),
+            ));
         }
         if !(0.0..=1.0).contains(&self.layout_fraction) {
-            return Err(Error::invalid("layout_fraction", format!("{}; must be in [0, 1]", self.layout_fraction)));
+            return Err(Error::invalid(
+                "layout_fraction",
+                format!("{}; must be in [0, 1]", self.layout_fraction),
+            ));
         }
         if !(self.mask_threshold.is_finite()) {
-            return Err(Error::invalid("mask_threshold", format!("{}; must be finite", self.mask_threshold)));
+            return Err(Error::invalid(
+                "mask_threshold",
+                format!("{}; must be finite", self.mask_threshold),
+            ));
         }
         if self.mask_factor == 0 || self.swap_divisor == 0 {
-            return Err(Error::invalid("mask_factor/swap_divisor", "must be positive"));
+            return Err(Error::invalid(
+                "mask_factor/swap_divisor",
+                "must be positive",
+            ));
         }
         Ok(())
     }

@@ -21,53 +21,97 @@ fn golden(tag: &str, key: &str) -> Option<(Vec<f32>, Vec<usize>)> {
     let bytes = std::fs::read(fixtures().join(format!("golden/method_{tag}.safetensors"))).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let t = st.tensor(key).ok()?;
-    let v = t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let v = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     Some((v, t.shape().to_vec()))
 }
 
 fn tensor4(tag: &str, key: &str) -> Tensor<4> {
     let (v, s) = golden(tag, key).unwrap();
-    Tensor::from_data(TensorData::new(v, [s[0], s[1], s[2], s[3]]), &Device::flex())
+    Tensor::from_data(
+        TensorData::new(v, [s[0], s[1], s[2], s[3]]),
+        &Device::flex(),
+    )
 }
 
 fn max_abs<const D: usize>(a: Tensor<D>, want: &(Vec<f32>, Vec<usize>)) -> f64 {
     assert_eq!(a.dims().to_vec(), want.1);
     let a: Vec<f32> = a.into_data().try_into_vec_as::<f32>().unwrap();
-    a.iter().zip(&want.0).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max)
+    a.iter()
+        .zip(&want.0)
+        .map(|(x, y)| (x - y).abs() as f64)
+        .fold(0.0, f64::max)
 }
 
 fn base() -> StableDiffusion {
-    StableDiffusion::load(fixtures().join("sd1-tiny"), &Device::flex(), &LoadOptions::default()).unwrap()
+    StableDiffusion::load(
+        fixtures().join("sd1-tiny"),
+        &Device::flex(),
+        &LoadOptions::default(),
+    )
+    .unwrap()
 }
 
 fn personalization(tag: &str) -> Personalization {
     if tag.starts_with("ti") {
-        Personalization::TextualInversion { path: fixtures().join("personalization/ti_cat_toy.safetensors"), token: None }
+        Personalization::TextualInversion {
+            path: fixtures().join("personalization/ti_cat_toy.safetensors"),
+            token: None,
+        }
     } else {
-        Personalization::DreamBooth { dir: fixtures().join("sd1-tiny-dreambooth") }
+        Personalization::DreamBooth {
+            dir: fixtures().join("sd1-tiny-dreambooth"),
+        }
     }
 }
 
 fn case(tag: &str) -> (MethodSettings, String, String, String) {
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("golden/method_cases.json")).unwrap()).unwrap();
+    let doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("golden/method_cases.json")).unwrap(),
+    )
+    .unwrap();
     let s = &doc["settings"];
-    let c = doc["cases"].as_array().unwrap().iter().find(|c| c["tag"] == tag).unwrap();
+    let c = doc["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["tag"] == tag)
+        .unwrap();
     let settings = MethodSettings {
         steps: s["N"].as_u64().unwrap() as usize,
         guidance: s["guidance"].as_f64().unwrap(),
         swap_start: s["S"].as_u64().unwrap() as usize,
-        mask_threshold: c.get("tau").and_then(Value::as_f64).unwrap_or(s["tau"].as_f64().unwrap()),
+        mask_threshold: c
+            .get("tau")
+            .and_then(Value::as_f64)
+            .unwrap_or(s["tau"].as_f64().unwrap()),
         mask_factor: s["mf"].as_u64().unwrap() as usize,
         layout_fraction: s["layout_fraction"].as_f64().unwrap(),
-        mode: if c.get("mode").and_then(Value::as_str) == Some("concat") { SwapMode::Concat } else { SwapMode::Split },
+        mode: if c.get("mode").and_then(Value::as_str) == Some("concat") {
+            SwapMode::Concat
+        } else {
+            SwapMode::Split
+        },
         ..MethodSettings::default()
     };
     let str_of = |k: &str| c[k].as_str().unwrap().to_string();
-    (settings, str_of("phrase"), str_of("class"), str_of("prompt"))
+    (
+        settings,
+        str_of("phrase"),
+        str_of("class"),
+        str_of("prompt"),
+    )
 }
 
 /// Runs both stages; returns (context latents, final latents, per-step masks).
-fn run(models: &ModelPair, tag: &str, settings: MethodSettings) -> (Tensor<4>, Tensor<4>, Vec<(usize, StepMasks)>) {
+fn run(
+    models: &ModelPair,
+    tag: &str,
+    settings: MethodSettings,
+) -> (Tensor<4>, Tensor<4>, Vec<(usize, StepMasks)>) {
     let (_, phrase, class, prompt) = case(tag);
     let req = LayoutRequest {
         prompts: SubjectPrompts::new(&prompt, &phrase, &class, &settings.reference_prefix).unwrap(),
@@ -75,9 +119,23 @@ fn run(models: &ModelPair, tag: &str, settings: MethodSettings) -> (Tensor<4>, T
         settings,
     };
     let layout = StepBlendedLayout.layout(models, &req, &mut |_| {}).unwrap();
-    let mut retouch = MultiSourceRetouch { mask_log: Some(Vec::new()), ..Default::default() };
-    let out = retouch.retouch(models, &layout, &tensor4(tag, "reference_image"), &mut |_| {}).unwrap();
-    (layout.trajectory.last().unwrap().clone(), out.latents, retouch.mask_log.unwrap())
+    let mut retouch = MultiSourceRetouch {
+        mask_log: Some(Vec::new()),
+        ..Default::default()
+    };
+    let out = retouch
+        .retouch(
+            models,
+            &layout,
+            &tensor4(tag, "reference_image"),
+            &mut |_| {},
+        )
+        .unwrap();
+    (
+        layout.trajectory.last().unwrap().clone(),
+        out.latents,
+        retouch.mask_log.unwrap(),
+    )
 }
 
 fn check(tag: &str) {
@@ -97,7 +155,11 @@ fn check(tag: &str) {
             assert_eq!(err, 0.0, "{tag} mask {name} at step {k}");
         }
         let want = golden(tag, &format!("blend_step{k}")).unwrap();
-        assert_eq!(max_abs(m.blend.clone().unwrap(), &want), 0.0, "{tag} blend mask at step {k}");
+        assert_eq!(
+            max_abs(m.blend.clone().unwrap(), &want),
+            0.0,
+            "{tag} blend mask at step {k}"
+        );
     }
 }
 
@@ -121,21 +183,42 @@ fn replay_and_recompute_give_identical_outputs() {
     let (settings, ..) = case("dreambooth");
     let models = ModelPair::new(base(), &personalization("dreambooth")).unwrap();
     let (_, replayed, _) = run(&models, "dreambooth", settings.clone());
-    let recompute = MethodSettings { replay: false, ..settings.clone() };
+    let recompute = MethodSettings {
+        replay: false,
+        ..settings.clone()
+    };
     let (_, recomputed, _) = run(&models, "dreambooth", recompute);
-    let dont_keep = MethodSettings { kv_policy: KvPolicy::DontKeep, ..settings };
+    let dont_keep = MethodSettings {
+        kv_policy: KvPolicy::DontKeep,
+        ..settings
+    };
     let (_, fallback, _) = run(&models, "dreambooth", dont_keep);
-    let bits = |t: Tensor<4>| t.into_data().try_into_vec_as::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let bits = |t: Tensor<4>| {
+        t.into_data()
+            .try_into_vec_as::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<_>>()
+    };
     let r = bits(replayed);
     assert_eq!(r, bits(recomputed), "recompute differs from replay");
-    assert_eq!(r, bits(fallback), "DontKeep (recompute) differs from replay");
+    assert_eq!(
+        r,
+        bits(fallback),
+        "DontKeep (recompute) differs from replay"
+    );
 }
 
 #[test]
 fn pipeline_batches_prompts_and_caches_the_reference() {
     let (settings, phrase, class, prompt) = case("ti");
     let models = ModelPair::new(base(), &personalization("ti")).unwrap();
-    let subject = Subject { phrase, class_phrase: class, reference: tensor4("ti", "reference_image") };
+    let subject = Subject {
+        phrase,
+        class_phrase: class,
+        reference: tensor4("ti", "reference_image"),
+    };
     let req = GenerateRequest {
         prompts: vec![prompt.clone(), "a <cat-toy> in the snow".into()],
         num_samples: 2,
@@ -147,10 +230,17 @@ fn pipeline_batches_prompts_and_caches_the_reference() {
     };
     let mut pipe = LayoutAndRetouch::default();
     let mut stages = std::collections::BTreeSet::new();
-    let out = pipe.generate(&models, &subject, &req, &mut |p| { stages.insert(p.stage.stage); }).unwrap();
+    let out = pipe
+        .generate(&models, &subject, &req, &mut |p| {
+            stages.insert(p.stage.stage);
+        })
+        .unwrap();
     assert_eq!(out.len(), 4);
     assert_eq!(pipe.retouch.cache.misses, 1);
-    assert_eq!(pipe.retouch.cache.hits, 1, "the second prompt reuses the reference");
+    assert_eq!(
+        pipe.retouch.cache.hits, 1,
+        "the second prompt reuses the reference"
+    );
     assert!(stages.contains("layout") && stages.contains("retouch") && stages.contains("invert"));
     // The first prompt's samples are the reference run's.
     let first = Tensor::cat(vec![out[0].latents.clone(), out[1].latents.clone()], 0);
@@ -163,29 +253,54 @@ fn pipeline_batches_prompts_and_caches_the_reference() {
 #[test]
 fn prompt_rules_are_enforced() {
     let models = ModelPair::new(base(), &personalization("ti")).unwrap();
-    let subject = Subject { phrase: "<cat-toy>".into(), class_phrase: "cat toy".into(), reference: tensor4("ti", "reference_image") };
+    let subject = Subject {
+        phrase: "<cat-toy>".into(),
+        class_phrase: "cat toy".into(),
+        reference: tensor4("ti", "reference_image"),
+    };
     let mut req = GenerateRequest {
         prompts: vec!["a dog on the beach".into()],
         num_samples: 1,
         width: 128,
         height: 128,
         noise: NoiseSource::Seed(1),
-        settings: MethodSettings { steps: 2, ..MethodSettings::default() },
+        settings: MethodSettings {
+            steps: 2,
+            ..MethodSettings::default()
+        },
         return_masks: false,
     };
     let mut pipe = LayoutAndRetouch::default();
-    assert!(matches!(pipe.generate(&models, &subject, &req, &mut |_| {}), Err(Error::PhraseNotInPrompt { .. })));
+    assert!(matches!(
+        pipe.generate(&models, &subject, &req, &mut |_| {}),
+        Err(Error::PhraseNotInPrompt { .. })
+    ));
     req.prompts = vec!["a <cat-toy>".into()];
     req.width = 120;
-    assert!(matches!(pipe.generate(&models, &subject, &req, &mut |_| {}), Err(Error::InvalidArgument { .. })));
-    let empty_class = Subject { class_phrase: "".into(), ..subject.clone() };
+    assert!(matches!(
+        pipe.generate(&models, &subject, &req, &mut |_| {}),
+        Err(Error::InvalidArgument { .. })
+    ));
+    let empty_class = Subject {
+        class_phrase: "".into(),
+        ..subject.clone()
+    };
     req.width = 128;
-    assert!(matches!(pipe.generate(&models, &empty_class, &req, &mut |_| {}), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(
+        pipe.generate(&models, &empty_class, &req, &mut |_| {}),
+        Err(Error::InvalidArgument { .. })
+    ));
     // Subject token positions (BOS = 0).
     let tok = models.tokenizer(Which::Personal);
-    assert_eq!(subject_tokens(tok, "a <cat-toy> on the beach", "<cat-toy>").unwrap(), vec![2]);
+    assert_eq!(
+        subject_tokens(tok, "a <cat-toy> on the beach", "<cat-toy>").unwrap(),
+        vec![2]
+    );
     let vt = models.tokenizer(Which::Vanilla);
-    assert_eq!(subject_tokens(vt, "a cat toy on the beach", "cat toy").unwrap(), vec![2, 3]);
+    assert_eq!(
+        subject_tokens(vt, "a cat toy on the beach", "cat toy").unwrap(),
+        vec![2, 3]
+    );
     let long = format!("{} <cat-toy>", "a ".repeat(76));
     assert!(subject_tokens(tok, &long, "<cat-toy>").is_err());
 }

@@ -20,8 +20,14 @@ fn vm_hwm_kb() -> u64 {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let path = args.next().expect("usage: load_rss WEIGHTS.safetensors [f32|f16]");
-    let dtype = if matches!(args.next().as_deref(), Some("f16")) { DType::F16 } else { DType::F32 };
+    let path = args
+        .next()
+        .expect("usage: load_rss WEIGHTS.safetensors [f32|f16]");
+    let dtype = if matches!(args.next().as_deref(), Some("f16")) {
+        DType::F16
+    } else {
+        DType::F32
+    };
     let before = vm_hwm_kb();
     let t = std::time::Instant::now();
     let w = Weights::open_as(&path, &Device::flex(), dtype).unwrap();

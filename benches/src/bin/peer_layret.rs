@@ -20,9 +20,12 @@ fn main() {
     drop(w);
     let iw = Weights::open(inputs, &dev).unwrap();
     let s = iw.shape_of("sample").unwrap().to_vec();
-    let sample: Tensor<4> = load_tensor(inputs.as_ref(), "sample", [s[0], s[1], s[2], s[3]], &dev).unwrap();
+    let sample: Tensor<4> =
+        load_tensor(inputs.as_ref(), "sample", [s[0], s[1], s[2], s[3]], &dev).unwrap();
     let c = iw.shape_of("encoder_hidden_states").unwrap().to_vec();
-    let ctx: Tensor<3> = iw.tensor("encoder_hidden_states", [c[0], c[1], c[2]]).unwrap();
+    let ctx: Tensor<3> = iw
+        .tensor("encoder_hidden_states", [c[0], c[1], c[2]])
+        .unwrap();
     let t = iw.read_f32("timestep", &[1]).unwrap()[0] as f64;
     let sc = StepContext::plain(0, t, s[0]);
     let mut times = Vec::new();
@@ -35,6 +38,10 @@ fn main() {
         eps = Some(e);
     }
     times.sort_by(f64::total_cmp);
-    println!("layret_flex median_s {:.3} runs {:?}", times[times.len() / 2], times);
+    println!(
+        "layret_flex median_s {:.3} runs {:?}",
+        times[times.len() / 2],
+        times
+    );
     save_tensors(out.as_ref(), &[("eps", eps.unwrap())]).unwrap();
 }

@@ -9,13 +9,23 @@ fn main() {
     println!("| # | path | kind | h×w | heads × dim | swapped (METHOD.md) | mask level (16×16) |");
     println!("|---|---|---|---|---|---|---|");
     for s in unet.sites(64, 64) {
-        let kind = if s.kind == AttentionKind::SelfAttention { "self" } else { "cross" };
+        let kind = if s.kind == AttentionKind::SelfAttention {
+            "self"
+        } else {
+            "cross"
+        };
         let swapped = s.path.starts_with("up_blocks") && kind == "self" && s.height >= 32;
         let mask = kind == "cross" && s.height == 16;
         println!(
             "| {} | `{}` | {kind} | {}×{} | {}×{} | {} | {} |",
-            s.index, s.path, s.height, s.width, s.heads, s.head_dim,
-            if swapped { "yes" } else { "" }, if mask { "yes" } else { "" }
+            s.index,
+            s.path,
+            s.height,
+            s.width,
+            s.heads,
+            s.head_dim,
+            if swapped { "yes" } else { "" },
+            if mask { "yes" } else { "" }
         );
     }
 }

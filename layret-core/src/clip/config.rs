@@ -104,7 +104,9 @@ impl ClipTextConfig {
                 "supported: \"quick_gelu\", \"gelu\"",
             ));
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(unsupported(
                 "num_attention_heads",
                 self.num_attention_heads.to_string(),

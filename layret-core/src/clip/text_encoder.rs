@@ -62,8 +62,7 @@ impl ClipAttention {
             is_causal: true,
         };
         let o = attention(q, k, v, None, None, options);
-        self.out_proj
-            .forward(o.swap_dims(1, 2).reshape([b, l, h]))
+        self.out_proj.forward(o.swap_dims(1, 2).reshape([b, l, h]))
     }
 }
 
@@ -192,8 +191,7 @@ impl ClipTextEncoder {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| ClipEncoderLayer::load(&vb.pp(format!("encoder.layers.{i}")), cfg))
             .collect::<Result<Vec<_>>>()?;
-        let final_layer_norm =
-            LayerNorm::load(&vb.pp("final_layer_norm"), h, cfg.layer_norm_eps)?;
+        let final_layer_norm = LayerNorm::load(&vb.pp("final_layer_norm"), h, cfg.layer_norm_eps)?;
         weights.finish(|k| k.ends_with("embeddings.position_ids"))?;
         Ok(Self {
             embeddings,
@@ -210,7 +208,10 @@ impl ClipTextEncoder {
             f(&format!("{p}.self_attn.q_proj"), &mut l.self_attn.q_proj);
             f(&format!("{p}.self_attn.k_proj"), &mut l.self_attn.k_proj);
             f(&format!("{p}.self_attn.v_proj"), &mut l.self_attn.v_proj);
-            f(&format!("{p}.self_attn.out_proj"), &mut l.self_attn.out_proj);
+            f(
+                &format!("{p}.self_attn.out_proj"),
+                &mut l.self_attn.out_proj,
+            );
             f(&format!("{p}.mlp.fc1"), &mut l.mlp.fc1);
             f(&format!("{p}.mlp.fc2"), &mut l.mlp.fc2);
         }
@@ -285,7 +286,10 @@ impl ClipTextEncoder {
         if clip_skip >= self.num_layers() {
             return Err(Error::invalid(
                 "clip_skip",
-                format!("{clip_skip}, the text encoder has {} layers", self.num_layers()),
+                format!(
+                    "{clip_skip}, the text encoder has {} layers",
+                    self.num_layers()
+                ),
             ));
         }
         let vocab = self.vocab_size();

@@ -35,6 +35,7 @@ impl LayerNorm {
             s[D - 1] = self.weight.dims()[0];
             s
         };
-        x.mul(self.weight.val().reshape(shape)).add(self.bias.val().reshape(shape))
+        x.mul(self.weight.val().reshape(shape))
+            .add(self.bias.val().reshape(shape))
     }
 }

@@ -24,7 +24,10 @@ pub fn resize_nearest(x: Tensor<4>, height: usize, width: usize) -> Tensor<4> {
     }
     let device = x.device();
     let idx = |input: usize, output: usize| {
-        let v: Vec<i64> = nearest_indices(input, output).into_iter().map(|i| i as i64).collect();
+        let v: Vec<i64> = nearest_indices(input, output)
+            .into_iter()
+            .map(|i| i as i64)
+            .collect();
         Tensor::<1, Int>::from_data(TensorData::new(v, [output]), &device)
     };
     x.select(2, idx(h, height)).select(3, idx(w, width))

@@ -14,7 +14,10 @@ use crate::weights::Weights;
 ///
 /// Applying them gives a UNet that shares every other tensor with the base: only the replaced
 /// projections take new memory.
-pub fn apply_custom_diffusion(base: &UNet2DConditionModel, path: &Path) -> Result<UNet2DConditionModel> {
+pub fn apply_custom_diffusion(
+    base: &UNet2DConditionModel,
+    path: &Path,
+) -> Result<UNet2DConditionModel> {
     let w = Weights::open(path, &base.conv_in.weight.device())?;
     // `…attn2.processor.to_k_custom_diffusion.weight` → (`…attn2.to_k`, "weight").
     let mut wanted: HashMap<String, Vec<(String, &'static str)>> = HashMap::new();
@@ -22,7 +25,10 @@ pub fn apply_custom_diffusion(base: &UNet2DConditionModel, path: &Path) -> Resul
         let Some((site, rest)) = key.split_once(".processor.") else {
             return Err(Error::invalid(
                 "custom diffusion",
-                format!("{}: unexpected key `{key}` (expected `<site>.processor.to_k_custom_diffusion.weight`)", path.display()),
+                format!(
+                    "{}: unexpected key `{key}` (expected `<site>.processor.to_k_custom_diffusion.weight`)",
+                    path.display()
+                ),
             ));
         };
         let (proj, param) = match rest {
@@ -38,7 +44,10 @@ pub fn apply_custom_diffusion(base: &UNet2DConditionModel, path: &Path) -> Resul
                 ));
             }
         };
-        wanted.entry(format!("{site}.{proj}")).or_default().push((key.clone(), param));
+        wanted
+            .entry(format!("{site}.{proj}"))
+            .or_default()
+            .push((key.clone(), param));
     }
     let mut unet = base.clone();
     let mut error = None;
@@ -47,10 +56,13 @@ pub fn apply_custom_diffusion(base: &UNet2DConditionModel, path: &Path) -> Resul
         if error.is_some() {
             return;
         }
-        let Some(entries) = wanted.remove(p) else { return };
+        let Some(entries) = wanted.remove(p) else {
+            return;
+        };
         for (key, param) in entries {
             let r = if param == "bias" {
-                w.tensor::<1>(&key, [lin.d_out()]).map(|b| lin.bias = Some(Param::from_tensor(b)))
+                w.tensor::<1>(&key, [lin.d_out()])
+                    .map(|b| lin.bias = Some(Param::from_tensor(b)))
             } else {
                 w.tensor::<2>(&key, [lin.d_out(), lin.d_in()]).map(|t| {
                     lin.weight = Param::from_tensor(t.transpose());
@@ -69,11 +81,17 @@ pub fn apply_custom_diffusion(base: &UNet2DConditionModel, path: &Path) -> Resul
     if let Some(site) = wanted.keys().next() {
         return Err(Error::invalid(
             "custom diffusion",
-            format!("{}: no layer `{site}` in this UNet (weights for another model?)", path.display()),
+            format!(
+                "{}: no layer `{site}` in this UNet (weights for another model?)",
+                path.display()
+            ),
         ));
     }
     if applied == 0 {
-        return Err(Error::invalid("custom diffusion", format!("{}: the file holds no weights", path.display())));
+        return Err(Error::invalid(
+            "custom diffusion",
+            format!("{}: the file holds no weights", path.display()),
+        ));
     }
     Ok(unet)
 }

@@ -25,10 +25,13 @@ fn same_file(a: &Path, b: &Path) -> Result<bool> {
 
 /// The first existing weights file of a component folder.
 fn weights_file(dir: &Path, stem: &str) -> Option<std::path::PathBuf> {
-    [format!("{stem}.safetensors"), format!("{stem}.fp16.safetensors")]
-        .into_iter()
-        .map(|f| dir.join(f))
-        .find(|p| p.exists())
+    [
+        format!("{stem}.safetensors"),
+        format!("{stem}.fp16.safetensors"),
+    ]
+    .into_iter()
+    .map(|f| dir.join(f))
+    .find(|p| p.exists())
 }
 
 /// Load a DreamBooth folder beside `base`: its UNet and text encoder (each shared with the
@@ -42,17 +45,16 @@ pub fn load_dreambooth(base: &StableDiffusion, dir: &Path) -> Result<PersonalMod
     if let (Some(a), Some(b)) = (
         weights_file(&dir.join("vae"), "diffusion_pytorch_model"),
         weights_file(&base.dir.join("vae"), "diffusion_pytorch_model"),
-    ) {
-        if !same_file(&a, &b)? {
-            return Err(Error::NotADiffusersFolder {
-                path: dir.to_path_buf(),
-                reason: format!(
-                    "its VAE ({}) differs from the base model's ({}); layret shares one VAE between the vanilla and personalized models",
-                    a.display(),
-                    b.display()
-                ),
-            });
-        }
+    ) && !same_file(&a, &b)?
+    {
+        return Err(Error::NotADiffusersFolder {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "its VAE ({}) differs from the base model's ({}); layret shares one VAE between the vanilla and personalized models",
+                a.display(),
+                b.display()
+            ),
+        });
     }
     let unet_file = weights_file(&dir.join("unet"), "diffusion_pytorch_model");
     let base_unet_file = weights_file(&base.dir.join("unet"), "diffusion_pytorch_model");
@@ -60,15 +62,23 @@ pub fn load_dreambooth(base: &StableDiffusion, dir: &Path) -> Result<PersonalMod
         (Some(a), Some(b)) if same_file(a, b)? => None,
         (None, _) => None,
         (Some(_), _) => {
-            let (unet, cfg): (UNet2DConditionModel, UNetConfig) =
-                UNet2DConditionModel::from_dir(&dir.join("unet"), device, dtype, None).or_else(|e| {
-                    // Only an fp16 variant in the folder.
-                    if dir.join("unet/diffusion_pytorch_model.fp16.safetensors").exists() {
-                        UNet2DConditionModel::from_dir(&dir.join("unet"), device, dtype, Some("fp16"))
-                    } else {
-                        Err(e)
-                    }
-                })?;
+            let (unet, cfg): (UNet2DConditionModel, UNetConfig) = UNet2DConditionModel::from_dir(
+                &dir.join("unet"),
+                device,
+                dtype,
+                None,
+            )
+            .or_else(|e| {
+                // Only an fp16 variant in the folder.
+                if dir
+                    .join("unet/diffusion_pytorch_model.fp16.safetensors")
+                    .exists()
+                {
+                    UNet2DConditionModel::from_dir(&dir.join("unet"), device, dtype, Some("fp16"))
+                } else {
+                    Err(e)
+                }
+            })?;
             if cfg.block_out_channels != base.unet_config.block_out_channels
                 || cfg.cross_attention_dim != base.unet_config.cross_attention_dim
             {
@@ -81,11 +91,18 @@ pub fn load_dreambooth(base: &StableDiffusion, dir: &Path) -> Result<PersonalMod
         }
     };
     let te_dir = dir.join("text_encoder");
-    let text_encoder = match (weights_file(&te_dir, "model"), weights_file(&base.dir.join("text_encoder"), "model")) {
+    let text_encoder = match (
+        weights_file(&te_dir, "model"),
+        weights_file(&base.dir.join("text_encoder"), "model"),
+    ) {
         (Some(a), Some(b)) if same_file(&a, &b)? => base.text_encoder.clone(),
         (None, _) => base.text_encoder.clone(),
         (Some(_), _) => {
-            let variant = if te_dir.join("model.safetensors").exists() { None } else { Some("fp16") };
+            let variant = if te_dir.join("model.safetensors").exists() {
+                None
+            } else {
+                Some("fp16")
+            };
             ClipTextEncoder::from_dir(&te_dir, device, dtype, variant)?.0
         }
     };

@@ -37,6 +37,14 @@ pub struct Lora {
     kohya: bool,
 }
 
+/// The file keys of one LoRA layer.
+#[derive(Debug, Default)]
+struct LayerKeys {
+    down: Option<String>,
+    up: Option<String>,
+    alpha: Option<String>,
+}
+
 /// The module path without `text_model.` (transformers 4 vs 5 layouts).
 fn normalize_te(path: &str) -> &str {
     path.strip_prefix("text_model.")
@@ -53,8 +61,10 @@ impl Lora {
         let w = Weights::open(path, device)?;
         let keys = w.keys();
         let invalid = |m: String| Error::invalid("lora", format!("{}: {m}", path.display()));
-        let kohya = keys.iter().any(|k| k.starts_with("lora_unet_") || k.starts_with("lora_te_"));
-        let mut parts: HashMap<(LoraTarget, String), (Option<String>, Option<String>, Option<String>)> = HashMap::new();
+        let kohya = keys
+            .iter()
+            .any(|k| k.starts_with("lora_unet_") || k.starts_with("lora_te_"));
+        let mut parts: HashMap<(LoraTarget, String), LayerKeys> = HashMap::new();
         for key in &keys {
             let (target, rest) = if let Some(r) = key.strip_prefix("lora_unet_") {
                 (LoraTarget::Unet, r)
@@ -65,16 +75,26 @@ impl Lora {
             } else if let Some(r) = key.strip_prefix("text_encoder.") {
                 (LoraTarget::TextEncoder, r)
             } else {
-                return Err(invalid(format!("unrecognized key `{key}` (neither PEFT `unet.`/`text_encoder.` nor kohya `lora_unet_`/`lora_te_`)")));
+                return Err(invalid(format!(
+                    "unrecognized key `{key}` (neither PEFT `unet.`/`text_encoder.` nor kohya `lora_unet_`/`lora_te_`)"
+                )));
             };
-            let (module, slot) = if let Some(m) = rest.strip_suffix(".lora_A.weight").or(rest.strip_suffix(".lora_down.weight")) {
+            let (module, slot) = if let Some(m) = rest
+                .strip_suffix(".lora_A.weight")
+                .or(rest.strip_suffix(".lora_down.weight"))
+            {
                 (m, 0)
-            } else if let Some(m) = rest.strip_suffix(".lora_B.weight").or(rest.strip_suffix(".lora_up.weight")) {
+            } else if let Some(m) = rest
+                .strip_suffix(".lora_B.weight")
+                .or(rest.strip_suffix(".lora_up.weight"))
+            {
                 (m, 1)
             } else if let Some(m) = rest.strip_suffix(".alpha") {
                 (m, 2)
             } else {
-                return Err(invalid(format!("unsupported LoRA tensor `{key}` (only lora_A/lora_B, lora_down/lora_up, alpha)")));
+                return Err(invalid(format!(
+                    "unsupported LoRA tensor `{key}` (only lora_A/lora_B, lora_down/lora_up, alpha)"
+                )));
             };
             let module = if target == LoraTarget::TextEncoder {
                 normalize_te(module).to_string()
@@ -83,31 +103,40 @@ impl Lora {
             };
             let e = parts.entry((target, module)).or_default();
             let slot_ref = match slot {
-                0 => &mut e.0,
-                1 => &mut e.1,
-                _ => &mut e.2,
+                0 => &mut e.down,
+                1 => &mut e.up,
+                _ => &mut e.alpha,
             };
             *slot_ref = Some(key.clone());
         }
         let mut layers = HashMap::new();
-        for ((target, module), (down, up, alpha)) in parts {
+        for ((target, module), LayerKeys { down, up, alpha }) in parts {
             let (Some(down), Some(up)) = (down, up) else {
-                return Err(invalid(format!("layer `{module}` lacks its down/A or up/B matrix")));
+                return Err(invalid(format!(
+                    "layer `{module}` lacks its down/A or up/B matrix"
+                )));
             };
-            let (ds, us) = (w.shape_of(&down).unwrap_or(&[]).to_vec(), w.shape_of(&up).unwrap_or(&[]).to_vec());
+            let (ds, us) = (
+                w.shape_of(&down).unwrap_or(&[]).to_vec(),
+                w.shape_of(&up).unwrap_or(&[]).to_vec(),
+            );
             let (&[r, d_in], &[d_out, r2]) = (ds.as_slice(), us.as_slice()) else {
                 return Err(invalid(format!(
                     "layer `{module}`: only linear LoRA is supported, got down {ds:?} and up {us:?}"
                 )));
             };
             if r != r2 || r == 0 {
-                return Err(invalid(format!("layer `{module}`: rank mismatch, down {ds:?} vs up {us:?}")));
+                return Err(invalid(format!(
+                    "layer `{module}`: rank mismatch, down {ds:?} vs up {us:?}"
+                )));
             }
             let alpha = match alpha {
                 Some(a) => {
                     let s = w.shape_of(&a).unwrap_or(&[]).to_vec();
                     if s.iter().product::<usize>() != 1 {
-                        return Err(invalid(format!("`{a}` should hold one value, has shape {s:?}")));
+                        return Err(invalid(format!(
+                            "`{a}` should hold one value, has shape {s:?}"
+                        )));
                     }
                     w.read_f32(&a, &s)?[0] as f64
                 }
@@ -148,7 +177,11 @@ impl Lora {
             .iter()
             .filter(|((t, _), _)| *t == target)
             .map(|((_, m), l)| {
-                let key = if self.kohya { m.replace('.', "_") } else { m.clone() };
+                let key = if self.kohya {
+                    m.replace('.', "_")
+                } else {
+                    m.clone()
+                };
                 (key, l)
             })
             .collect()
@@ -161,16 +194,30 @@ impl Lora {
 
     /// A UNet with `W + scale·(alpha/r)·up·down` merged into the targeted layers; untouched
     /// layers share storage with `base`.
-    pub fn merge_into_unet(&self, base: &UNet2DConditionModel, scale: f64) -> Result<UNet2DConditionModel> {
+    pub fn merge_into_unet(
+        &self,
+        base: &UNet2DConditionModel,
+        scale: f64,
+    ) -> Result<UNet2DConditionModel> {
         let mut wanted = self.take_for(LoraTarget::Unet);
         let mut unet = base.clone();
         let kohya = self.kohya;
         let mut bad = None;
         unet.for_each_linear_mut(&mut |p, lin| {
-            let key = if kohya { p.replace('.', "_") } else { p.to_string() };
+            let key = if kohya {
+                p.replace('.', "_")
+            } else {
+                p.to_string()
+            };
             if let Some(l) = wanted.remove(&key) {
                 if l.down.dims()[1] != lin.d_in() || l.up.dims()[0] != lin.d_out() {
-                    bad = Some(format!("layer `{p}` is {}→{}, the LoRA {}→{}", lin.d_in(), lin.d_out(), l.down.dims()[1], l.up.dims()[0]));
+                    bad = Some(format!(
+                        "layer `{p}` is {}→{}, the LoRA {}→{}",
+                        lin.d_in(),
+                        lin.d_out(),
+                        l.down.dims()[1],
+                        l.up.dims()[0]
+                    ));
                     return;
                 }
                 *lin = lin.with_weight_delta(Self::delta(l, scale));
@@ -180,22 +227,39 @@ impl Lora {
             return Err(Error::invalid("lora", m));
         }
         if let Some(k) = wanted.keys().next() {
-            return Err(Error::invalid("lora", format!("no UNet layer `{k}` (unsupported target, or a LoRA for another model)")));
+            return Err(Error::invalid(
+                "lora",
+                format!("no UNet layer `{k}` (unsupported target, or a LoRA for another model)"),
+            ));
         }
         Ok(unet)
     }
 
     /// A text encoder with the LoRA merged (see [`merge_into_unet`](Self::merge_into_unet)).
-    pub fn merge_into_text_encoder(&self, base: &ClipTextEncoder, scale: f64) -> Result<ClipTextEncoder> {
+    pub fn merge_into_text_encoder(
+        &self,
+        base: &ClipTextEncoder,
+        scale: f64,
+    ) -> Result<ClipTextEncoder> {
         let mut wanted = self.take_for(LoraTarget::TextEncoder);
         let mut te = base.clone();
         let kohya = self.kohya;
         let mut bad = None;
         te.for_each_linear_mut(&mut |p, lin| {
-            let key = if kohya { p.replace('.', "_") } else { p.to_string() };
+            let key = if kohya {
+                p.replace('.', "_")
+            } else {
+                p.to_string()
+            };
             if let Some(l) = wanted.remove(&key) {
                 if l.down.dims()[1] != lin.d_in() || l.up.dims()[0] != lin.d_out() {
-                    bad = Some(format!("layer `{p}` is {}→{}, the LoRA {}→{}", lin.d_in(), lin.d_out(), l.down.dims()[1], l.up.dims()[0]));
+                    bad = Some(format!(
+                        "layer `{p}` is {}→{}, the LoRA {}→{}",
+                        lin.d_in(),
+                        lin.d_out(),
+                        l.down.dims()[1],
+                        l.up.dims()[0]
+                    ));
                     return;
                 }
                 *lin = lin.with_weight_delta(Self::delta(l, scale));
@@ -205,7 +269,10 @@ impl Lora {
             return Err(Error::invalid("lora", m));
         }
         if let Some(k) = wanted.keys().next() {
-            return Err(Error::invalid("lora", format!("no text-encoder layer `{k}`")));
+            return Err(Error::invalid(
+                "lora",
+                format!("no text-encoder layer `{k}`"),
+            ));
         }
         Ok(te)
     }

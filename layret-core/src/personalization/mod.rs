@@ -64,9 +64,9 @@ impl Personalization {
     /// (`ti:PATH#TOKEN` names the token; `lora:PATH@SCALE` sets the scale, default 1).
     pub fn parse(spec: &str) -> Result<Self> {
         let bad = |m: &str| Error::invalid("personalization", format!("{spec:?}: {m}"));
-        let (kind, rest) = spec
-            .split_once(':')
-            .ok_or_else(|| bad("expected KIND:PATH with KIND ti, dreambooth, custom-diffusion or lora"))?;
+        let (kind, rest) = spec.split_once(':').ok_or_else(|| {
+            bad("expected KIND:PATH with KIND ti, dreambooth, custom-diffusion or lora")
+        })?;
         if rest.is_empty() {
             return Err(bad("the path is empty"));
         }
@@ -76,18 +76,32 @@ impl Personalization {
                     path: p.into(),
                     token: Some(t.to_string()),
                 },
-                _ => Personalization::TextualInversion { path: rest.into(), token: None },
+                _ => Personalization::TextualInversion {
+                    path: rest.into(),
+                    token: None,
+                },
             },
             "dreambooth" => Personalization::DreamBooth { dir: rest.into() },
             "custom-diffusion" | "cd" => Personalization::CustomDiffusion { path: rest.into() },
             "lora" => match rest.rsplit_once('@') {
                 Some((p, s)) => Personalization::Lora {
                     path: p.into(),
-                    scale: s.parse().ok().filter(|v: &f64| v.is_finite()).ok_or_else(|| bad("the scale after @ is not a number"))?,
+                    scale: s
+                        .parse()
+                        .ok()
+                        .filter(|v: &f64| v.is_finite())
+                        .ok_or_else(|| bad("the scale after @ is not a number"))?,
                 },
-                None => Personalization::Lora { path: rest.into(), scale: 1.0 },
+                None => Personalization::Lora {
+                    path: rest.into(),
+                    scale: 1.0,
+                },
             },
-            other => return Err(bad(&format!("unknown kind {other:?}; expected ti, dreambooth, custom-diffusion or lora"))),
+            other => {
+                return Err(bad(&format!(
+                    "unknown kind {other:?}; expected ti, dreambooth, custom-diffusion or lora"
+                )));
+            }
         })
     }
 

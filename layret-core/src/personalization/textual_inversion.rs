@@ -29,7 +29,10 @@ impl TextualInversion {
             name: "textual inversion".into(),
             message: format!("{}: {message}", path.display()),
         };
-        let (key, file_token) = if let Some(k) = keys.iter().find(|k| *k == "emb_params" || k.starts_with("string_to_param")) {
+        let (key, file_token) = if let Some(k) = keys
+            .iter()
+            .find(|k| *k == "emb_params" || k.starts_with("string_to_param"))
+        {
             (k.clone(), None)
         } else if keys.len() == 1 {
             (keys[0].clone(), Some(keys[0].clone()))
@@ -83,7 +86,11 @@ impl TextualInversion {
     /// its token embedding (diffusers' `load_textual_inversion`). Fails on a dimension
     /// mismatch (naming both), a token already in the vocabulary, or a tokenizer/encoder pair
     /// whose vocabularies are out of step.
-    pub fn apply(&self, tokenizer: &mut ClipTokenizer, encoder: &ClipTextEncoder) -> Result<ClipTextEncoder> {
+    pub fn apply(
+        &self,
+        tokenizer: &mut ClipTokenizer,
+        encoder: &ClipTextEncoder,
+    ) -> Result<ClipTextEncoder> {
         let [n, d] = self.vectors.dims();
         if d != encoder.hidden_size() {
             return Err(Error::InvalidArgument {
@@ -107,7 +114,11 @@ impl TextualInversion {
         }
         let ids = tokenizer.add_multi_vector_token(&self.token, n)?;
         let first = encoder.vocab_size() as u32;
-        if ids.iter().enumerate().any(|(i, &id)| id != first + i as u32) {
+        if ids
+            .iter()
+            .enumerate()
+            .any(|(i, &id)| id != first + i as u32)
+        {
             return Err(Error::invalid(
                 "textual inversion",
                 format!("token ids {ids:?} are not the next rows of the embedding ({first}…)"),

@@ -148,10 +148,18 @@ impl SchedulerConfig {
             supported: supported.into(),
         };
         if self.thresholding {
-            return Err(unsupported("thresholding", "true".into(), "supported: false"));
+            return Err(unsupported(
+                "thresholding",
+                "true".into(),
+                "supported: false",
+            ));
         }
         if matches!(&self.trained_betas, Some(v) if !v.is_null()) {
-            return Err(unsupported("trained_betas", "a list".into(), "supported: null"));
+            return Err(unsupported(
+                "trained_betas",
+                "a list".into(),
+                "supported: null",
+            ));
         }
         if self.num_train_timesteps < 2 {
             return Err(unsupported(
@@ -189,14 +197,19 @@ impl SchedulerConfig {
         };
         let mut betas: Vec<f32> = match self.beta_schedule {
             BetaSchedule::Linear => linspace(self.beta_start as f32, self.beta_end as f32),
-            BetaSchedule::ScaledLinear => {
-                linspace((self.beta_start as f32).sqrt(), (self.beta_end as f32).sqrt())
-                    .into_iter()
-                    .map(|b| b * b)
-                    .collect()
-            }
+            BetaSchedule::ScaledLinear => linspace(
+                (self.beta_start as f32).sqrt(),
+                (self.beta_end as f32).sqrt(),
+            )
+            .into_iter()
+            .map(|b| b * b)
+            .collect(),
             BetaSchedule::SquaredcosCapV2 => {
-                let alpha_bar = |x: f64| ((x + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2);
+                let alpha_bar = |x: f64| {
+                    ((x + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
+                        .cos()
+                        .powi(2)
+                };
                 (0..t)
                     .map(|i| {
                         let t1 = i as f64 / t as f64;

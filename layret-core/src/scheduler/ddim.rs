@@ -1,7 +1,7 @@
 use burn::tensor::Tensor;
 
-use super::config::{PredictionType, SchedulerConfig, TimestepSpacing};
 use super::Scheduler;
+use super::config::{PredictionType, SchedulerConfig, TimestepSpacing};
 use crate::error::{Error, Result};
 
 /// DDIM (Song et al. 2021) as diffusers' `DDIMScheduler`, with η and injected noise, plus the
@@ -34,14 +34,24 @@ impl DdimScheduler {
             ));
         }
         if !(eta.is_finite() && eta >= 0.0) {
-            return Err(Error::invalid("eta", format!("{eta}; must be a finite value ≥ 0")));
+            return Err(Error::invalid(
+                "eta",
+                format!("{eta}; must be a finite value ≥ 0"),
+            ));
         }
         let alphas_cumprod = config.alphas_cumprod();
-        let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
+        let final_alpha_cumprod = if config.set_alpha_to_one {
+            1.0
+        } else {
+            alphas_cumprod[0]
+        };
         let timesteps: Vec<usize> = match config.timestep_spacing {
             TimestepSpacing::Leading => {
                 let r = t / steps;
-                (0..steps).rev().map(|k| k * r + config.steps_offset).collect()
+                (0..steps)
+                    .rev()
+                    .map(|k| k * r + config.steps_offset)
+                    .collect()
             }
             TimestepSpacing::Trailing => {
                 let r = t as f64 / steps as f64;
@@ -54,7 +64,11 @@ impl DdimScheduler {
                 (0..steps)
                     .rev()
                     .map(|k| {
-                        let v = if steps == 1 { 0.0 } else { last * k as f64 / (steps - 1) as f64 };
+                        let v = if steps == 1 {
+                            0.0
+                        } else {
+                            last * k as f64 / (steps - 1) as f64
+                        };
                         round_half_even(v) as usize
                     })
                     .collect()
@@ -101,12 +115,15 @@ impl DdimScheduler {
     }
 
     /// `(x0, ε)` predicted from the model output at noise level ᾱ = `alpha`.
-    fn predict(&self, model_output: Tensor<4>, sample: Tensor<4>, alpha: f32) -> (Tensor<4>, Tensor<4>) {
+    fn predict(
+        &self,
+        model_output: Tensor<4>,
+        sample: Tensor<4>,
+        alpha: f32,
+    ) -> (Tensor<4>, Tensor<4>) {
         let (sa, sb) = (alpha.sqrt(), (1.0 - alpha).sqrt());
         let (x0, eps) = match self.config.prediction_type {
-            PredictionType::Epsilon => {
-                ((sample - model_output.clone() * sb) / sa, model_output)
-            }
+            PredictionType::Epsilon => ((sample - model_output.clone() * sb) / sa, model_output),
             PredictionType::VPrediction => (
                 sample.clone() * sa - model_output.clone() * sb,
                 model_output * sa + sample * sb,
@@ -139,7 +156,12 @@ impl DdimScheduler {
     ///
     /// # Shapes
     /// `model_output`, `sample`: `[B, C, h, w]` → `[B, C, h, w]`.
-    pub fn inversion_step(&self, model_output: Tensor<4>, t: usize, sample: Tensor<4>) -> Tensor<4> {
+    pub fn inversion_step(
+        &self,
+        model_output: Tensor<4>,
+        t: usize,
+        sample: Tensor<4>,
+    ) -> Tensor<4> {
         let c = self.coefs(t);
         let (x0, eps) = self.predict(model_output, sample, c.alpha_prev);
         x0 * c.alpha_t.sqrt() + eps * (1.0 - c.alpha_t).sqrt()
@@ -181,7 +203,10 @@ impl Scheduler for DdimScheduler {
         let Some(&t) = self.timesteps.get(step_index) else {
             return Err(Error::invalid(
                 "step_index",
-                format!("{step_index}; the schedule has {} steps", self.timesteps.len()),
+                format!(
+                    "{step_index}; the schedule has {} steps",
+                    self.timesteps.len()
+                ),
             ));
         };
         let c = self.coefs(t);

@@ -233,7 +233,10 @@ impl UpBlock {
         }
         if let Some(us) = &self.upsamplers {
             let [_, _, h, w] = x.dims();
-            let (th, tw) = skips.last().map(|s| (s.dims()[2], s.dims()[3])).unwrap_or((2 * h, 2 * w));
+            let (th, tw) = skips
+                .last()
+                .map(|s| (s.dims()[2], s.dims()[3]))
+                .unwrap_or((2 * h, 2 * w));
             x = us.forward(x, th, tw);
         }
         x

@@ -267,9 +267,16 @@ impl UNetConfig {
         };
         let n = self.block_out_channels.len();
         if n == 0 {
-            return Err(unsupported("block_out_channels", "[]".into(), "needs at least one level"));
+            return Err(unsupported(
+                "block_out_channels",
+                "[]".into(),
+                "needs at least one level",
+            ));
         }
-        for (key, v) in [("down_block_types", &self.down_block_types), ("up_block_types", &self.up_block_types)] {
+        for (key, v) in [
+            ("down_block_types", &self.down_block_types),
+            ("up_block_types", &self.up_block_types),
+        ] {
             if v.len() != n {
                 return Err(unsupported(
                     key,
@@ -307,43 +314,57 @@ impl UNetConfig {
             ("attention_head_dim", Some(&self.attention_head_dim)),
             ("num_attention_heads", self.num_attention_heads.as_ref()),
         ] {
-            if let Some(PerBlock::Each(v)) = pb {
-                if v.len() != n {
-                    return Err(unsupported(
-                        key,
-                        format!("{v:?}"),
-                        &format!("a list needs one entry per block ({n})"),
-                    ));
-                }
+            if let Some(PerBlock::Each(v)) = pb
+                && v.len() != n
+            {
+                return Err(unsupported(
+                    key,
+                    format!("{v:?}"),
+                    &format!("a list needs one entry per block ({n})"),
+                ));
             }
         }
         for (i, level) in self.levels().iter().enumerate() {
             if level.heads == 0 || level.channels % level.heads != 0 {
                 return Err(unsupported(
-                    if self.num_attention_heads.is_some() { "num_attention_heads" } else { "attention_head_dim" },
+                    if self.num_attention_heads.is_some() {
+                        "num_attention_heads"
+                    } else {
+                        "attention_head_dim"
+                    },
                     format!("{} heads at level {i}", level.heads),
-                    &format!("the head count must divide the level's {} channels", level.channels),
+                    &format!(
+                        "the head count must divide the level's {} channels",
+                        level.channels
+                    ),
                 ));
             }
             if self.norm_num_groups == 0 || level.channels % self.norm_num_groups != 0 {
                 return Err(unsupported(
                     "norm_num_groups",
                     self.norm_num_groups.to_string(),
-                    &format!("must divide every level's channels ({} at level {i})", level.channels),
+                    &format!(
+                        "must divide every level's channels ({} at level {i})",
+                        level.channels
+                    ),
                 ));
             }
         }
         if self.layers_per_block == 0 {
-            return Err(unsupported("layers_per_block", "0".into(), "must be positive"));
+            return Err(unsupported(
+                "layers_per_block",
+                "0".into(),
+                "must be positive",
+            ));
         }
-        if self.transformer_layers_per_block != Value::from(1) {
+        if self.transformer_layers_per_block != 1 {
             return Err(unsupported(
                 "transformer_layers_per_block",
                 self.transformer_layers_per_block.to_string(),
                 "supported: 1 (SD 1.x/2.x)",
             ));
         }
-        if self.block_out_channels[0] % 2 != 0 {
+        if !self.block_out_channels[0].is_multiple_of(2) {
             return Err(unsupported(
                 "block_out_channels",
                 format!("{:?}", self.block_out_channels),

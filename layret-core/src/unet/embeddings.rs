@@ -28,7 +28,11 @@ pub fn timestep_embedding(
         sin.push(arg.sin());
         cos.push(arg.cos());
     }
-    let mut row = if flip_sin_to_cos { cos.clone() } else { sin.clone() };
+    let mut row = if flip_sin_to_cos {
+        cos.clone()
+    } else {
+        sin.clone()
+    };
     row.extend(if flip_sin_to_cos { sin } else { cos });
     let data: Vec<f32> = (0..batch).flat_map(|_| row.iter().copied()).collect();
     Tensor::from_data(TensorData::new(data, [batch, dim]), device)

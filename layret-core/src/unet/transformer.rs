@@ -71,9 +71,21 @@ impl Attention {
         let d = c / self.heads;
         let kv_src = context.cloned().unwrap_or_else(|| x.clone());
         let lk = kv_src.dims()[1];
-        let q = self.to_q.forward(x).reshape([b, lq, self.heads, d]).swap_dims(1, 2);
-        let k = self.to_k.forward(kv_src.clone()).reshape([b, lk, self.heads, d]).swap_dims(1, 2);
-        let v = self.to_v.forward(kv_src).reshape([b, lk, self.heads, d]).swap_dims(1, 2);
+        let q = self
+            .to_q
+            .forward(x)
+            .reshape([b, lq, self.heads, d])
+            .swap_dims(1, 2);
+        let k = self
+            .to_k
+            .forward(kv_src.clone())
+            .reshape([b, lk, self.heads, d])
+            .swap_dims(1, 2);
+        let v = self
+            .to_v
+            .forward(kv_src)
+            .reshape([b, lk, self.heads, d])
+            .swap_dims(1, 2);
         let site = AttentionSite {
             path: &self.path,
             kind: if self.cross {
@@ -91,7 +103,9 @@ impl Attention {
         };
         hook.next_index += 1;
         let o = hook.processor.attend(&site, hook.ctx, q, k, v);
-        self.to_out.linear.forward(o.swap_dims(1, 2).reshape([b, lq, c]))
+        self.to_out
+            .linear
+            .forward(o.swap_dims(1, 2).reshape([b, lq, c]))
     }
 }
 
@@ -127,8 +141,12 @@ impl FeedForward {
     /// `[B, L, dim]` → `[B, L, dim]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let mut parts = self.geglu.proj.forward(x).chunk(2, 2);
-        let gate = parts.pop().unwrap_or_else(|| unreachable!("chunk(2) gives two parts"));
-        let h = parts.pop().unwrap_or_else(|| unreachable!("chunk(2) gives two parts"));
+        let gate = parts
+            .pop()
+            .unwrap_or_else(|| unreachable!("chunk(2) gives two parts"));
+        let h = parts
+            .pop()
+            .unwrap_or_else(|| unreachable!("chunk(2) gives two parts"));
         self.out.forward(h * gelu(gate))
     }
 }
@@ -186,7 +204,10 @@ impl BasicTransformerBlock {
         hook: &mut AttentionHook,
     ) -> Tensor<3> {
         let x = x.clone() + self.attn1.forward(self.norm1.forward(x), None, hw, hook);
-        let x = x.clone() + self.attn2.forward(self.norm2.forward(x), Some(context), hw, hook);
+        let x = x.clone()
+            + self
+                .attn2
+                .forward(self.norm2.forward(x), Some(context), hw, hook);
         x.clone() + self.ff.forward(self.norm3.forward(x))
     }
 }
@@ -250,7 +271,12 @@ impl Transformer2D {
 
     /// # Shapes
     /// `x` `[B, C, H, W]`, `context` `[B, L, D]` → `[B, C, H, W]`.
-    pub fn forward(&self, x: Tensor<4>, context: &Tensor<3>, hook: &mut AttentionHook) -> Tensor<4> {
+    pub fn forward(
+        &self,
+        x: Tensor<4>,
+        context: &Tensor<3>,
+        hook: &mut AttentionHook,
+    ) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
         let residual = x.clone();
         let x = self.norm.forward(x);

@@ -232,7 +232,11 @@ impl UNet2DConditionModel {
     /// `…ff.net.2`, `…proj_in` when linear), for personalization (LoRA, Custom Diffusion).
     pub fn for_each_linear_mut(&mut self, f: &mut dyn FnMut(&str, &mut crate::nn::Linear)) {
         use super::transformer::{Projection, Transformer2D};
-        fn visit(t: &mut Transformer2D, prefix: &str, f: &mut dyn FnMut(&str, &mut crate::nn::Linear)) {
+        fn visit(
+            t: &mut Transformer2D,
+            prefix: &str,
+            f: &mut dyn FnMut(&str, &mut crate::nn::Linear),
+        ) {
             if let Projection::Linear(l) = &mut t.proj_in {
                 f(&format!("{prefix}.proj_in"), l);
             }

@@ -48,13 +48,22 @@ impl VaeAttention {
     /// `[B, C, H, W]` → `[B, C, H, W]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
-        let t = self.group_norm.forward(x.clone()).reshape([b, c, h * w]).swap_dims(1, 2);
+        let t = self
+            .group_norm
+            .forward(x.clone())
+            .reshape([b, c, h * w])
+            .swap_dims(1, 2);
         let split = |t: Tensor<3>| t.reshape([b, 1, h * w, c]);
         let q = split(self.to_q.forward(t.clone()));
         let k = split(self.to_k.forward(t.clone()));
         let v = split(self.to_v.forward(t));
         let o = default_attention(q, k, v).reshape([b, h * w, c]);
-        let o = self.to_out.linear.forward(o).swap_dims(1, 2).reshape([b, c, h, w]);
+        let o = self
+            .to_out
+            .linear
+            .forward(o)
+            .swap_dims(1, 2)
+            .reshape([b, c, h, w]);
         o + x
     }
 }
@@ -70,7 +79,9 @@ pub struct VaeMidBlock {
 
 impl VaeMidBlock {
     fn load(vb: &WeightsView, c: usize, groups: usize) -> Result<Self> {
-        let resnet = |i: usize| ResnetBlock2D::load(&vb.pp(format!("resnets.{i}")), c, c, None, groups, 1e-6);
+        let resnet = |i: usize| {
+            ResnetBlock2D::load(&vb.pp(format!("resnets.{i}")), c, c, None, groups, 1e-6)
+        };
         Ok(Self {
             resnets: vec![resnet(0)?, resnet(1)?],
             attentions: vec![VaeAttention::load(&vb.pp("attentions.0"), c, groups)?],
@@ -196,7 +207,8 @@ impl AutoencoderKL {
         let ch = &cfg.block_out_channels;
         let n = ch.len();
         let lat = cfg.latent_channels;
-        let resnet = |vb: &WeightsView, cin, cout| ResnetBlock2D::load(vb, cin, cout, None, g, 1e-6);
+        let resnet =
+            |vb: &WeightsView, cin, cout| ResnetBlock2D::load(vb, cin, cout, None, g, 1e-6);
 
         let e = vb.pp("encoder");
         let mut down_blocks = Vec::new();
@@ -204,14 +216,23 @@ impl AutoencoderKL {
         for (i, &c) in ch.iter().enumerate() {
             let b = e.pp(format!("down_blocks.{i}"));
             let resnets = (0..cfg.layers_per_block)
-                .map(|j| resnet(&b.pp(format!("resnets.{j}")), if j == 0 { prev } else { c }, c))
+                .map(|j| {
+                    resnet(
+                        &b.pp(format!("resnets.{j}")),
+                        if j == 0 { prev } else { c },
+                        c,
+                    )
+                })
                 .collect::<Result<Vec<_>>>()?;
             let downsamplers = if i + 1 < n {
                 Some(Conv2d::load(&b.pp("downsamplers.0.conv"), c, c, 3, 2, 0)?)
             } else {
                 None
             };
-            down_blocks.push(EncoderBlock { resnets, downsamplers });
+            down_blocks.push(EncoderBlock {
+                resnets,
+                downsamplers,
+            });
             prev = c;
         }
         let encoder = Encoder {
@@ -229,14 +250,23 @@ impl AutoencoderKL {
             let c = ch[n - 1 - i];
             let b = d.pp(format!("up_blocks.{i}"));
             let resnets = (0..=cfg.layers_per_block)
-                .map(|j| resnet(&b.pp(format!("resnets.{j}")), if j == 0 { prev } else { c }, c))
+                .map(|j| {
+                    resnet(
+                        &b.pp(format!("resnets.{j}")),
+                        if j == 0 { prev } else { c },
+                        c,
+                    )
+                })
                 .collect::<Result<Vec<_>>>()?;
             let upsamplers = if i + 1 < n {
                 Some(Conv2d::load(&b.pp("upsamplers.0.conv"), c, c, 3, 1, 1)?)
             } else {
                 None
             };
-            up_blocks.push(DecoderBlock { resnets, upsamplers });
+            up_blocks.push(DecoderBlock {
+                resnets,
+                upsamplers,
+            });
             prev = c;
         }
         let decoder = Decoder {

@@ -101,10 +101,18 @@ impl VaeConfig {
         };
         let n = self.block_out_channels.len();
         if n == 0 {
-            return Err(unsupported("block_out_channels", "[]".into(), "needs at least one level"));
+            return Err(unsupported(
+                "block_out_channels",
+                "[]".into(),
+                "needs at least one level",
+            ));
         }
         for (key, v, want) in [
-            ("down_block_types", &self.down_block_types, "DownEncoderBlock2D"),
+            (
+                "down_block_types",
+                &self.down_block_types,
+                "DownEncoderBlock2D",
+            ),
             ("up_block_types", &self.up_block_types, "UpDecoderBlock2D"),
         ] {
             if v.len() != n || v.iter().any(|t| t != want) {
@@ -132,13 +140,21 @@ impl VaeConfig {
             ));
         }
         if !(self.scaling_factor.is_finite() && self.scaling_factor > 0.0) {
-            return Err(unsupported("scaling_factor", self.scaling_factor.to_string(), "must be > 0"));
+            return Err(unsupported(
+                "scaling_factor",
+                self.scaling_factor.to_string(),
+                "must be > 0",
+            ));
         }
         for (key, value) in &self.other {
             let s = value.to_string();
             match FIXED.iter().find(|(k, _)| k == key) {
                 Some((_, ok)) if !ok.contains(&s.as_str()) => {
-                    return Err(unsupported(key, s, &format!("supported: {}", ok.join(" or "))));
+                    return Err(unsupported(
+                        key,
+                        s,
+                        &format!("supported: {}", ok.join(" or ")),
+                    ));
                 }
                 Some(_) => {}
                 None if key.starts_with('_') || IGNORED.contains(&key.as_str()) => {}

@@ -4,7 +4,7 @@ mod autoencoder;
 mod config;
 
 pub use autoencoder::{
-    AutoencoderKL, DecoderBlock, Decoder, DiagonalGaussian, Encoder, EncoderBlock, VaeAttention,
+    AutoencoderKL, Decoder, DecoderBlock, DiagonalGaussian, Encoder, EncoderBlock, VaeAttention,
     VaeMidBlock,
 };
 pub use config::VaeConfig;

@@ -21,7 +21,9 @@ pub fn golden(file: &str, key: &str) -> (Vec<f64>, Vec<usize>) {
     let path = fixtures().join("golden").join(file);
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor(key).unwrap_or_else(|e| panic!("{file}:{key}: {e}"));
+    let t = st
+        .tensor(key)
+        .unwrap_or_else(|e| panic!("{file}:{key}: {e}"));
     let data = t.data();
     let values = match t.dtype() {
         Dtype::F32 => data
@@ -51,7 +53,9 @@ pub fn max_abs_diff<const D: usize>(got: Tensor<D>, want: &(Vec<f64>, Vec<usize>
 pub fn golden_tensor<const D: usize>(file: &str, key: &str) -> Tensor<D> {
     let (values, shape) = golden(file, key);
     let values: Vec<f32> = values.iter().map(|&v| v as f32).collect();
-    let shape: [usize; D] = shape.try_into().unwrap_or_else(|s| panic!("{key}: rank of {s:?}"));
+    let shape: [usize; D] = shape
+        .try_into()
+        .unwrap_or_else(|s| panic!("{key}: rank of {s:?}"));
     Tensor::from_data(burn::tensor::TensorData::new(values, shape), &device())
 }
 
@@ -65,7 +69,12 @@ pub fn tempdir(name: &str) -> PathBuf {
 
 /// The values of a tensor as f64.
 pub fn to_f64<const D: usize>(t: Tensor<D>) -> Vec<f64> {
-    t.into_data().try_into_vec_as::<f32>().unwrap().into_iter().map(f64::from).collect()
+    t.into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect()
 }
 
 /// A golden u8 tensor as (values, shape).

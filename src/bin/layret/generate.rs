@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use layret::attention::{KvPolicy, SwapMode};
 use layret::burn::tensor::Tensor;
 use layret::core::image_io::save_png;
 use layret::core::noise::{load_tensor, save_tensors};
@@ -8,9 +9,9 @@ use layret::core::personalization::Personalization;
 use layret::core::stable_diffusion::{LoadOptions, NoiseSource, StableDiffusion};
 use layret::device::{parse_device, parse_dtype};
 use layret::pipeline::{
-    Blend, GenerateRequest, LayoutAndRetouch, MethodSettings, ModelPair, Subject, load_reference_tensor,
+    Blend, GenerateRequest, LayoutAndRetouch, MethodSettings, ModelPair, Subject,
+    load_reference_tensor,
 };
-use layret::attention::{KvPolicy, SwapMode};
 use layret::{Error, Result};
 use serde_json::json;
 
@@ -131,13 +132,23 @@ fn settings(a: &Args) -> Result<MethodSettings> {
         mode: match a.mode.as_str() {
             "split" => SwapMode::Split,
             "concat" => SwapMode::Concat,
-            m => return Err(Error::invalid("mode", format!("{m:?}; expected split or concat"))),
+            m => {
+                return Err(Error::invalid(
+                    "mode",
+                    format!("{m:?}; expected split or concat"),
+                ));
+            }
         },
         kv_policy: match a.kv.as_str() {
             "f32" => KvPolicy::KeepF32,
             "f16" => KvPolicy::KeepF16,
             "none" => KvPolicy::DontKeep,
-            k => return Err(Error::invalid("kv", format!("{k:?}; expected f32, f16 or none"))),
+            k => {
+                return Err(Error::invalid(
+                    "kv",
+                    format!("{k:?}; expected f32, f16 or none"),
+                ));
+            }
         },
         ..MethodSettings::default()
     })
@@ -156,9 +167,21 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
 
     let mut bars = Bars::new(quiet);
     let t0 = Instant::now();
-    let base = StableDiffusion::load(&a.model, &device, &LoadOptions { dtype, variant: None })?;
+    let base = StableDiffusion::load(
+        &a.model,
+        &device,
+        &LoadOptions {
+            dtype,
+            variant: None,
+        },
+    )?;
     let models = ModelPair::new(base, &personalization)?;
-    bars.note(&format!("loaded {} + {} in {:.1}s", a.model.display(), personalization.kind(), t0.elapsed().as_secs_f64()));
+    bars.note(&format!(
+        "loaded {} + {} in {:.1}s",
+        a.model.display(),
+        personalization.kind(),
+        t0.elapsed().as_secs_f64()
+    ));
     let size = models.base.default_size();
     let (width, height) = (a.width.unwrap_or(size), a.height.unwrap_or(size));
     let (h, w) = models.base.latent_size(width, height)?;
@@ -172,7 +195,10 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
         return Err(Error::invalid("num-samples", "0; must be at least 1"));
     }
     let (noise, seed_text): (Tensor<4>, String) = match (&a.noise, a.seed) {
-        (Some(p), _) => (load_tensor(p, "noise", [k, 4, h, w], &device)?, format!("noise file {}", p.display())),
+        (Some(p), _) => (
+            load_tensor(p, "noise", [k, 4, h, w], &device)?,
+            format!("noise file {}", p.display()),
+        ),
         (None, s) => {
             let seed = s.unwrap_or_else(|| {
                 std::time::SystemTime::now()
@@ -183,7 +209,12 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
             if s.is_none() {
                 bars.note(&format!("seed: {seed}"));
             }
-            (models.base.initial_noise(&NoiseSource::Seed(seed), k, h, w)?, seed.to_string())
+            (
+                models
+                    .base
+                    .initial_noise(&NoiseSource::Seed(seed), k, h, w)?,
+                seed.to_string(),
+            )
         }
     };
 
@@ -234,10 +265,18 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
             ("sample", s.to_string()),
             ("steps", a.steps.to_string()),
             ("guidance", a.guidance.to_string()),
-            ("method", format!(
-                "layout-and-retouch layout_fraction={} swap_start={} mask_threshold={} mask_factor={} blend={} mode={}",
-                a.layout_fraction, a.swap_start, a.mask_threshold, a.mask_factor, a.blend, a.mode
-            )),
+            (
+                "method",
+                format!(
+                    "layout-and-retouch layout_fraction={} swap_start={} mask_threshold={} mask_factor={} blend={} mode={}",
+                    a.layout_fraction,
+                    a.swap_start,
+                    a.mask_threshold,
+                    a.mask_factor,
+                    a.blend,
+                    a.mode
+                ),
+            ),
             ("model", a.model.display().to_string()),
             ("software", format!("layret {}", env!("CARGO_PKG_VERSION"))),
         ];
@@ -251,10 +290,18 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
             entry["context"] = json!(f);
         }
         if let Some(m) = &g.masks {
-            for (kind, img) in [("target", Some(&m.target)), ("context", Some(&m.context)), ("reference", Some(&m.reference)), ("blend", m.blend.as_ref())] {
+            for (kind, img) in [
+                ("target", Some(&m.target)),
+                ("context", Some(&m.context)),
+                ("reference", Some(&m.reference)),
+                ("blend", m.blend.as_ref()),
+            ] {
                 if let Some(img) = img {
                     let f = format!("{name}_mask_{kind}.png");
-                    img.save(a.out.join(&f)).map_err(|e| Error::Image { path: a.out.join(&f), message: e.to_string() })?;
+                    img.save(a.out.join(&f)).map_err(|e| Error::Image {
+                        path: a.out.join(&f),
+                        message: e.to_string(),
+                    })?;
                     entry[format!("mask_{kind}")] = json!(f);
                 }
             }
@@ -265,8 +312,20 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
         files.push(entry);
     }
     if let Some(path) = &a.save_latents {
-        let lat = Tensor::cat(results.iter().map(|(_, _, _, g)| g.latents.clone()).collect(), 0);
-        let ctx = Tensor::cat(results.iter().map(|(_, _, _, g)| g.context_latents.clone()).collect(), 0);
+        let lat = Tensor::cat(
+            results
+                .iter()
+                .map(|(_, _, _, g)| g.latents.clone())
+                .collect(),
+            0,
+        );
+        let ctx = Tensor::cat(
+            results
+                .iter()
+                .map(|(_, _, _, g)| g.context_latents.clone())
+                .collect(),
+            0,
+        );
         save_tensors(path, &[("latents", lat), ("context", ctx)])?;
     }
     let manifest = json!({
@@ -292,7 +351,8 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
         "images": files,
     });
     let mpath = a.out.join("manifest.json");
-    let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::invalid("manifest", e.to_string()))?;
+    let text = serde_json::to_string_pretty(&manifest)
+        .map_err(|e| Error::invalid("manifest", e.to_string()))?;
     std::fs::write(&mpath, text).map_err(|e| Error::io("writing", &mpath, e))?;
     Ok(())
 }

@@ -11,7 +11,10 @@ pub struct Bars {
 
 impl Bars {
     pub fn new(quiet: bool) -> Self {
-        Self { quiet, current: None }
+        Self {
+            quiet,
+            current: None,
+        }
     }
 
     /// Feed one progress report.

@@ -25,14 +25,18 @@ pub struct Args {
 pub fn run(a: Args) -> layret::Result<()> {
     layret::core::stable_diffusion::check_model_dir(&a.model)?;
     let dir = a.model.join("unet");
-    let (unet, cfg) = UNet2DConditionModel::from_dir(&dir, &Device::flex(), burn::tensor::DType::F32, None)?;
+    let (unet, cfg) =
+        UNet2DConditionModel::from_dir(&dir, &Device::flex(), burn::tensor::DType::F32, None)?;
     let vae_cfg = layret::core::vae::VaeConfig::from_file(&a.model.join("vae/config.json"))?;
     let f = vae_cfg.downsample_factor();
     let default = cfg.sample_size.unwrap_or(64) * f;
     let (w, h) = (a.width.unwrap_or(default), a.height.unwrap_or(default));
     for (name, v) in [("width", w), ("height", h)] {
         if v == 0 || v % f != 0 {
-            return Err(layret::Error::invalid(name, format!("{v}; must be a positive multiple of {f}")));
+            return Err(layret::Error::invalid(
+                name,
+                format!("{v}; must be a positive multiple of {f}"),
+            ));
         }
     }
     for s in unet.sites(h / f, w / f) {
@@ -40,7 +44,10 @@ pub fn run(a: Args) -> layret::Result<()> {
             AttentionKind::SelfAttention => "self",
             AttentionKind::CrossAttention => "cross",
         };
-        println!("{}\t{}\t{}x{}\t{}x{}", s.path, kind, s.height, s.width, s.heads, s.head_dim);
+        println!(
+            "{}\t{}\t{}x{}\t{}x{}",
+            s.path, kind, s.height, s.width, s.heads, s.head_dim
+        );
     }
     Ok(())
 }

@@ -26,7 +26,11 @@ pub fn run(a: Args) -> layret::Result<()> {
     let ids = if a.no_special {
         tok.encode_phrase(&a.prompt)?
     } else {
-        let policy = if a.truncate { Truncation::Truncate } else { Truncation::Error };
+        let policy = if a.truncate {
+            Truncation::Truncate
+        } else {
+            Truncation::Error
+        };
         tok.encode_with(&a.prompt, policy)?
     };
     let line: Vec<String> = ids.iter().map(u32::to_string).collect();

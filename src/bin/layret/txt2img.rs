@@ -72,8 +72,14 @@ pub fn numbered(path: &Path, i: usize, n: usize) -> PathBuf {
     if n == 1 {
         return path.to_path_buf();
     }
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let ext = path.extension().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "png".into());
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = path
+        .extension()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "png".into());
     path.with_file_name(format!("{stem}-{i}.{ext}"))
 }
 
@@ -82,15 +88,34 @@ pub fn run(a: Args, quiet: bool) -> layret::Result<()> {
     let dtype = parse_dtype(&a.dtype)?;
     let mut bars = Bars::new(quiet);
     let t0 = Instant::now();
-    let sd = StableDiffusion::load(&a.model, &device, &LoadOptions { dtype, variant: a.variant.clone() })?;
-    bars.note(&format!("loaded {} in {:.1}s", a.model.display(), t0.elapsed().as_secs_f64()));
+    let sd = StableDiffusion::load(
+        &a.model,
+        &device,
+        &LoadOptions {
+            dtype,
+            variant: a.variant.clone(),
+        },
+    )?;
+    bars.note(&format!(
+        "loaded {} in {:.1}s",
+        a.model.display(),
+        t0.elapsed().as_secs_f64()
+    ));
     let size = sd.default_size();
     let (width, height) = (a.width.unwrap_or(size), a.height.unwrap_or(size));
     let (h, w) = sd.latent_size(width, height)?;
     let (noise, seed_text) = match (&a.noise, a.seed) {
         (Some(path), _) => {
-            let t: Tensor<4> = load_tensor(path, "noise", [a.num_images, sd.unet.in_channels, h, w], &device)?;
-            (NoiseSource::Tensor(t), format!("noise file {}", path.display()))
+            let t: Tensor<4> = load_tensor(
+                path,
+                "noise",
+                [a.num_images, sd.unet.in_channels, h, w],
+                &device,
+            )?;
+            (
+                NoiseSource::Tensor(t),
+                format!("noise file {}", path.display()),
+            )
         }
         (None, Some(s)) => (NoiseSource::Seed(s), s.to_string()),
         (None, None) => {
