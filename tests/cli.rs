@@ -410,3 +410,121 @@ fn generate_rejects_bad_inputs_with_one_line() {
         assert!(err.contains(want), "want {want:?} in {err}");
     }
 }
+
+#[test]
+fn inspect_describes_a_folder_and_resolves_the_hf_cache() {
+    // A Hugging Face cache holding sd1-tiny as `org/tiny`.
+    let home = tempdir("hf");
+    let snap = home.join("hub/models--org--tiny/snapshots/abc123");
+    std::fs::create_dir_all(snap.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(fixture("sd1-tiny"), &snap).unwrap();
+    std::fs::create_dir_all(home.join("hub/models--org--tiny/refs")).unwrap();
+    std::fs::write(home.join("hub/models--org--tiny/refs/main"), "abc123").unwrap();
+    let out = bin()
+        .args(["inspect", "--model", "org/tiny"])
+        .env("HF_HOME", &home)
+        .env_remove("HF_HUB_CACHE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("abc123"), "{text}");
+    assert!(
+        text.contains("diffusion_pytorch_model.safetensors") && text.contains("F32×"),
+        "{text}"
+    );
+    assert!(
+        text.contains("model.safetensors") && text.contains("F16×"),
+        "{text}"
+    );
+    assert!(text.contains("block_out_channels=[16,32,32]"), "{text}");
+    assert!(text.lines().last().unwrap().starts_with("parameters "));
+
+    let out = bin()
+        .args(["inspect", "--model", "org/missing", "-q"])
+        .env("HF_HOME", &home)
+        .env_remove("HF_HUB_CACHE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("Hugging Face cache") && err.contains("pass a diffusers folder"),
+        "{err}"
+    );
+}
+
+#[test]
+fn invert_writes_noise_usable_by_txt2img() {
+    let dir = tempdir("invert");
+    let img = dir.join("img.png");
+    write_reference(&img, 128, 128);
+    let noise = dir.join("noise.safetensors");
+    let out = bin()
+        .args([
+            "invert",
+            "--model",
+            &fixture("sd1-tiny"),
+            "--prompt",
+            "a photo",
+            "--steps",
+            "4",
+        ])
+        .args(["--width", "128", "--height", "128", "-q"])
+        .arg("--image")
+        .arg(&img)
+        .arg("--out")
+        .arg(&noise)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&noise).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("noise").unwrap().shape(), &[1, 4, 16, 16]);
+    assert_eq!(st.tensor("trajectory").unwrap().shape(), &[4, 4, 16, 16]);
+    let out = bin()
+        .args([
+            "txt2img",
+            "--model",
+            &fixture("sd1-tiny"),
+            "--prompt",
+            "a photo",
+            "--steps",
+            "4",
+        ])
+        .args(["--width", "128", "--height", "128", "-q", "--guidance", "1"])
+        .arg("--noise")
+        .arg(&noise)
+        .arg("--out")
+        .arg(dir.join("back.png"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn every_subcommand_has_help_with_an_example() {
+    for cmd in [
+        "generate", "txt2img", "invert", "tokenize", "sites", "inspect",
+    ] {
+        let out = bin().args([cmd, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{cmd}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            text.contains("Example"),
+            "{cmd} --help has no example:\n{text}"
+        );
+    }
+}

@@ -2,8 +2,6 @@
 
 use std::collections::HashMap;
 
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use layret_core::attention::{AttentionProcessor, AttentionSite, StepContext, default_attention};
 use layret_core::nn::nearest_indices;
@@ -60,27 +58,24 @@ impl SwapMasks {
     }
 }
 
-/// Exclusion mask `[n, 1, 1, L]` (true = masked out) for the tokens where `allowed` is 0,
-/// except rows where nothing is allowed, which get no restriction (METHOD.md's empty-set rule).
-fn exclude_unless_empty(allowed: Tensor<2>) -> Tensor<4, Bool> {
+/// Exclusion mask `[n, L]` (true = masked out) for the tokens where `allowed` is 0, except
+/// rows where nothing is allowed, which get no restriction (METHOD.md's empty-set rule).
+fn exclude_unless_empty(allowed: Tensor<2>) -> Tensor<2, Bool> {
     let [n, l] = allowed.dims();
     let empty = allowed.clone().sum_dim(1).equal_elem(0.0); // [n, 1]
-    let excluded = allowed
+    allowed
         .equal_elem(0.0)
-        .bool_and(empty.bool_not().expand([n, l]));
-    excluded.reshape([n, 1, 1, l])
+        .bool_and(empty.bool_not().expand([n, l]))
 }
 
+/// Attention with per-sample key exclusion `[n, Lk]`.
 fn masked_attention(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
-    exclude: Tensor<4, Bool>,
+    exclude: Tensor<2, Bool>,
 ) -> Tensor<4> {
-    let [n, h, lq, _] = q.dims();
-    let lk = k.dims()[2];
-    let mask = exclude.expand([n, h, lq, lk]);
-    attention(q, k, v, Some(mask), None, AttentionModuleOptions::default())
+    layret_core::nn::attention(q, k, v, Some(exclude))
 }
 
 /// The attention output of the target rows at a swapped layer and step `step` (METHOD.md):
@@ -146,8 +141,7 @@ pub fn swap_attention(
                 ],
                 1,
             )
-            .equal_elem(1.0)
-            .reshape([n, 1, 1, lt + lc + lr]);
+            .equal_elem(1.0);
             masked_attention(q_t, k, v, exclude)
         }
     }

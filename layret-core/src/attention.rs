@@ -31,8 +31,6 @@
 use std::ops::Range;
 
 use burn::tensor::Tensor;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 
 /// Self-attention (`attn1`) or cross-attention to the text (`attn2`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -182,12 +180,13 @@ pub trait AttentionProcessor {
     ) -> Tensor<4>;
 }
 
-/// `softmax(q kᵀ / √d) v` with burn's fused attention kernel.
+/// `softmax(q kᵀ / √d) v` with a fused kernel: layret's tiled kernel on the flex CPU backend
+/// for long sequences ([`crate::nn::attention`]), burn's everywhere else.
 ///
 /// # Shapes
 /// `q` `[B, H, Lq, d]`, `k`/`v` `[B, H, Lk, d]` → `[B, H, Lq, d]`.
 pub fn default_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
-    attention(q, k, v, None, None, AttentionModuleOptions::default())
+    crate::nn::attention(q, k, v, None)
 }
 
 /// The processor used when none is plugged in: [`default_attention`] everywhere.

@@ -150,6 +150,19 @@ impl Weights {
         k
     }
 
+    /// The dtypes in the file with their tensor counts, e.g. `F16×686`.
+    pub fn dtype_summary(&self) -> String {
+        let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+        for e in self.entries.values() {
+            *counts.entry(format!("{:?}", e.dtype)).or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .map(|(d, n)| format!("{d}×{n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// The shape stored for `key`, if present.
     pub fn shape_of(&self, key: &str) -> Option<&[usize]> {
         self.entries.get(key).map(|e| e.shape.as_slice())

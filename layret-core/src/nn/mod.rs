@@ -2,6 +2,7 @@
 //! from a [`WeightsView`](crate::weights::WeightsView) with the shapes the config implies.
 
 mod conv2d;
+mod cpu_attention;
 mod embedding;
 mod group_norm;
 mod layer_norm;
@@ -9,6 +10,7 @@ mod linear;
 mod resize;
 
 pub use conv2d::Conv2d;
+pub use cpu_attention::{attention, exp_approx};
 pub use embedding::Embedding;
 pub use group_norm::GroupNorm;
 pub use layer_norm::LayerNorm;

@@ -30,9 +30,9 @@ use crate::progress::Bars;
 ///     --prompt "a <cat-toy> on the beach" --steps 10 --width 128 --height 128 --out out
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The base (vanilla) model: a diffusers folder.
+    /// The base (vanilla) model: a diffusers folder, or a Hugging Face repo id in the local cache.
     #[arg(long)]
-    model: PathBuf,
+    model: String,
     /// KIND:PATH with KIND ti (embedding file; ti:PATH#TOKEN names the token), dreambooth
     /// (model folder), custom-diffusion (weights file), lora (file; lora:PATH@SCALE).
     #[arg(long)]
@@ -167,8 +167,9 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
 
     let mut bars = Bars::new(quiet);
     let t0 = Instant::now();
+    let dir = layret::model_path::resolve_model(&a.model)?;
     let base = StableDiffusion::load(
-        &a.model,
+        &dir,
         &device,
         &LoadOptions {
             dtype,
@@ -178,7 +179,7 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
     let models = ModelPair::new(base, &personalization)?;
     bars.note(&format!(
         "loaded {} + {} in {:.1}s",
-        a.model.display(),
+        dir.display(),
         personalization.kind(),
         t0.elapsed().as_secs_f64()
     ));
@@ -277,7 +278,7 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
                     a.mode
                 ),
             ),
-            ("model", a.model.display().to_string()),
+            ("model", a.model.clone()),
             ("software", format!("layret {}", env!("CARGO_PKG_VERSION"))),
         ];
         let name = format!("p{p}_s{s}");

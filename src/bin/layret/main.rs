@@ -1,6 +1,8 @@
 //! The `layret` command line.
 
 mod generate;
+mod inspect;
+mod invert;
 mod progress;
 mod sites;
 mod tokenize;
@@ -31,6 +33,8 @@ enum Command {
     Tokenize(tokenize::Args),
     Sites(sites::Args),
     Generate(generate::Args),
+    Invert(invert::Args),
+    Inspect(inspect::Args),
 }
 
 fn run(cli: Cli) -> layret::Result<()> {
@@ -39,6 +43,8 @@ fn run(cli: Cli) -> layret::Result<()> {
         Command::Tokenize(a) => tokenize::run(a),
         Command::Sites(a) => sites::run(a),
         Command::Generate(a) => generate::run(a, cli.quiet),
+        Command::Invert(a) => invert::run(a, cli.quiet),
+        Command::Inspect(a) => inspect::run(a),
     }
 }
 

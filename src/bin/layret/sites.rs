@@ -1,5 +1,3 @@
-use std::path::PathBuf;
-
 use burn::tensor::Device;
 use layret::burn;
 use layret::core::attention::AttentionKind;
@@ -11,9 +9,9 @@ use layret::core::unet::UNet2DConditionModel;
 /// Example: layret sites --model tests/fixtures/sd1-tiny
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A diffusers model folder.
+    /// A diffusers model folder, or a Hugging Face repo id found in the local cache.
     #[arg(long)]
-    model: PathBuf,
+    model: String,
     /// Image width for the sizes (default: the model's own size).
     #[arg(long)]
     width: Option<usize>,
@@ -23,11 +21,12 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> layret::Result<()> {
-    layret::core::stable_diffusion::check_model_dir(&a.model)?;
-    let dir = a.model.join("unet");
+    let model = layret::model_path::resolve_model(&a.model)?;
+    layret::core::stable_diffusion::check_model_dir(&model)?;
+    let dir = model.join("unet");
     let (unet, cfg) =
         UNet2DConditionModel::from_dir(&dir, &Device::flex(), burn::tensor::DType::F32, None)?;
-    let vae_cfg = layret::core::vae::VaeConfig::from_file(&a.model.join("vae/config.json"))?;
+    let vae_cfg = layret::core::vae::VaeConfig::from_file(&model.join("vae/config.json"))?;
     let f = vae_cfg.downsample_factor();
     let default = cfg.sample_size.unwrap_or(64) * f;
     let (w, h) = (a.width.unwrap_or(default), a.height.unwrap_or(default));

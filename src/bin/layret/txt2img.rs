@@ -17,9 +17,9 @@ use crate::progress::Bars;
 ///   layret txt2img --model ~/models/stable-diffusion-v1-5 --prompt "a red fox in snow" --seed 7 --out fox.png
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A diffusers model folder.
+    /// A diffusers model folder, or a Hugging Face repo id found in the local cache.
     #[arg(long)]
-    model: PathBuf,
+    model: String,
     /// The prompt.
     #[arg(long)]
     prompt: String,
@@ -88,8 +88,9 @@ pub fn run(a: Args, quiet: bool) -> layret::Result<()> {
     let dtype = parse_dtype(&a.dtype)?;
     let mut bars = Bars::new(quiet);
     let t0 = Instant::now();
+    let dir = layret::model_path::resolve_model(&a.model)?;
     let sd = StableDiffusion::load(
-        &a.model,
+        &dir,
         &device,
         &LoadOptions {
             dtype,
@@ -98,7 +99,7 @@ pub fn run(a: Args, quiet: bool) -> layret::Result<()> {
     )?;
     bars.note(&format!(
         "loaded {} in {:.1}s",
-        a.model.display(),
+        dir.display(),
         t0.elapsed().as_secs_f64()
     ));
     let size = sd.default_size();
@@ -151,7 +152,7 @@ pub fn run(a: Args, quiet: bool) -> layret::Result<()> {
         ("guidance", a.guidance.to_string()),
         ("eta", a.eta.to_string()),
         ("size", format!("{width}x{height}")),
-        ("model", a.model.display().to_string()),
+        ("model", a.model.clone()),
         ("sampler", "DDIM".to_string()),
         ("software", format!("layret {}", env!("CARGO_PKG_VERSION"))),
     ];

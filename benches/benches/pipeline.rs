@@ -1,0 +1,62 @@
+//! One full Layout-and-Retouch image on the tiny fixture (textual inversion, 10 steps, 128²),
+//! with the context branch replayed vs recomputed, and with the reference cached.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use layret::burn::tensor::{Device, Distribution, Tensor};
+use layret::core::personalization::Personalization;
+use layret::core::stable_diffusion::{LoadOptions, NoiseSource, StableDiffusion};
+use layret::pipeline::{GenerateRequest, LayoutAndRetouch, MethodSettings, ModelPair, Subject};
+
+fn pipeline(c: &mut Criterion) {
+    let device = Device::flex();
+    let fx = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
+    let base = StableDiffusion::load(format!("{fx}/sd1-tiny"), &device, &LoadOptions::default())
+        .expect("fixture");
+    let p = Personalization::TextualInversion {
+        path: format!("{fx}/personalization/ti_cat_toy.safetensors").into(),
+        token: None,
+    };
+    let models = ModelPair::new(base, &p).expect("ti");
+    let reference =
+        Tensor::<4>::random([1, 3, 128, 128], Distribution::Uniform(-1.0, 1.0), &device);
+    let subject = Subject {
+        phrase: "<cat-toy>".into(),
+        class_phrase: "cat toy".into(),
+        reference,
+    };
+    let mut g = c.benchmark_group("layout_and_retouch_tiny");
+    for (name, replay) in [("replay", true), ("recompute", false)] {
+        let req = GenerateRequest {
+            prompts: vec!["a <cat-toy> on the beach".into()],
+            num_samples: 1,
+            width: 128,
+            height: 128,
+            noise: NoiseSource::Seed(1),
+            settings: MethodSettings {
+                steps: 10,
+                mask_factor: 2,
+                replay,
+                ..MethodSettings::default()
+            },
+            return_masks: false,
+        };
+        let mut pipe = LayoutAndRetouch::default();
+        g.bench_function(format!("{name}_cached_reference"), |b| {
+            b.iter(|| {
+                pipe.generate(&models, &subject, &req, &mut |_| {})
+                    .expect("generate")
+            })
+        });
+        g.bench_function(format!("{name}_uncached"), |b| {
+            b.iter(|| {
+                LayoutAndRetouch::default()
+                    .generate(&models, &subject, &req, &mut |_| {})
+                    .expect("generate")
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, pipeline);
+criterion_main!(benches);

@@ -1,0 +1,356 @@
+//! A tiled, online-softmax ("flash") attention kernel for the flex CPU backend.
+//!
+//! burn-flex's own kernel calls a scalar `exp` per score and rescales the whole output per
+//! 64-key tile; at SD 1.5's 64×64 self-attention (4096 tokens) that is most of its time. This
+//! kernel tiles queries (64) and keys (256), uses burn's `gemm` for the two block products,
+//! and a vectorized exponential (AVX2+FMA when the CPU has it). Results agree with burn's
+//! attention to ~1e-6. Other backends and dtypes use burn's kernel.
+
+use burn::tensor::module::attention as burn_attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
+use rayon::prelude::*;
+
+const BQ: usize = 64;
+const BK: usize = 256;
+/// Below this many scores per head, burn's kernel (no host round trip) is used.
+const MIN_SCORES: usize = 64 * 1024;
+
+/// `softmax(q kᵀ/√d) v`, masking keys where `exclude[b, j]` is true (a row with every key
+/// excluded gives zeros).
+///
+/// # Shapes
+/// `q` `[B, H, Lq, d]`, `k` `[B, H, Lk, d]`, `v` `[B, H, Lk, dv]`, `exclude` `[B, Lk]` →
+/// `[B, H, Lq, dv]`.
+pub fn attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    exclude: Option<Tensor<2, Bool>>,
+) -> Tensor<4> {
+    let [b, h, lq, d] = q.dims();
+    let [_, _, lk, dv] = v.dims();
+    let device = q.device();
+    let fast = device == Device::flex()
+        && q.dtype() == DType::F32
+        && lq * lk >= MIN_SCORES
+        && d > 0
+        && dv > 0;
+    if !fast {
+        let mask = exclude.map(|m| m.reshape([b, 1, 1, lk]).expand([b, h, lq, lk]));
+        return burn_attention(q, k, v, mask, None, AttentionModuleOptions::default());
+    }
+    let host = |t: Tensor<4>| t.into_data().try_into_vec_as::<f32>();
+    let (Ok(qh), Ok(kh), Ok(vh)) = (host(q.clone()), host(k.clone()), host(v.clone())) else {
+        let mask = exclude.map(|m| m.reshape([b, 1, 1, lk]).expand([b, h, lq, lk]));
+        return burn_attention(q, k, v, mask, None, AttentionModuleOptions::default());
+    };
+    let excl: Option<Vec<bool>> = exclude.and_then(|m| m.into_data().try_to_vec::<bool>().ok());
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut out = vec![0f32; b * h * lq * dv];
+    out.par_chunks_mut(lq * dv).enumerate().for_each(|(bh, o)| {
+        let bi = bh / h;
+        let ex = excl.as_ref().map(|e| &e[bi * lk..(bi + 1) * lk]);
+        head(
+            &qh[bh * lq * d..(bh + 1) * lq * d],
+            &kh[bh * lk * d..(bh + 1) * lk * d],
+            &vh[bh * lk * dv..(bh + 1) * lk * dv],
+            o,
+            (lq, lk, d, dv),
+            scale,
+            ex,
+        );
+    });
+    Tensor::from_data(TensorData::new(out, [b, h, lq, dv]), &device)
+}
+
+/// One (batch, head): `o[lq, dv] = softmax(q kᵀ·scale) v`.
+fn head(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    o: &mut [f32],
+    (lq, lk, d, dv): (usize, usize, usize, usize),
+    scale: f32,
+    ex: Option<&[bool]>,
+) {
+    let mut s = vec![0f32; BQ * BK];
+    let mut acc = vec![0f32; BQ * dv];
+    let mut m = [0f32; BQ];
+    let mut l = [0f32; BQ];
+    for q0 in (0..lq).step_by(BQ) {
+        let bq = BQ.min(lq - q0);
+        m[..bq].fill(f32::NEG_INFINITY);
+        l[..bq].fill(0.0);
+        acc[..bq * dv].fill(0.0);
+        for k0 in (0..lk).step_by(BK) {
+            let bk = BK.min(lk - k0);
+            // s[bq, bk] = scale · q[q0.., :] · k[k0.., :]ᵀ
+            // SAFETY: the pointers and strides describe in-bounds row-major blocks.
+            unsafe {
+                gemm::gemm(
+                    bq,
+                    bk,
+                    d,
+                    s.as_mut_ptr(),
+                    1,
+                    bk as isize,
+                    false,
+                    q.as_ptr().add(q0 * d),
+                    1,
+                    d as isize,
+                    k.as_ptr().add(k0 * d),
+                    d as isize,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            let blk_ex = ex.map(|e| &e[k0..k0 + bk]);
+            softmax_block(
+                &mut s[..bq * bk],
+                bk,
+                &mut m[..bq],
+                &mut l[..bq],
+                &mut acc[..bq * dv],
+                dv,
+                blk_ex,
+            );
+            // acc[bq, dv] += p[bq, bk] · v[k0.., :]
+            // SAFETY: as above.
+            unsafe {
+                gemm::gemm(
+                    bq,
+                    dv,
+                    bk,
+                    acc.as_mut_ptr(),
+                    1,
+                    dv as isize,
+                    true,
+                    s.as_ptr(),
+                    1,
+                    bk as isize,
+                    v.as_ptr().add(k0 * dv),
+                    1,
+                    dv as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        }
+        for i in 0..bq {
+            let inv = if l[i] > 0.0 { 1.0 / l[i] } else { 0.0 };
+            let dst = &mut o[(q0 + i) * dv..(q0 + i + 1) * dv];
+            for (x, a) in dst.iter_mut().zip(&acc[i * dv..(i + 1) * dv]) {
+                *x = a * inv;
+            }
+        }
+    }
+}
+
+/// Online-softmax update of one score block (rows of length `bk`): exponentiate in place
+/// against the running max, update the running sums and rescale the accumulator rows.
+fn softmax_block(
+    s: &mut [f32],
+    bk: usize,
+    m: &mut [f32],
+    l: &mut [f32],
+    acc: &mut [f32],
+    dv: usize,
+    ex: Option<&[bool]>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA.
+            unsafe { softmax_block_avx2(s, bk, m, l, acc, dv, ex) };
+            return;
+        }
+    }
+    softmax_block_generic(s, bk, m, l, acc, dv, ex);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_block_avx2(
+    s: &mut [f32],
+    bk: usize,
+    m: &mut [f32],
+    l: &mut [f32],
+    acc: &mut [f32],
+    dv: usize,
+    ex: Option<&[bool]>,
+) {
+    softmax_block_generic(s, bk, m, l, acc, dv, ex);
+}
+
+#[inline(always)]
+fn softmax_block_generic(
+    s: &mut [f32],
+    bk: usize,
+    m: &mut [f32],
+    l: &mut [f32],
+    acc: &mut [f32],
+    dv: usize,
+    ex: Option<&[bool]>,
+) {
+    for (i, row) in s.chunks_exact_mut(bk).enumerate() {
+        if let Some(ex) = ex {
+            for (x, &e) in row.iter_mut().zip(ex) {
+                if e {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let tile_max = max8(row);
+        let new_max = if m[i] > tile_max { m[i] } else { tile_max };
+        if new_max == f32::NEG_INFINITY {
+            // Every key so far excluded: contribute nothing.
+            row.fill(0.0);
+            continue;
+        }
+        let sum = exp_sub_sum(row, new_max);
+        if let Some(ex) = ex {
+            // exp(−inf − max) is a tiny positive number in the fast exp; make it exactly 0.
+            let mut removed = 0.0;
+            for (x, &e) in row.iter_mut().zip(ex) {
+                if e {
+                    removed += *x;
+                    *x = 0.0;
+                }
+            }
+            l[i] -= removed;
+        }
+        let corr = if m[i] == f32::NEG_INFINITY {
+            0.0
+        } else {
+            exp_approx(m[i] - new_max)
+        };
+        for a in &mut acc[i * dv..(i + 1) * dv] {
+            *a *= corr;
+        }
+        l[i] = l[i] * corr + sum;
+        m[i] = new_max;
+    }
+}
+
+#[inline(always)]
+fn max8(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for j in 0..8 {
+            lanes[j] = if c[j] > lanes[j] { c[j] } else { lanes[j] };
+        }
+    }
+    let mut best = f32::NEG_INFINITY;
+    for v in lanes.iter().chain(rest) {
+        best = if *v > best { *v } else { best };
+    }
+    best
+}
+
+/// `x ← exp(x − shift)` in place; returns the sum.
+#[inline(always)]
+fn exp_sub_sum(x: &mut [f32], shift: f32) -> f32 {
+    let mut lanes = [0f32; 8];
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for j in 0..8 {
+            let e = exp_approx(c[j] - shift);
+            c[j] = e;
+            lanes[j] += e;
+        }
+    }
+    let mut sum: f32 = lanes.iter().sum();
+    for v in chunks.into_remainder() {
+        *v = exp_approx(*v - shift);
+        sum += *v;
+    }
+    sum
+}
+
+/// `exp(x)` to ~2 ulp for x ≤ 88, branch-free so loops over it vectorize: Cody–Waite range
+/// reduction by ln 2 and a degree-6 polynomial on |r| ≤ ln2/2.
+#[inline(always)]
+pub fn exp_approx(x: f32) -> f32 {
+    let x = x.clamp(-87.3, 88.0);
+    let t = x * std::f32::consts::LOG2_E;
+    // Round to nearest by adding 1.5·2²³ (branch-free, vectorizes without SSE4.1).
+    let n = (t + 12_582_912.0) - 12_582_912.0;
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (0.166_666_67
+                    + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
+    let bits = ((n as i32 + 127) << 23) as u32;
+    p * f32::from_bits(bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    fn max_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
+        (a - b).abs().max().into_scalar::<f32>()
+    }
+
+    #[test]
+    fn exp_is_accurate() {
+        for i in -870..=880 {
+            let x = i as f32 / 10.0;
+            let (a, b) = (exp_approx(x), x.exp());
+            assert!(((a - b) / b).abs() < 4e-7, "exp({x}): {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn matches_burn_attention() {
+        let dev = Device::flex();
+        for (lq, lk, d) in [
+            (300usize, 700usize, 40usize),
+            (1024, 77, 64),
+            (257, 1000, 8),
+        ] {
+            let q = Tensor::<4>::random([2, 3, lq, d], Distribution::Normal(0.0, 1.0), &dev);
+            let k = Tensor::<4>::random([2, 3, lk, d], Distribution::Normal(0.0, 1.0), &dev);
+            let v = Tensor::<4>::random([2, 3, lk, d], Distribution::Normal(0.0, 1.0), &dev);
+            let want = burn_attention(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                None,
+                None,
+                AttentionModuleOptions::default(),
+            );
+            let got = attention(q.clone(), k.clone(), v.clone(), None);
+            assert!(max_diff(got, want) < 1e-5);
+            // Key masks: exclude every other key of batch 0, none of batch 1.
+            let ex: Vec<bool> = (0..2 * lk).map(|i| i < lk && i % 2 == 0).collect();
+            let ex = Tensor::<2, Bool>::from_data(TensorData::new(ex, [2, lk]), &dev);
+            let mask = ex.clone().reshape([2, 1, 1, lk]).expand([2, 3, lq, lk]);
+            let want = burn_attention(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                Some(mask),
+                None,
+                AttentionModuleOptions::default(),
+            );
+            let got = attention(q, k, v, Some(ex));
+            assert!(max_diff(got, want) < 1e-5);
+        }
+    }
+}

@@ -1,0 +1,80 @@
+use std::path::PathBuf;
+
+use layret::burn::tensor::Tensor;
+use layret::core::attention::DefaultAttention;
+use layret::core::noise::save_tensors;
+use layret::core::stable_diffusion::{LoadOptions, StableDiffusion};
+use layret::device::{parse_device, parse_dtype};
+use layret::pipeline::load_reference_tensor;
+
+use crate::progress::Bars;
+
+/// DDIM-invert an image to its noise (METHOD.md's inversion): VAE mean × scaling factor, then
+/// N inversion steps with the prompt, no guidance. Writes the noisiest latent (key `noise`,
+/// [1, 4, H/8, W/8], usable as `--noise`) and the whole trajectory (key `trajectory`).
+///
+/// Example: layret invert --model tests/fixtures/sd1-tiny --image photo.png --prompt "a photo of a dog"
+///          --steps 10 --width 128 --height 128 --out noise.safetensors
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A diffusers folder or a Hugging Face repo id in the local cache.
+    #[arg(long)]
+    model: String,
+    /// The image (8-bit RGB; center-cropped and resized to the size).
+    #[arg(long)]
+    image: PathBuf,
+    /// The prompt the inversion conditions on.
+    #[arg(long, default_value = "")]
+    prompt: String,
+    /// DDIM steps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// Width (default: the model's size).
+    #[arg(long)]
+    width: Option<usize>,
+    /// Height (default: the model's size).
+    #[arg(long)]
+    height: Option<usize>,
+    /// Output safetensors file.
+    #[arg(long, default_value = "noise.safetensors")]
+    out: PathBuf,
+    /// cpu, wgpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Weights dtype.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+pub fn run(a: Args, quiet: bool) -> layret::Result<()> {
+    let device = parse_device(&a.device)?;
+    let dir = layret::model_path::resolve_model(&a.model)?;
+    let sd = StableDiffusion::load(
+        &dir,
+        &device,
+        &LoadOptions {
+            dtype: parse_dtype(&a.dtype)?,
+            variant: None,
+        },
+    )?;
+    let size = sd.default_size();
+    let (w, h) = (a.width.unwrap_or(size), a.height.unwrap_or(size));
+    sd.latent_size(w, h)?;
+    let image = load_reference_tensor(&a.image, w, h, &device)?;
+    let x = sd.encode_image(image)?;
+    let mut bars = Bars::new(quiet);
+    let traj = sd.invert(x, &a.prompt, a.steps, &mut DefaultAttention, &mut |p| {
+        bars.update(p)
+    })?;
+    bars.finish();
+    let noise = traj
+        .last()
+        .map(|(_, z)| z.clone())
+        .ok_or_else(|| layret::Error::invalid("steps", "no step ran"))?;
+    let all: Tensor<4> = Tensor::cat(traj.iter().map(|(_, z)| z.clone()).collect(), 0);
+    save_tensors(&a.out, &[("noise", noise), ("trajectory", all)])?;
+    if !quiet {
+        println!("{}", a.out.display());
+    }
+    Ok(())
+}
