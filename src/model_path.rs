@@ -48,10 +48,8 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf> {
     let looks_like_repo =
         spec.split('/').count() == 2 && !spec.starts_with('.') && !spec.starts_with('/');
     if looks_like_repo {
-        if let Some(cache) = hf_cache_dir() {
-            if let Some(found) = find_in_cache(&cache, spec) {
-                return Ok(found);
-            }
+        if let Some(found) = hf_cache_dir().and_then(|c| find_in_cache(&c, spec)) {
+            return Ok(found);
         }
         #[cfg(feature = "hub")]
         {

@@ -295,7 +295,14 @@ fn generate_writes_images_masks_latents_and_manifest() {
             "--seed",
             "9",
         ])
-        .args(["--mask-factor", "2", "--save-context", "--save-masks", "-q"])
+        .args([
+            "--mask-factor",
+            "2",
+            "--save-context",
+            "--save-masks",
+            "--grid",
+            "-q",
+        ])
         .arg("--save-latents")
         .arg(dir.join("lat.safetensors"))
         .arg("--out")
@@ -339,6 +346,12 @@ fn generate_writes_images_masks_latents_and_manifest() {
     assert!(
         text.iter()
             .any(|(k, v)| k == "method" && v.contains("swap_start=4"))
+    );
+    let grid = image::open(out_dir.join("grid.png")).unwrap();
+    assert_eq!(
+        (grid.width(), grid.height()),
+        (256, 4 * 128),
+        "context | final, one row per image"
     );
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("manifest.json")).unwrap())

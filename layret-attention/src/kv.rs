@@ -58,6 +58,14 @@ impl KvStore {
             })
     }
 
+    /// Every entry as (site path, step, keys, values), in no particular order (keys/values as
+    /// stored: f16 under [`KvPolicy::KeepF16`]).
+    pub fn entries(&self) -> impl Iterator<Item = (&str, usize, &Tensor<4>, &Tensor<4>)> {
+        self.entries
+            .iter()
+            .map(|((p, s), (k, v))| (p.as_str(), *s, k, v))
+    }
+
     /// Number of (site, step) entries.
     pub fn len(&self) -> usize {
         self.entries.len()

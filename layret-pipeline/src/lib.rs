@@ -57,7 +57,10 @@ pub use pipeline::{
     GenerateRequest, Generated, LayoutAndRetouch, MaskImages, PipelineProgress, Subject,
 };
 pub use prompts::{SubjectPrompts, subject_tokens};
-pub use reference::{ReferenceCache, ReferenceData, ReferenceKey, compute_reference};
+pub use reference::{
+    ReferenceCache, ReferenceData, ReferenceKey, compute_reference, load_reference_data,
+    save_reference_data,
+};
 pub use reference_image::{load_reference, load_reference_tensor};
 pub use retouch::MultiSourceRetouch;
 pub use settings::{Blend, MethodSettings};

@@ -2,6 +2,7 @@
 //! maps, cached per (model, image, `y_r`, N).
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use burn::tensor::Tensor;
@@ -44,23 +45,47 @@ pub struct ReferenceKey {
     pub knobs: (u64, usize, usize),
 }
 
-/// An in-memory cache of references (reused across prompts and seeds).
+/// A cache of references (reused across prompts and seeds): in memory, and optionally in a
+/// folder of safetensors files that later runs reuse.
 #[derive(Debug, Default)]
 pub struct ReferenceCache {
     entries: HashMap<ReferenceKey, Arc<ReferenceData>>,
-    /// Hits so far.
+    dir: Option<PathBuf>,
+    /// Hits so far (memory or disk).
     pub hits: usize,
-    /// Misses so far.
+    /// Of the hits, those read from disk.
+    pub disk_hits: usize,
+    /// Misses so far (computed).
     pub misses: usize,
 }
 
 impl ReferenceCache {
-    /// An empty cache.
+    /// An empty in-memory cache.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The cached data for `key`, computing it with `make` on a miss.
+    /// A cache that also reads and writes `dir/reference-<hash>.safetensors`.
+    pub fn with_disk(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: Some(dir.into()),
+            ..Self::default()
+        }
+    }
+
+    fn file(&self, key: &ReferenceKey) -> Option<PathBuf> {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in format!("{key:?}").bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.dir
+            .as_ref()
+            .map(|d| d.join(format!("reference-{h:016x}.safetensors")))
+    }
+
+    /// The cached data for `key`: from memory, else from disk, else computed with `make`
+    /// (and written to disk when a folder is set).
     pub fn get_or_insert(
         &mut self,
         key: ReferenceKey,
@@ -70,11 +95,110 @@ impl ReferenceCache {
             self.hits += 1;
             return Ok(v.clone());
         }
-        self.misses += 1;
-        let v = Arc::new(make()?);
+        let file = self.file(&key);
+        let v = match file.as_ref().filter(|f| f.exists()) {
+            Some(f) => {
+                self.hits += 1;
+                self.disk_hits += 1;
+                Arc::new(load_reference_data(f)?)
+            }
+            None => {
+                self.misses += 1;
+                let data = make()?;
+                if let Some(f) = &file {
+                    if let Some(dir) = f.parent() {
+                        std::fs::create_dir_all(dir)
+                            .map_err(|e| layret_core::Error::io("creating", dir, e))?;
+                    }
+                    save_reference_data(&data, f)?;
+                }
+                Arc::new(data)
+            }
+        };
         self.entries.insert(key, v.clone());
         Ok(v)
     }
+}
+
+/// Write reference data as one safetensors file (f32): `latents/<k>`, `map/<k>` (as
+/// `[1, 1, n, L]`) and `kv/<step>/<site>/k|v`.
+pub fn save_reference_data(data: &ReferenceData, path: &Path) -> Result<()> {
+    let mut items: Vec<(String, Tensor<4>)> = Vec::new();
+    for (k, z) in data.latents.iter().enumerate() {
+        items.push((format!("latents/{k}"), z.clone()));
+    }
+    for (k, m) in data.maps.iter().enumerate() {
+        let [n, l] = m.dims();
+        items.push((format!("map/{k}"), m.clone().reshape([1, 1, n, l])));
+    }
+    for (site, step, k, v) in data.kv.entries() {
+        items.push((
+            format!("kv/{step}/{site}/k"),
+            k.clone().cast(burn::tensor::DType::F32),
+        ));
+        items.push((
+            format!("kv/{step}/{site}/v"),
+            v.clone().cast(burn::tensor::DType::F32),
+        ));
+    }
+    let refs: Vec<(&str, Tensor<4>)> = items.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    layret_core::noise::save_tensors(path, &refs)
+}
+
+/// Read what [`save_reference_data`] wrote.
+pub fn load_reference_data(path: &Path) -> Result<ReferenceData> {
+    let w = layret_core::weights::Weights::open(path, &burn::tensor::Device::flex())?;
+    let bad = |k: &str| {
+        layret_core::Error::invalid(
+            "reference cache",
+            format!("{}: unexpected entry `{k}`", path.display()),
+        )
+    };
+    let mut latents = Vec::new();
+    let mut maps = Vec::new();
+    let mut kv = KvStore::new(KvPolicy::KeepF32);
+    let mut pending: HashMap<(usize, String), (Option<Tensor<4>>, Option<Tensor<4>>)> =
+        HashMap::new();
+    for key in w.keys() {
+        let s = w.shape_of(&key).map(<[usize]>::to_vec).unwrap_or_default();
+        let [a, b, c, d] = s[..] else {
+            return Err(bad(&key));
+        };
+        let t: Tensor<4> = w.tensor(&key, [a, b, c, d])?;
+        let parts: Vec<&str> = key.splitn(3, '/').collect();
+        match parts.as_slice() {
+            ["latents", k] => latents.push((k.parse::<usize>().map_err(|_| bad(&key))?, t)),
+            ["map", k] => maps.push((
+                k.parse::<usize>().map_err(|_| bad(&key))?,
+                t.reshape([c, d]),
+            )),
+            ["kv", step, rest] => {
+                let (site, kind) = rest.rsplit_once('/').ok_or_else(|| bad(&key))?;
+                let e = pending
+                    .entry((step.parse().map_err(|_| bad(&key))?, site.to_string()))
+                    .or_default();
+                match kind {
+                    "k" => e.0 = Some(t),
+                    "v" => e.1 = Some(t),
+                    _ => return Err(bad(&key)),
+                }
+            }
+            _ => return Err(bad(&key)),
+        }
+    }
+    for ((step, site), (k, v)) in pending {
+        match (k, v) {
+            (Some(k), Some(v)) => kv.insert(&site, step, k, v),
+            _ => return Err(bad(&site)),
+        }
+    }
+    latents.sort_by_key(|(k, _)| *k);
+    maps.sort_by_key(|(k, _)| *k);
+    Ok(ReferenceData {
+        latents: latents.into_iter().map(|(_, t)| t).collect(),
+        kv,
+        maps: maps.into_iter().map(|(_, t)| t).collect(),
+    })
 }
 
 /// FNV-1a over the tensor's f32 bits.

@@ -304,3 +304,65 @@ fn prompt_rules_are_enforced() {
     let long = format!("{} <cat-toy>", "a ".repeat(76));
     assert!(subject_tokens(tok, &long, "<cat-toy>").is_err());
 }
+
+#[test]
+fn reference_cache_on_disk_gives_identical_outputs() {
+    let (settings, phrase, class, prompt) = case("ti");
+    let models = ModelPair::new(base(), &personalization("ti")).unwrap();
+    let subject = Subject {
+        phrase,
+        class_phrase: class,
+        reference: tensor4("ti", "reference_image"),
+    };
+    let req = GenerateRequest {
+        prompts: vec![prompt],
+        num_samples: 2,
+        width: 128,
+        height: 128,
+        noise: NoiseSource::Tensor(tensor4("ti", "noise")),
+        settings,
+        return_masks: false,
+    };
+    let dir = std::env::temp_dir().join(format!("layret-refcache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = || {
+        let mut pipe = LayoutAndRetouch::new(
+            StepBlendedLayout,
+            MultiSourceRetouch {
+                cache: ReferenceCache::with_disk(&dir),
+                mask_log: None,
+            },
+        );
+        let out = pipe.generate(&models, &subject, &req, &mut |_| {}).unwrap();
+        let bits: Vec<u32> = out
+            .iter()
+            .flat_map(|g| {
+                g.latents
+                    .clone()
+                    .into_data()
+                    .try_into_vec_as::<f32>()
+                    .unwrap()
+            })
+            .map(f32::to_bits)
+            .collect();
+        (
+            bits,
+            pipe.retouch.cache.misses,
+            pipe.retouch.cache.disk_hits,
+        )
+    };
+    let (a, misses, _) = run();
+    assert_eq!(misses, 1);
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
+        "one reference file written"
+    );
+    let (b, misses, disk) = run();
+    assert_eq!(
+        (misses, disk),
+        (0, 1),
+        "the second run reads the reference from disk"
+    );
+    assert_eq!(a, b, "identical outputs from the disk cache");
+}

@@ -104,6 +104,13 @@ pub struct Args {
     /// Also write the context (layout) images.
     #[arg(long)]
     save_context: bool,
+    /// Also write grid.png: one row per image, context | final.
+    #[arg(long)]
+    grid: bool,
+    /// Keep reference inversions (and their keys/values and maps) in this folder and reuse
+    /// them in later runs with the same model, photo, steps and knobs.
+    #[arg(long)]
+    reference_cache: Option<PathBuf>,
     /// Also write the last step's masks (target, context, reference, blend) as PNGs.
     #[arg(long)]
     save_masks: bool,
@@ -219,7 +226,16 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
         }
     };
 
-    let mut pipe = LayoutAndRetouch::default();
+    let mut pipe = LayoutAndRetouch::new(
+        layret::pipeline::StepBlendedLayout,
+        layret::pipeline::MultiSourceRetouch {
+            cache: match &a.reference_cache {
+                Some(dir) => layret::pipeline::ReferenceCache::with_disk(dir),
+                None => layret::pipeline::ReferenceCache::new(),
+            },
+            mask_log: None,
+        },
+    );
     let n_refs = references.len();
     let mut results = Vec::new();
     for (r, reference) in references.iter().enumerate() {
@@ -312,6 +328,19 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
         }
         files.push(entry);
     }
+    if a.grid && !results.is_empty() {
+        let (w, h) = (width as u32, height as u32);
+        let mut grid = image::RgbImage::new(2 * w, h * results.len() as u32);
+        for (row, (_, _, _, g)) in results.iter().enumerate() {
+            image::imageops::replace(&mut grid, &g.context_image, 0, (row as u32 * h) as i64);
+            image::imageops::replace(&mut grid, &g.image, w as i64, (row as u32 * h) as i64);
+        }
+        save_png(
+            &grid,
+            &a.out.join("grid.png"),
+            &[("layout", "one row per image: context | final".into())],
+        )?;
+    }
     if let Some(path) = &a.save_latents {
         let lat = Tensor::cat(
             results
@@ -347,7 +376,7 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
             "swap_start": a.swap_start, "mask_threshold": a.mask_threshold, "mask_factor": a.mask_factor,
             "blend": a.blend, "blend_start": settings.blend_start(), "mode": a.mode, "kv": a.kv,
         },
-        "reference_cache": {"hits": pipe.retouch.cache.hits, "misses": pipe.retouch.cache.misses},
+        "reference_cache": {"hits": pipe.retouch.cache.hits, "disk_hits": pipe.retouch.cache.disk_hits, "misses": pipe.retouch.cache.misses},
         "seconds": t0.elapsed().as_secs_f64(),
         "images": files,
     });

@@ -28,6 +28,7 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)]
 enum Command {
     Txt2img(txt2img::Args),
     Tokenize(tokenize::Args),

@@ -7,6 +7,7 @@ use layret::core::stable_diffusion::Progress;
 pub struct Bars {
     quiet: bool,
     current: Option<(&'static str, ProgressBar)>,
+    last_step: Option<std::time::Instant>,
 }
 
 impl Bars {
@@ -14,6 +15,7 @@ impl Bars {
         Self {
             quiet,
             current: None,
+            last_step: None,
         }
     }
 
@@ -27,15 +29,23 @@ impl Bars {
             self.finish();
             let bar = ProgressBar::new(p.total as u64);
             let style = ProgressStyle::with_template(
-                "{msg:>10} [{bar:30}] {pos}/{len} {elapsed_precise} ({per_sec}, eta {eta})",
+                "{prefix:>10} [{bar:30}] {pos}/{len} {elapsed_precise} {msg} eta {eta}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> ");
             bar.set_style(style);
-            bar.set_message(p.stage);
+            bar.set_prefix(p.stage);
             self.current = Some((p.stage, bar));
+            self.last_step = Some(std::time::Instant::now());
         }
         if let Some((_, bar)) = &self.current {
+            let now = std::time::Instant::now();
+            if let Some(prev) = self.last_step.replace(now) {
+                bar.set_message(format!(
+                    "{:.2}s/step",
+                    now.duration_since(prev).as_secs_f64()
+                ));
+            }
             bar.set_position(p.step as u64);
         }
     }
