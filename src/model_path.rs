@@ -47,14 +47,12 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf> {
     }
     let looks_like_repo =
         spec.split('/').count() == 2 && !spec.starts_with('.') && !spec.starts_with('/');
+    if looks_like_repo && let Some(found) = hf_cache_dir().and_then(|c| find_in_cache(&c, spec)) {
+        return Ok(found);
+    }
+    #[cfg(feature = "hub")]
     if looks_like_repo {
-        if let Some(found) = hf_cache_dir().and_then(|c| find_in_cache(&c, spec)) {
-            return Ok(found);
-        }
-        #[cfg(feature = "hub")]
-        {
-            return download(spec);
-        }
+        return download(spec);
     }
     let cache = hf_cache_dir()
         .map(|c| c.display().to_string())
