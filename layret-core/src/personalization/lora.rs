@@ -192,18 +192,17 @@ impl Lora {
         layer.up.clone().matmul(layer.down.clone()) * (scale * layer.alpha / r)
     }
 
-    /// A UNet with `W + scale·(alpha/r)·up·down` merged into the targeted layers; untouched
-    /// layers share storage with `base`.
-    pub fn merge_into_unet(
+    /// Merge the layers of `target` into the Linear layers `for_each_linear` visits.
+    fn merge(
         &self,
-        base: &UNet2DConditionModel,
+        target: LoraTarget,
         scale: f64,
-    ) -> Result<UNet2DConditionModel> {
-        let mut wanted = self.take_for(LoraTarget::Unet);
-        let mut unet = base.clone();
+        for_each_linear: impl FnOnce(&mut dyn FnMut(&str, &mut crate::nn::Linear)),
+    ) -> Result<()> {
+        let mut wanted = self.take_for(target);
         let kohya = self.kohya;
         let mut bad = None;
-        unet.for_each_linear_mut(&mut |p, lin| {
+        for_each_linear(&mut |p, lin| {
             let key = if kohya {
                 p.replace('.', "_")
             } else {
@@ -227,11 +226,27 @@ impl Lora {
             return Err(Error::invalid("lora", m));
         }
         if let Some(k) = wanted.keys().next() {
+            let model = match target {
+                LoraTarget::Unet => "UNet",
+                LoraTarget::TextEncoder => "text-encoder",
+            };
             return Err(Error::invalid(
                 "lora",
-                format!("no UNet layer `{k}` (unsupported target, or a LoRA for another model)"),
+                format!("no {model} layer `{k}` (unsupported target, or a LoRA for another model)"),
             ));
         }
+        Ok(())
+    }
+
+    /// A UNet with `W + scale·(alpha/r)·up·down` merged into the targeted layers; untouched
+    /// layers share storage with `base`.
+    pub fn merge_into_unet(
+        &self,
+        base: &UNet2DConditionModel,
+        scale: f64,
+    ) -> Result<UNet2DConditionModel> {
+        let mut unet = base.clone();
+        self.merge(LoraTarget::Unet, scale, |f| unet.for_each_linear_mut(f))?;
         Ok(unet)
     }
 
@@ -241,39 +256,10 @@ impl Lora {
         base: &ClipTextEncoder,
         scale: f64,
     ) -> Result<ClipTextEncoder> {
-        let mut wanted = self.take_for(LoraTarget::TextEncoder);
         let mut te = base.clone();
-        let kohya = self.kohya;
-        let mut bad = None;
-        te.for_each_linear_mut(&mut |p, lin| {
-            let key = if kohya {
-                p.replace('.', "_")
-            } else {
-                p.to_string()
-            };
-            if let Some(l) = wanted.remove(&key) {
-                if l.down.dims()[1] != lin.d_in() || l.up.dims()[0] != lin.d_out() {
-                    bad = Some(format!(
-                        "layer `{p}` is {}→{}, the LoRA {}→{}",
-                        lin.d_in(),
-                        lin.d_out(),
-                        l.down.dims()[1],
-                        l.up.dims()[0]
-                    ));
-                    return;
-                }
-                *lin = lin.with_weight_delta(Self::delta(l, scale));
-            }
-        });
-        if let Some(m) = bad {
-            return Err(Error::invalid("lora", m));
-        }
-        if let Some(k) = wanted.keys().next() {
-            return Err(Error::invalid(
-                "lora",
-                format!("no text-encoder layer `{k}`"),
-            ));
-        }
+        self.merge(LoraTarget::TextEncoder, scale, |f| {
+            te.for_each_linear_mut(f)
+        })?;
         Ok(te)
     }
 }

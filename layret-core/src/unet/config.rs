@@ -371,28 +371,13 @@ impl UNetConfig {
                 "the first level's channels (time embedding width) must be even",
             ));
         }
-        for (key, value) in &self.other {
-            let s = value.to_string();
-            match FIXED.iter().find(|(k, _)| k == key) {
-                Some((_, accepted)) if !accepted.contains(&s.as_str()) => {
-                    return Err(unsupported(
-                        key,
-                        s,
-                        &format!("supported: {}", accepted.join(" or ")),
-                    ));
-                }
-                Some(_) => {}
-                None if key.starts_with('_') || IGNORED.contains(&key.as_str()) => {}
-                None => {
-                    return Err(unsupported(
-                        key,
-                        s,
-                        "unknown UNet setting; layret supports the SD 1.x/2.x UNet2DConditionModel",
-                    ));
-                }
-            }
-        }
-        Ok(())
+        crate::config_file::check_other_settings(
+            path,
+            &self.other,
+            FIXED,
+            IGNORED,
+            "unknown UNet setting; layret supports the SD 1.x/2.x UNet2DConditionModel",
+        )
     }
 
     /// The file name of this config's weights inside `unet/`.

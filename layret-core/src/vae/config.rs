@@ -146,21 +146,12 @@ impl VaeConfig {
                 "must be > 0",
             ));
         }
-        for (key, value) in &self.other {
-            let s = value.to_string();
-            match FIXED.iter().find(|(k, _)| k == key) {
-                Some((_, ok)) if !ok.contains(&s.as_str()) => {
-                    return Err(unsupported(
-                        key,
-                        s,
-                        &format!("supported: {}", ok.join(" or ")),
-                    ));
-                }
-                Some(_) => {}
-                None if key.starts_with('_') || IGNORED.contains(&key.as_str()) => {}
-                None => return Err(unsupported(key, s, "unknown AutoencoderKL setting")),
-            }
-        }
-        Ok(())
+        crate::config_file::check_other_settings(
+            path,
+            &self.other,
+            FIXED,
+            IGNORED,
+            "unknown AutoencoderKL setting",
+        )
     }
 }
