@@ -10,9 +10,7 @@ use layret_core::stable_diffusion::{Progress, check_finite};
 use layret_core::{Error, Result};
 
 use crate::layout::{context_conditioning, geometry};
-use crate::models::{
-    Conditioning, ModelPair, Which, cfg_pass, mask_sites, subject_map, swapped_sites,
-};
+use crate::models::{ModelPair, cfg_pass, mask_sites, subject_map, swapped_sites};
 use crate::reference::{ReferenceCache, ReferenceKey, compute_reference, hash_tensor};
 use crate::settings::Blend;
 use crate::stage::{LayoutResult, RetouchResult, RetouchStage, StepMasks};
@@ -86,14 +84,8 @@ impl RetouchStage for MultiSourceRetouch {
         let refd = self.cache.get_or_insert(key, || {
             compute_reference(models, reference, &req.prompts, s, mask, progress)
         })?;
-        let target = Conditioning::new(
-            models,
-            Which::Personal,
-            &req.prompts.personal,
-            &s.negative_prompt,
-            &req.prompts.phrase,
-        )?;
-        let (vanilla_c, personal_c) = context_conditioning(models, req)?;
+        // The target runs ε* on y_p: the same conditioning as the context after λ1.
+        let (vanilla_c, target) = context_conditioning(models, req)?;
         let replay = layout.kv.is_some() && s.replays();
         let tau = s.mask_threshold;
         let blend_start = s.blend_start();
@@ -119,7 +111,7 @@ impl RetouchStage for MultiSourceRetouch {
                 let c = if k < layout.lambda1 {
                     &vanilla_c
                 } else {
-                    &personal_c
+                    &target
                 };
                 let mut kv = KvStore::new(KvPolicy::KeepF32);
                 let mut store = AttentionStore::new(true);
