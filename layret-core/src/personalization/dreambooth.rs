@@ -7,8 +7,10 @@ use crate::stable_diffusion::{StableDiffusion, check_model_dir};
 use crate::tokenizer::ClipTokenizer;
 use crate::unet::{UNet2DConditionModel, UNetConfig};
 
-/// Whether two files hold the same bytes.
+/// Whether two files hold the same bytes, compared 1 MiB at a time (the files can be
+/// multi-GB UNets: never read whole).
 fn same_file(a: &Path, b: &Path) -> Result<bool> {
+    use std::io::Read;
     let (ma, mb) = (
         std::fs::metadata(a).map_err(|e| Error::io("reading", a, e))?,
         std::fs::metadata(b).map_err(|e| Error::io("reading", b, e))?,
@@ -16,11 +18,20 @@ fn same_file(a: &Path, b: &Path) -> Result<bool> {
     if ma.len() != mb.len() {
         return Ok(false);
     }
-    let (fa, fb) = (
-        std::fs::read(a).map_err(|e| Error::io("reading", a, e))?,
-        std::fs::read(b).map_err(|e| Error::io("reading", b, e))?,
-    );
-    Ok(fa == fb)
+    let open = |p: &Path| std::fs::File::open(p).map_err(|e| Error::io("opening", p, e));
+    let (mut fa, mut fb) = (open(a)?, open(b)?);
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = fa.read(&mut ba).map_err(|e| Error::io("reading", a, e))?;
+        if n == 0 {
+            return Ok(true);
+        }
+        fb.read_exact(&mut bb[..n])
+            .map_err(|e| Error::io("reading", b, e))?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
 }
 
 /// The first existing weights file of a component folder.
