@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Peer comparison of one SD 1.5 UNet step (64x64 latents, batch 2, fp32, CPU):
-layret (flex) vs PyTorch diffusers (2 threads), on the same random weights file.
+layret (flex) vs PyTorch diffusers (2 threads) vs candle-transformers 0.11 (CPU), on the same
+random weights file, one after the other in one run.
 
     cargo build --release -p layret-benches --bins
+    (cd benches/peer/candle && cargo build --release)   # bench-only package, its own workspace
     ./target/release/sd15_weights /tmp/sd15_unet_f32.safetensors f32
     python3 benches/peer/compare.py /tmp/sd15_unet_f32.safetensors [RUNS]
 
-Prints the median time per step of each implementation, their ratio, and the max abs
-difference of the outputs. candle-transformers is not part of this run yet (see
-docs/benchmarks.md).
+Prints the median time per step of each implementation, the ratios, and the max abs difference
+of each Rust output from PyTorch's. candle is skipped (with a line saying so) when its binary
+has not been built.
 """
 
 import json
@@ -56,20 +58,37 @@ def main():
     times.sort()
     torch_med = times[len(times) // 2]
 
-    exe = ROOT / "target" / "release" / "peer_layret"
-    out = subprocess.run([str(exe), weights, str(tmp / "in.safetensors"), str(tmp / "out.safetensors"), str(runs)],
-                         capture_output=True, text=True, check=True)
-    layret_med = float(out.stdout.split()[2])
-    lay = load_file(str(tmp / "out.safetensors"))["eps"]
-    diff = (lay - eps).abs().max().item()
-    scale = eps.abs().max().item()
+    def run_rust(exe, name):
+        out_file = tmp / f"out_{name}.safetensors"
+        out = subprocess.run([str(exe), weights, str(tmp / "in.safetensors"), str(out_file), str(runs)],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"{exe} failed:\n{out.stderr}")
+        med = float(out.stdout.split()[2])
+        diff = (load_file(str(out_file))["eps"] - eps).abs().max().item()
+        return med, diff
+
     report = {
         "machine": os.uname().machine, "cpus": os.cpu_count(), "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "pytorch_median_s": round(torch_med, 3), "layret_median_s": round(layret_med, 3),
-        "ratio_layret_over_pytorch": round(layret_med / torch_med, 2),
-        "max_abs_diff": diff, "max_abs_output": scale, "runs": runs,
+        "torch_threads": torch.get_num_threads(), "runs": runs,
+        "pytorch_median_s": round(torch_med, 3),
     }
+    layret_med, layret_diff = run_rust(ROOT / "target" / "release" / "peer_layret", "layret")
+    report["layret_median_s"] = round(layret_med, 3)
+    candle_exe = ROOT / "benches" / "peer" / "candle" / "target" / "release" / "layret-peer-candle"
+    if candle_exe.exists():
+        candle_med, candle_diff = run_rust(candle_exe, "candle")
+        report["candle_median_s"] = round(candle_med, 3)
+    else:
+        print(f"candle skipped: {candle_exe} not built (see the docstring)", file=sys.stderr)
+    report["ratio_layret_over_pytorch"] = round(layret_med / torch_med, 2)
+    if candle_exe.exists():
+        report["ratio_layret_over_candle"] = round(layret_med / candle_med, 2)
+        report["ratio_candle_over_pytorch"] = round(candle_med / torch_med, 2)
+    report["max_abs_diff_layret_vs_pytorch"] = layret_diff
+    if candle_exe.exists():
+        report["max_abs_diff_candle_vs_pytorch"] = candle_diff
+    report["max_abs_output"] = eps.abs().max().item()
     print(json.dumps(report, indent=1))
 
 
