@@ -192,7 +192,151 @@ unsafe fn softmax_block_avx2(
     dv: usize,
     ex: Option<&[bool]>,
 ) {
-    softmax_block_generic(s, bk, m, l, acc, dv, ex);
+    if ex.is_some() {
+        // Masked blocks (attention swapping) are rarer; the portable loop handles them.
+        softmax_block_generic(s, bk, m, l, acc, dv, ex);
+        return;
+    }
+    for (i, row) in s.chunks_exact_mut(bk).enumerate() {
+        // SAFETY: the caller checked AVX2 and FMA.
+        let tile_max = unsafe { avx2::max(row) };
+        let new_max = if m[i] > tile_max { m[i] } else { tile_max };
+        if new_max == f32::NEG_INFINITY {
+            row.fill(0.0);
+            continue;
+        }
+        // SAFETY: as above.
+        let sum = unsafe { avx2::exp_sub_sum(row, new_max) };
+        let corr = if m[i] == f32::NEG_INFINITY {
+            0.0
+        } else {
+            exp_approx(m[i] - new_max)
+        };
+        for a in &mut acc[i * dv..(i + 1) * dv] {
+            *a *= corr;
+        }
+        l[i] = l[i] * corr + sum;
+        m[i] = new_max;
+    }
+}
+
+/// AVX2+FMA versions of the row max and of `exp_sub_sum` (8 lanes; the same Cody–Waite
+/// reduction and polynomial as [`exp_approx`], with fused multiply-adds).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hmax(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_max_ps(lo, hi);
+        let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_max_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Largest element (−∞ for an empty slice).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn max(x: &[f32]) -> f32 {
+        let mut vm = _mm256_set1_ps(f32::NEG_INFINITY);
+        let chunks = x.chunks_exact(8);
+        let rest = chunks.remainder();
+        for c in chunks {
+            // SAFETY: `c` holds 8 floats.
+            vm = _mm256_max_ps(vm, unsafe { _mm256_loadu_ps(c.as_ptr()) });
+        }
+        let mut best = unsafe { hmax(vm) };
+        for &v in rest {
+            best = if v > best { v } else { best };
+        }
+        best
+    }
+
+    /// `exp(x)` on 8 lanes.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn exp(x: __m256) -> __m256 {
+        let x = _mm256_min_ps(
+            _mm256_max_ps(x, _mm256_set1_ps(-87.3)),
+            _mm256_set1_ps(88.0),
+        );
+        let t = _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E));
+        let n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
+        let mut p = _mm256_set1_ps(0.001_388_889);
+        for c in [0.008_333_334, 0.041_666_668, 0.166_666_67, 0.5, 1.0, 1.0] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let bits = _mm256_slli_epi32(
+            _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+            23,
+        );
+        _mm256_mul_ps(p, _mm256_castsi256_ps(bits))
+    }
+
+    /// `x ← exp(x − shift)` in place; returns the sum.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp_sub_sum(x: &mut [f32], shift: f32) -> f32 {
+        let vs = _mm256_set1_ps(shift);
+        let mut acc = _mm256_setzero_ps();
+        let mut chunks = x.chunks_exact_mut(8);
+        for c in &mut chunks {
+            // SAFETY: `c` holds 8 floats.
+            unsafe {
+                let e = exp(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), vs));
+                _mm256_storeu_ps(c.as_mut_ptr(), e);
+                acc = _mm256_add_ps(acc, e);
+            }
+        }
+        let mut sum = unsafe { hsum(acc) };
+        for v in chunks.into_remainder() {
+            *v = super::exp_approx(*v - shift);
+            sum += *v;
+        }
+        sum
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn exp_matches_the_scalar_exp() {
+            if !(std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma"))
+            {
+                return;
+            }
+            let xs: Vec<f32> = (-900..=900).map(|i| i as f32 / 10.0).collect();
+            let mut v = xs.clone();
+            // SAFETY: AVX2 and FMA were detected.
+            // Shift by the max, as the softmax does (the sum then stays finite).
+            let sum = unsafe { super::exp_sub_sum(&mut v, 90.0) };
+            let mut want_sum = 0f64;
+            for (x, e) in xs.iter().zip(&v) {
+                let want = (x - 90.0).clamp(-87.3, 88.0).exp();
+                want_sum += want as f64;
+                assert!(
+                    ((e - want) / want).abs() < 4e-7,
+                    "exp({x} − 90): {e} vs {want}"
+                );
+            }
+            assert!(((sum as f64 - want_sum) / want_sum).abs() < 1e-5);
+            // SAFETY: as above.
+            assert_eq!(unsafe { super::max(&xs) }, 90.0);
+            assert_eq!(unsafe { super::max(&xs[..5]) }, -89.6);
+        }
+    }
 }
 
 #[inline(always)]

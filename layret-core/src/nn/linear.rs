@@ -1,6 +1,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::Tensor;
 
+use super::cpu_linear::linear;
 use crate::error::Result;
 use crate::weights::WeightsView;
 
@@ -36,6 +37,11 @@ impl Linear {
     /// # Shapes
     /// `[..., in]` → `[..., out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        // flex f32: one multi-threaded gemm over all rows, bias fused (see `cpu_linear`).
+        let bias = self.bias.as_ref().map(|b| b.val());
+        if let Some(y) = linear(&x, &self.weight.val(), bias.as_ref()) {
+            return y;
+        }
         burn::tensor::module::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
     }
 }

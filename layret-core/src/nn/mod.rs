@@ -3,6 +3,8 @@
 
 mod conv2d;
 mod cpu_attention;
+mod cpu_conv;
+mod cpu_linear;
 mod embedding;
 mod group_norm;
 mod layer_norm;

@@ -1,0 +1,135 @@
+//! `x Wᵀ + b` for the flex CPU backend (f32), used by [`Linear`](super::Linear).
+//!
+//! burn's `linear` broadcasts the weight over the leading dimensions (a batched matmul whose
+//! threads split the batch, not the rows) and adds the bias in a second pass over the output.
+//! This kernel flattens the leading dimensions into one `[rows, in]` matrix and runs a single
+//! multi-threaded `gemm` into an output pre-filled with the bias.
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn_flex::{Flex, FlexTensor};
+use rayon::prelude::*;
+
+/// The flex primitive of an f32 tensor (sharing its storage; a strided view is made
+/// contiguous), or `None` on another backend or dtype.
+pub(crate) fn flex_f32<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    let p = t.clone().try_into_primitive::<Flex>().ok()?;
+    if p.layout().is_contiguous() && p.layout().start_offset() == 0 {
+        Some(p)
+    } else {
+        Some(p.to_contiguous())
+    }
+}
+
+/// `x · weight + bias` with layret's kernel, or `None` when it does not apply (not flex, not
+/// f32): the caller then uses burn's `linear`.
+///
+/// # Shapes
+/// `x` `[..., in]`, `weight` `[in, out]`, `bias` `[out]` → `[..., out]`.
+pub(crate) fn linear<const D: usize>(
+    x: &Tensor<D>,
+    weight: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+) -> Option<Tensor<D>> {
+    let device = x.device();
+    if device != Device::flex() || D == 0 {
+        return None;
+    }
+    let dims = x.dims();
+    let [d_in, d_out] = weight.dims();
+    if dims[D - 1] != d_in {
+        return None;
+    }
+    let rows: usize = dims[..D - 1].iter().product();
+    let xf = flex_f32(x)?;
+    let wf = flex_f32(weight)?;
+    let bf = match bias {
+        Some(b) => Some(flex_f32(b)?),
+        None => None,
+    };
+    let (xs, ws) = (xf.storage::<f32>(), wf.storage::<f32>());
+    if xs.len() < rows * d_in || ws.len() < d_in * d_out {
+        return None;
+    }
+    let mut out = vec![0f32; rows * d_out];
+    let read_dst = match &bf {
+        Some(bf) => {
+            let bs = bf.storage::<f32>();
+            if bs.len() < d_out {
+                return None;
+            }
+            out.par_chunks_mut(d_out)
+                .for_each(|row| row.copy_from_slice(&bs[..d_out]));
+            true
+        }
+        None => false,
+    };
+    let par = if rows * d_in * d_out >= 64 * 64 * 64 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: `out` holds rows·out, `xs` rows·in and `ws` in·out elements (checked above); the
+    // strides describe row-major matrices inside them and `out` aliases neither input.
+    unsafe {
+        gemm::gemm(
+            rows,
+            d_out,
+            d_in,
+            out.as_mut_ptr(),
+            1,
+            d_out as isize,
+            read_dst,
+            xs.as_ptr(),
+            1,
+            d_in as isize,
+            ws.as_ptr(),
+            1,
+            d_out as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+    let mut shape = dims;
+    shape[D - 1] = d_out;
+    Some(Tensor::from_data(TensorData::new(out, shape), &device))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn matches_burn_linear() {
+        let dev = Device::flex();
+        let n = |s: [usize; 3]| Tensor::<3>::random(s, Distribution::Normal(0.0, 1.0), &dev);
+        for (b, l, i, o, with_bias) in [
+            (2, 77, 768, 320, false),
+            (2, 64, 40, 96, true),
+            (1, 3, 5, 7, true),
+        ] {
+            let x = n([b, l, i]);
+            let w = Tensor::<2>::random([i, o], Distribution::Normal(0.0, 1.0), &dev);
+            let bias = Tensor::<1>::random([o], Distribution::Normal(0.0, 1.0), &dev);
+            let bias = with_bias.then_some(bias);
+            let ours = linear(&x, &w, bias.as_ref()).expect("flex f32 takes the kernel");
+            let theirs = burn::tensor::module::linear(x.clone(), w.clone(), bias.clone());
+            assert_eq!(ours.dims(), theirs.dims());
+            let d: f32 = (ours - theirs).abs().max().into_scalar();
+            assert!(d < 1e-4, "{:?}: max diff {d}", (b, l, i, o, with_bias));
+        }
+        // A strided input (a transposed view) is made contiguous first.
+        let x = n([2, 6, 4]).swap_dims(1, 2);
+        let w = Tensor::<2>::random([6, 3], Distribution::Normal(0.0, 1.0), &dev);
+        let ours = linear(&x, &w, None).expect("flex f32 takes the kernel");
+        let d: f32 = (ours - x.matmul(w.unsqueeze())).abs().max().into_scalar();
+        assert!(d < 1e-4, "strided: max diff {d}");
+    }
+}
