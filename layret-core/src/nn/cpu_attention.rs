@@ -223,7 +223,7 @@ unsafe fn softmax_block_avx2(
 /// AVX2+FMA versions of the row max and of `exp_sub_sum` (8 lanes; the same Cody–Waite
 /// reduction and polynomial as [`exp_approx`], with fused multiply-adds).
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(super) mod avx2 {
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx2,fma")]
@@ -306,6 +306,74 @@ mod avx2 {
             sum += *v;
         }
         sum
+    }
+
+    /// `x ← x / (1 + e^(−x))` (SiLU) in place.
+    #[target_feature(enable = "avx2,fma")]
+    pub(in crate::nn) unsafe fn silu_in_place(x: &mut [f32]) {
+        let one = _mm256_set1_ps(1.0);
+        let mut chunks = x.chunks_exact_mut(8);
+        for c in &mut chunks {
+            // SAFETY: `c` holds 8 floats.
+            unsafe {
+                let v = _mm256_loadu_ps(c.as_ptr());
+                let e = exp(_mm256_sub_ps(_mm256_setzero_ps(), v));
+                _mm256_storeu_ps(c.as_mut_ptr(), _mm256_div_ps(v, _mm256_add_ps(one, e)));
+            }
+        }
+        for v in chunks.into_remainder() {
+            *v /= 1.0 + super::exp_approx(-*v);
+        }
+    }
+
+    /// `o = h · gelu(gate)` with the exact-erf GELU of
+    /// [`gelu_erf`](super::super::cpu_pointwise::gelu_erf), 8 lanes at a time.
+    #[target_feature(enable = "avx2,fma")]
+    pub(in crate::nn) unsafe fn geglu_row(o: &mut [f32], h: &[f32], gate: &[f32]) {
+        const C: [f32; 9] = [
+            0.170_872_77,
+            -0.822_152_23,
+            1.488_515_87,
+            -1.135_203_98,
+            0.278_868_07,
+            -0.186_288_06,
+            0.096_784_18,
+            0.374_091_96,
+            1.000_023_7,
+        ];
+        let n = o.len().min(h.len()).min(gate.len());
+        let body = n - n % 8;
+        let sign = _mm256_set1_ps(-0.0);
+        for i in (0..body).step_by(8) {
+            // SAFETY: i + 8 ≤ n for all three slices.
+            unsafe {
+                let x = _mm256_loadu_ps(gate.as_ptr().add(i));
+                let z = _mm256_mul_ps(
+                    _mm256_andnot_ps(sign, x),
+                    _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2),
+                );
+                let t = _mm256_div_ps(
+                    _mm256_set1_ps(1.0),
+                    _mm256_fmadd_ps(_mm256_set1_ps(0.5), z, _mm256_set1_ps(1.0)),
+                );
+                let mut q = _mm256_set1_ps(C[0]);
+                for &c in &C[1..] {
+                    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(c));
+                }
+                // t·q − 1.2655 − z²
+                let arg =
+                    _mm256_fnmadd_ps(z, z, _mm256_fmadd_ps(t, q, _mm256_set1_ps(-1.265_512_2)));
+                let erfc = _mm256_mul_ps(t, exp(arg));
+                let pos = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GE_OQ);
+                let e = _mm256_blendv_ps(erfc, _mm256_sub_ps(_mm256_set1_ps(2.0), erfc), pos);
+                let g = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5), x), e);
+                let hv = _mm256_loadu_ps(h.as_ptr().add(i));
+                _mm256_storeu_ps(o.as_mut_ptr().add(i), _mm256_mul_ps(hv, g));
+            }
+        }
+        for i in body..n {
+            o[i] = h[i] * super::super::cpu_pointwise::gelu_erf(gate[i]);
+        }
     }
 
     #[cfg(test)]

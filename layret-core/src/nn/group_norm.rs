@@ -1,6 +1,8 @@
 use burn::module::{Module, Param};
 use burn::tensor::Tensor;
+use burn::tensor::activation::silu;
 
+use super::cpu_pointwise::group_norm;
 use crate::error::Result;
 use crate::weights::WeightsView;
 
@@ -31,6 +33,28 @@ impl GroupNorm {
     /// # Shapes
     /// `[B, C, H, W]` → `[B, C, H, W]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward_fused(x, false)
+    }
+
+    /// `silu(group_norm(x))` in one pass on flex f32 (the ResNet blocks' pre-activation).
+    ///
+    /// # Shapes
+    /// `[B, C, H, W]` → `[B, C, H, W]`.
+    pub fn forward_silu(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward_fused(x, true)
+    }
+
+    fn forward_fused(&self, x: Tensor<4>, with_silu: bool) -> Tensor<4> {
+        let (gamma, beta) = (self.weight.val(), self.bias.val());
+        if let Some(y) = group_norm(&x, &gamma, &beta, self.groups, self.eps, with_silu) {
+            return y;
+        }
+        let y = self.forward_ops(x);
+        if with_silu { silu(y) } else { y }
+    }
+
+    /// The same with burn's tensor ops (other backends and dtypes).
+    fn forward_ops(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
         let g = self.groups;
         let xg = x.reshape([b, g, (c / g) * h * w]);

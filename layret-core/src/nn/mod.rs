@@ -5,6 +5,7 @@ mod conv2d;
 mod cpu_attention;
 mod cpu_conv;
 mod cpu_linear;
+mod cpu_pointwise;
 mod embedding;
 mod group_norm;
 mod layer_norm;
@@ -13,6 +14,7 @@ mod resize;
 
 pub use conv2d::Conv2d;
 pub use cpu_attention::{attention, exp_approx};
+pub(crate) use cpu_pointwise::geglu;
 pub use embedding::Embedding;
 pub use group_norm::GroupNorm;
 pub use layer_norm::LayerNorm;

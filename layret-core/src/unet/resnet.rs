@@ -56,7 +56,7 @@ impl ResnetBlock2D {
     /// - `x`: `[B, in, H, W]`, `temb`: `[B, temb]` (ignored without `time_emb_proj`)
     /// - returns `[B, out, H, W]`
     pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let h = self.conv1.forward(self.norm1.forward_silu(x.clone()));
         let h = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(t)) => {
                 let [b, c] = [t.dims()[0], proj.weight.dims()[1]];
@@ -64,7 +64,7 @@ impl ResnetBlock2D {
             }
             _ => h,
         };
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = self.conv2.forward(self.norm2.forward_silu(h));
         let skip = match &self.conv_shortcut {
             Some(c) => c.forward(x),
             None => x,

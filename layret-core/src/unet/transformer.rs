@@ -140,7 +140,12 @@ impl FeedForward {
     /// # Shapes
     /// `[B, L, dim]` → `[B, L, dim]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let mut parts = self.geglu.proj.forward(x).chunk(2, 2);
+        let hg = self.geglu.proj.forward(x);
+        // flex f32: one fused pass (see `nn::geglu`).
+        if let Some(y) = crate::nn::geglu(&hg) {
+            return self.out.forward(y);
+        }
+        let mut parts = hg.chunk(2, 2);
         let gate = parts
             .pop()
             .unwrap_or_else(|| unreachable!("chunk(2) gives two parts"));

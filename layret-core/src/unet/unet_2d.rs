@@ -1,7 +1,6 @@
 use std::path::Path;
 
 use burn::module::Module;
-use burn::tensor::activation::silu;
 use burn::tensor::{DType, Device, Tensor};
 
 use super::blocks::{BlockSpec, DownBlock, MidBlock, UpBlock};
@@ -225,7 +224,7 @@ impl UNet2DConditionModel {
         for block in &self.up_blocks {
             x = block.forward(x, &temb, context, &mut skips, &mut hook);
         }
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        self.conv_out.forward(self.conv_norm_out.forward_silu(x))
     }
 
     /// Every transformer's Linear layers with their checkpoint paths (`…attn2.to_k`,

@@ -1,7 +1,6 @@
 use std::path::Path;
 
 use burn::module::Module;
-use burn::tensor::activation::silu;
 use burn::tensor::ops::PadMode;
 use burn::tensor::{DType, Device, Tensor};
 
@@ -314,7 +313,7 @@ impl AutoencoderKL {
             }
         }
         x = e.mid_block.forward(x);
-        x = e.conv_out.forward(silu(e.conv_norm_out.forward(x)));
+        x = e.conv_out.forward(e.conv_norm_out.forward_silu(x));
         let moments = self.quant_conv.forward(x);
         let lat = moments.dims()[1] / 2;
         let mut parts = moments.split(lat, 1);
@@ -352,6 +351,6 @@ impl AutoencoderKL {
                 x = conv.forward(resize_nearest(x, 2 * h, 2 * w));
             }
         }
-        Ok(d.conv_out.forward(silu(d.conv_norm_out.forward(x))))
+        Ok(d.conv_out.forward(d.conv_norm_out.forward_silu(x)))
     }
 }
