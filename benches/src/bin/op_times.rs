@@ -96,4 +96,13 @@ fn main() {
     time("silu 320ch @64x64", || {
         layret::burn::tensor::activation::silu(x320.clone())
     });
+    let gn = layret::core::nn::GroupNorm {
+        weight: layret::burn::module::Param::from_tensor(Tensor::<1>::ones([320], &d)),
+        bias: layret::burn::module::Param::from_tensor(Tensor::<1>::zeros([320], &d)),
+        groups: 32,
+        eps: 1e-5,
+    };
+    time("GroupNorm+SiLU 320ch @64x64 (layret kernel)", || {
+        gn.forward_silu(x320.clone())
+    });
 }

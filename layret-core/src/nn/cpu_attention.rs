@@ -42,36 +42,126 @@ pub fn attention(
         let mask = exclude.map(|m| m.reshape([b, 1, 1, lk]).expand([b, h, lq, lk]));
         return burn_attention(q, k, v, mask, None, AttentionModuleOptions::default());
     }
-    let host = |t: Tensor<4>| t.into_data().try_into_vec_as::<f32>();
-    let (Ok(qh), Ok(kh), Ok(vh)) = (host(q.clone()), host(k.clone()), host(v.clone())) else {
+    // The operands are read in place through their strides (the `[B, L, H, d] → [B, H, L, d]`
+    // views the UNet passes need no copy).
+    let (Some(qf), Some(kf), Some(vf)) = (strided(&q), strided(&k), strided(&v)) else {
         let mask = exclude.map(|m| m.reshape([b, 1, 1, lk]).expand([b, h, lq, lk]));
         return burn_attention(q, k, v, mask, None, AttentionModuleOptions::default());
     };
     let excl: Option<Vec<bool>> = exclude.and_then(|m| m.into_data().try_to_vec::<bool>().ok());
     let scale = 1.0 / (d as f32).sqrt();
-    let mut out = vec![0f32; b * h * lq * dv];
-    out.par_chunks_mut(lq * dv).enumerate().for_each(|(bh, o)| {
-        let bi = bh / h;
+    // Written as `[B, Lq, H, dv]` and returned as a `[B, H, Lq, dv]` view, so the usual
+    // `swap_dims(1, 2).reshape([B, Lq, H·dv])` that follows is free.
+    let mut out = vec![0f32; b * lq * h * dv];
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    (0..b * h).into_par_iter().for_each(|bh| {
+        let (bi, hi) = (bh / h, bh % h);
         let ex = excl.as_ref().map(|e| &e[bi * lk..(bi + 1) * lk]);
-        head(
-            &qh[bh * lq * d..(bh + 1) * lq * d],
-            &kh[bh * lk * d..(bh + 1) * lk * d],
-            &vh[bh * lk * dv..(bh + 1) * lk * dv],
-            o,
-            (lq, lk, d, dv),
-            scale,
-            ex,
-        );
+        // SAFETY: each (b, h) writes only its own rows `((bi·lq + i)·h + hi)·dv ..+dv`, all
+        // inside `out`; the views stay inside their tensors' storage (checked by `strided`).
+        unsafe {
+            head(
+                qf.matrix(bi, hi),
+                kf.matrix(bi, hi),
+                vf.matrix(bi, hi),
+                out_ptr.get().add((bi * lq * h + hi) * dv),
+                (h * dv) as isize,
+                (lq, lk, d, dv),
+                scale,
+                ex,
+            );
+        }
     });
-    Tensor::from_data(TensorData::new(out, [b, h, lq, dv]), &device)
+    Tensor::<4>::from_data(TensorData::new(out, [b, lq, h, dv]), &device).swap_dims(1, 2)
 }
 
-/// One (batch, head): `o[lq, dv] = softmax(q kᵀ·scale) v`.
-fn head(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    o: &mut [f32],
+/// A raw pointer that may cross into rayon tasks (each task writes disjoint rows).
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only for disjoint writes from parallel tasks, while the owning Vec outlives them.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// A flex f32 tensor `[B, H, L, d]` read through its strides.
+struct Strided {
+    t: burn_flex::FlexTensor,
+    offset: isize,
+    strides: [isize; 4],
+}
+
+/// One `[L, d]` matrix of a [`Strided`] tensor.
+#[derive(Clone, Copy)]
+struct MatView {
+    ptr: *const f32,
+    /// Row stride (elements).
+    rs: isize,
+    /// Column stride (elements).
+    cs: isize,
+}
+
+impl Strided {
+    fn matrix(&self, b: usize, h: usize) -> MatView {
+        let off = self.offset + b as isize * self.strides[0] + h as isize * self.strides[1];
+        MatView {
+            // SAFETY: `strided` checked that every element of the view lies inside the storage.
+            ptr: unsafe { self.t.storage::<f32>().as_ptr().offset(off) },
+            rs: self.strides[2],
+            cs: self.strides[3],
+        }
+    }
+}
+
+/// The flex primitive of `t` with its strides, when they are non-negative and every element
+/// lies inside the storage (otherwise a contiguous copy).
+fn strided(t: &Tensor<4>) -> Option<Strided> {
+    let p = t.clone().try_into_primitive::<burn_flex::Flex>().ok()?;
+    let dims = t.dims();
+    let fits = |p: &burn_flex::FlexTensor| {
+        let st = p.layout().strides();
+        let len = p.storage::<f32>().len();
+        st.len() == 4
+            && st.iter().all(|&s| s >= 0)
+            && (dims.iter().any(|&n| n == 0)
+                || p.layout().start_offset()
+                    + dims
+                        .iter()
+                        .zip(st)
+                        .map(|(&n, &s)| (n - 1) * s as usize)
+                        .sum::<usize>()
+                    < len)
+    };
+    let p = if fits(&p) { p } else { p.to_contiguous() };
+    if !fits(&p) {
+        return None;
+    }
+    let st = p.layout().strides();
+    let strides = [st[0], st[1], st[2], st[3]];
+    Some(Strided {
+        offset: p.layout().start_offset() as isize,
+        strides,
+        t: p,
+    })
+}
+
+/// One (batch, head): `o[lq, dv] = softmax(q kᵀ·scale) v`, `o`'s rows `o_rs` apart.
+///
+/// # Safety
+/// The views must address `[lq, d]`, `[lk, d]`, `[lk, dv]` valid elements and `o` `lq` rows
+/// of `dv` writable elements that no other thread touches.
+#[allow(clippy::too_many_arguments)]
+unsafe fn head(
+    q: MatView,
+    k: MatView,
+    v: MatView,
+    o: *mut f32,
+    o_rs: isize,
     (lq, lk, d, dv): (usize, usize, usize, usize),
     scale: f32,
     ex: Option<&[bool]>,
@@ -98,12 +188,12 @@ fn head(
                     1,
                     bk as isize,
                     false,
-                    q.as_ptr().add(q0 * d),
-                    1,
-                    d as isize,
-                    k.as_ptr().add(k0 * d),
-                    d as isize,
-                    1,
+                    q.ptr.offset(q0 as isize * q.rs),
+                    q.cs,
+                    q.rs,
+                    k.ptr.offset(k0 as isize * k.rs),
+                    k.rs,
+                    k.cs,
                     0.0,
                     scale,
                     false,
@@ -136,9 +226,9 @@ fn head(
                     s.as_ptr(),
                     1,
                     bk as isize,
-                    v.as_ptr().add(k0 * dv),
-                    1,
-                    dv as isize,
+                    v.ptr.offset(k0 as isize * v.rs),
+                    v.cs,
+                    v.rs,
                     1.0,
                     1.0,
                     false,
@@ -150,7 +240,9 @@ fn head(
         }
         for i in 0..bq {
             let inv = if l[i] > 0.0 { 1.0 / l[i] } else { 0.0 };
-            let dst = &mut o[(q0 + i) * dv..(q0 + i + 1) * dv];
+            // SAFETY: row q0 + i of `o` has dv writable elements (the caller's contract).
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(o.offset((q0 + i) as isize * o_rs), dv) };
             for (x, a) in dst.iter_mut().zip(&acc[i * dv..(i + 1) * dv]) {
                 *x = a * inv;
             }
@@ -528,6 +620,32 @@ mod tests {
             let (a, b) = (exp_approx(x), x.exp());
             assert!(((a - b) / b).abs() < 4e-7, "exp({x}): {a} vs {b}");
         }
+    }
+
+    #[test]
+    fn reads_head_split_views_in_place() {
+        // The UNet's layout: `[B, L, H·d]` projections viewed as `[B, H, L, d]`.
+        let dev = Device::flex();
+        let (b, h, lq, lk, d) = (2, 3, 300, 520, 40);
+        let view = |l: usize| {
+            Tensor::<4>::random([b, l, h, d], Distribution::Normal(0.0, 1.0), &dev).swap_dims(1, 2)
+        };
+        let (q, k, v) = (view(lq), view(lk), view(lk));
+        let want = burn_attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            None,
+            None,
+            AttentionModuleOptions::default(),
+        );
+        let got = attention(q, k, v, None);
+        assert_eq!(got.dims(), [b, h, lq, d]);
+        assert!(max_diff(got.clone(), want.clone()) < 1e-5);
+        // The `[B, Lq, H·d]` merge that follows gives the same rows.
+        let merged = |t: Tensor<4>| t.swap_dims(1, 2).reshape([b, lq, h * d]);
+        let diff: f32 = (merged(got) - merged(want)).abs().max().into_scalar();
+        assert!(diff < 1e-5);
     }
 
     #[test]

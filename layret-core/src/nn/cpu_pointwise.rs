@@ -1,4 +1,5 @@
-//! Fused element-wise kernels for the flex CPU backend (f32): GroupNorm (+ SiLU) and GEGLU.
+//! Fused element-wise kernels for the flex CPU backend (f32): GroupNorm (+ SiLU), LayerNorm
+//! and GEGLU.
 //!
 //! Written with burn's tensor ops, `silu(group_norm(x))` is six passes over the activation, each
 //! allocating a fresh output (statistics, subtract, divide, scale, shift, SiLU), and GEGLU's
@@ -87,6 +88,50 @@ pub(crate) fn group_norm(
         TensorData::new(out, [b, c, h, w]),
         &device,
     ))
+}
+
+/// PyTorch's `LayerNorm` over the last dimension (biased variance, affine), or `None` when
+/// the kernel does not apply (not flex, not f32).
+///
+/// # Shapes
+/// `x` `[..., d]`, `gamma`/`beta` `[d]` → `[..., d]`.
+pub(crate) fn layer_norm<const D: usize>(
+    x: &Tensor<D>,
+    gamma: &Tensor<1>,
+    beta: &Tensor<1>,
+    eps: f64,
+) -> Option<Tensor<D>> {
+    let device = x.device();
+    if device != Device::flex() || D == 0 {
+        return None;
+    }
+    let dims = x.dims();
+    let d = dims[D - 1];
+    if d == 0 || gamma.dims() != [d] || beta.dims() != [d] {
+        return None;
+    }
+    let rows: usize = dims[..D - 1].iter().product();
+    let (xf, gf, bf) = (flex_f32(x)?, flex_f32(gamma)?, flex_f32(beta)?);
+    let (xs, gs, bs) = (
+        xf.storage::<f32>(),
+        gf.storage::<f32>(),
+        bf.storage::<f32>(),
+    );
+    if xs.len() < rows * d || gs.len() < d || bs.len() < d {
+        return None;
+    }
+    let mut out = vec![0f32; rows * d];
+    out.par_chunks_mut(d)
+        .zip(xs.par_chunks(d))
+        .for_each(|(o, src)| {
+            let mean = sum8(src) / d as f32;
+            let var = centred_sq8(src, mean) / d as f32;
+            let rstd = (1.0 / (var as f64 + eps).sqrt()) as f32;
+            for (((y, &v), &g), &b) in o.iter_mut().zip(src).zip(&gs[..d]).zip(&bs[..d]) {
+                *y = (v - mean) * rstd * g + b;
+            }
+        });
+    Some(Tensor::from_data(TensorData::new(out, dims), &device))
 }
 
 /// Sum with 8 independent lanes (vectorizes).
@@ -220,6 +265,24 @@ mod tests {
             let got = geglu(&x).expect("flex f32 takes the kernel");
             let d: f32 = (got - want).abs().max().into_scalar();
             assert!(d < 1e-5, "width {i}: max diff {d}");
+        }
+    }
+
+    #[test]
+    fn layer_norm_matches_burn_ops() {
+        let dev = Device::flex();
+        for d in [320usize, 13] {
+            let x = Tensor::<3>::random([2, 7, d], Distribution::Normal(2.0, 3.0), &dev);
+            let gamma = Tensor::<1>::random([d], Distribution::Normal(1.0, 0.5), &dev);
+            let beta = Tensor::<1>::random([d], Distribution::Normal(0.0, 0.5), &dev);
+            let (var, mean) = x.clone().var_mean_bias(2);
+            let want = (x.clone() - mean)
+                .div(var.add_scalar(1e-5).sqrt())
+                .mul(gamma.clone().reshape([1, 1, d]))
+                .add(beta.clone().reshape([1, 1, d]));
+            let got = layer_norm(&x, &gamma, &beta, 1e-5).expect("flex f32 takes the kernel");
+            let diff: f32 = (got - want).abs().max().into_scalar();
+            assert!(diff < 1e-5, "d={d}: max diff {diff}");
         }
     }
 

@@ -1,6 +1,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::Tensor;
 
+use super::cpu_pointwise::layer_norm;
 use crate::error::Result;
 use crate::weights::WeightsView;
 
@@ -28,6 +29,10 @@ impl LayerNorm {
     /// # Shapes
     /// `[..., d]` → `[..., d]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        // flex f32: one fused pass (see `cpu_pointwise`).
+        if let Some(y) = layer_norm(&x, &self.weight.val(), &self.bias.val(), self.eps) {
+            return y;
+        }
         let (var, mean) = x.clone().var_mean_bias(D - 1);
         let x = (x - mean).div(var.add_scalar(self.eps).sqrt());
         let shape = {
