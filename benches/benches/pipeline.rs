@@ -1,5 +1,6 @@
 //! One full Layout-and-Retouch image on the tiny fixture (textual inversion, 10 steps, 128²),
-//! with the context branch replayed vs recomputed, and with the reference cached.
+//! with the context branch replayed vs recomputed, and with the reference cached; and one at
+//! SD 1.5 size (random weights, 2 steps, 128², reference cached) on every enabled device.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use layret::burn::tensor::{Device, Distribution, Tensor};
@@ -58,5 +59,33 @@ fn pipeline(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, pipeline);
+fn pipeline_sd15(c: &mut Criterion) {
+    let mut g = c.benchmark_group("layout_and_retouch_sd15");
+    g.sample_size(10);
+    for (name, device) in layret_benches::devices() {
+        let (models, subject) = layret_benches::sd15_textual_inversion(&device, 128);
+        let req = GenerateRequest {
+            prompts: vec!["a <tok> on the beach".into()],
+            num_samples: 1,
+            width: 128,
+            height: 128,
+            noise: NoiseSource::Seed(1),
+            settings: MethodSettings {
+                steps: 2,
+                ..MethodSettings::default()
+            },
+            return_masks: false,
+        };
+        let mut pipe = LayoutAndRetouch::default();
+        g.bench_function(format!("{name}_128x128_2_steps_cached_reference"), |b| {
+            b.iter(|| {
+                pipe.generate(&models, &subject, &req, &mut |_| {})
+                    .expect("generate")
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, pipeline, pipeline_sd15);
 criterion_main!(benches);

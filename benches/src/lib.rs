@@ -1,9 +1,17 @@
-//! Shared helpers of layret's benches and measurement tools: the SD 1.5 UNet with random
-//! weights, and the device list benches run on.
+//! Shared helpers of layret's benches and measurement tools: the SD 1.5 UNet and a whole
+//! SD 1.5 model pair with random weights, and the device list benches run on.
 
-use layret::burn::tensor::{DType, Device};
+use layret::burn::tensor::{DType, Device, Tensor};
+use layret::core::clip::{ClipTextConfig, ClipTextEncoder};
+use layret::core::noise::seeded_noise;
+use layret::core::personalization::Personalization;
+use layret::core::scheduler::SchedulerConfig;
+use layret::core::stable_diffusion::StableDiffusion;
+use layret::core::tokenizer::ClipTokenizer;
 use layret::core::unet::{UNet2DConditionModel, UNetConfig};
+use layret::core::vae::{AutoencoderKL, VaeConfig};
 use layret::core::weights::Weights;
+use layret::pipeline::{ModelPair, Subject};
 
 /// The devices compiled into this build: flex always, wgpu/cuda with their features.
 pub fn devices() -> Vec<(&'static str, Device)> {
@@ -27,4 +35,59 @@ pub fn sd15_unet(device: &Device, dtype: DType, seed: u64) -> (UNet2DConditionMo
     let w = Weights::random(device, dtype, seed, 0.02);
     let unet = UNet2DConditionModel::load(&w, &UNetConfig::v1_5()).expect("v1_5 preset loads");
     (unet, w)
+}
+
+/// SD 1.5 (text encoder, UNet, VAE) with random weights and the fixture's real tokenizer,
+/// personalized by a random textual-inversion token `<tok>`, and a random `size`² reference
+/// of a "dog": everything one Layout-and-Retouch image at SD 1.5 size needs.
+pub fn sd15_textual_inversion(device: &Device, size: usize) -> (ModelPair, Subject) {
+    let fx = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
+    let w = |seed| Weights::random(device, DType::F32, seed, 0.02);
+    let text_config = ClipTextConfig::v1_5();
+    let unet_config = UNetConfig::v1_5();
+    let vae_config = VaeConfig::sd();
+    let base = StableDiffusion {
+        dir: format!("{fx}/sd1-tiny").into(),
+        tokenizer: ClipTokenizer::from_model_dir(format!("{fx}/sd1-tiny")).expect("tokenizer"),
+        text_encoder: ClipTextEncoder::load(&w(1), &text_config).expect("text encoder"),
+        text_config,
+        unet: UNet2DConditionModel::load(&w(2), &unet_config).expect("unet"),
+        unet_config,
+        vae: AutoencoderKL::load(&w(3), &vae_config).expect("vae"),
+        vae_config,
+        scheduler: SchedulerConfig::sd(),
+        device: device.clone(),
+    };
+    // A [768] embedding for `<tok>`, as diffusers' textual-inversion files store it.
+    let ti = std::env::temp_dir().join(format!(
+        "layret-bench-ti-{}.safetensors",
+        std::process::id()
+    ));
+    let v: Tensor<4> = seeded_noise(5, [1, 1, 1, 768], device);
+    let data: Vec<u8> = v
+        .into_data()
+        .try_to_vec::<f32>()
+        .expect("f32")
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![768], &data)
+        .expect("view");
+    safetensors::serialize_to_file(vec![("<tok>", view)], None, &ti).expect("write TI file");
+    let models = ModelPair::new(
+        base,
+        &Personalization::TextualInversion {
+            path: ti.clone(),
+            token: None,
+        },
+    )
+    .expect("textual inversion");
+    let _ = std::fs::remove_file(&ti);
+    let reference: Tensor<4> = seeded_noise(9, [1, 3, size, size], device).clamp(-1.0, 1.0);
+    let subject = Subject {
+        phrase: "<tok>".into(),
+        class_phrase: "dog".into(),
+        reference,
+    };
+    (models, subject)
 }

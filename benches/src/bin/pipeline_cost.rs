@@ -1,73 +1,36 @@
 //! Cost of Layout-and-Retouch at SD 1.5 architecture (random weights, textual inversion):
 //! UNet evaluations and seconds per image, with the reference cached vs not.
 //!
-//! Usage: pipeline_cost SIZE STEPS PROMPTS SAMPLES [ROUNDS]   (e.g. 256 4 4 2)
+//! Usage: pipeline_cost SIZE STEPS PROMPTS SAMPLES [ROUNDS] [KV]   (e.g. 256 4 4 2)
 //!
 //! The first prompt computes the subject's reference; the others reuse it from the cache.
-//! A second round (ROUNDS = 2) repeats every prompt with the reference cached.
+//! A second round (ROUNDS = 2) repeats every prompt with the reference cached. KV is the
+//! context K/V policy: `f32` (default), `f16` or `none` (recompute). The last line is the
+//! process's peak RSS.
 
 use std::time::Instant;
 
-use layret::burn::tensor::{DType, Device, Tensor};
-use layret::core::clip::{ClipTextConfig, ClipTextEncoder};
-use layret::core::noise::{save_tensors, seeded_noise};
-use layret::core::personalization::Personalization;
-use layret::core::scheduler::SchedulerConfig;
-use layret::core::stable_diffusion::{NoiseSource, StableDiffusion};
-use layret::core::tokenizer::ClipTokenizer;
-use layret::core::unet::{UNet2DConditionModel, UNetConfig};
-use layret::core::vae::{AutoencoderKL, VaeConfig};
-use layret::core::weights::Weights;
-use layret::pipeline::{GenerateRequest, LayoutAndRetouch, MethodSettings, ModelPair, Subject};
+use layret::attention::KvPolicy;
+use layret::burn::tensor::Device;
+use layret::core::stable_diffusion::NoiseSource;
+use layret::pipeline::{GenerateRequest, LayoutAndRetouch, MethodSettings};
 
 fn main() {
-    let a: Vec<usize> = std::env::args()
-        .skip(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let a: Vec<usize> = args
+        .iter()
+        .take(5)
         .map(|s| s.parse().expect("numbers"))
         .collect();
+    let kv_policy = match args.get(5).map(String::as_str) {
+        None | Some("f32") => KvPolicy::KeepF32,
+        Some("f16") => KvPolicy::KeepF16,
+        Some("none") => KvPolicy::DontKeep,
+        Some(other) => panic!("KV must be f32, f16 or none, got {other}"),
+    };
     let (size, steps, prompts, samples) = (a[0], a[1], a[2], a[3]);
     let dev = Device::flex();
-    let fx = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
-    let w = |seed| Weights::random(&dev, DType::F32, seed, 0.02);
-    let text_config = ClipTextConfig::v1_5();
-    let unet_config = UNetConfig::v1_5();
-    let vae_config = VaeConfig::sd();
-    let base = StableDiffusion {
-        dir: format!("{fx}/sd1-tiny").into(),
-        tokenizer: ClipTokenizer::from_model_dir(format!("{fx}/sd1-tiny")).unwrap(),
-        text_encoder: ClipTextEncoder::load(&w(1), &text_config).unwrap(),
-        text_config,
-        unet: UNet2DConditionModel::load(&w(2), &unet_config).unwrap(),
-        unet_config,
-        vae: AutoencoderKL::load(&w(3), &vae_config).unwrap(),
-        vae_config,
-        scheduler: SchedulerConfig::sd(),
-        device: dev.clone(),
-    };
-    let ti = std::env::temp_dir().join("layret-cost-ti.safetensors");
-    let v: Tensor<4> = seeded_noise(5, [1, 1, 1, 768], &dev);
-    save_tensors(&ti, &[("<tok>", v)]).unwrap();
-    // save_tensors writes 4-D; rewrite as [768].
-    let bytes = std::fs::read(&ti).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let data = st.tensor("<tok>").unwrap().data().to_vec();
-    let view =
-        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![768], &data).unwrap();
-    safetensors::serialize_to_file(vec![("<tok>", view)], None, &ti).unwrap();
-    let models = ModelPair::new(
-        base,
-        &Personalization::TextualInversion {
-            path: ti,
-            token: None,
-        },
-    )
-    .unwrap();
-    let reference: Tensor<4> = seeded_noise(9, [1, 3, size, size], &dev).clamp(-1.0, 1.0);
-    let subject = Subject {
-        phrase: "<tok>".into(),
-        class_phrase: "dog".into(),
-        reference,
-    };
+    let (models, subject) = layret_benches::sd15_textual_inversion(&dev, size);
     let mut pipe = LayoutAndRetouch::default();
     let all = [
         "a <tok> on the beach",
@@ -86,6 +49,7 @@ fn main() {
                 noise: NoiseSource::Seed(1),
                 settings: MethodSettings {
                     steps,
+                    kv_policy,
                     ..MethodSettings::default()
                 },
                 return_masks: false,
@@ -116,4 +80,13 @@ fn main() {
             );
         }
     }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let peak = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .unwrap_or("VmHWM: unknown");
+    println!(
+        "kv {kv_policy:?}; peak RSS {}",
+        peak.trim_start_matches("VmHWM:").trim()
+    );
 }
