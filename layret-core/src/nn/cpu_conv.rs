@@ -26,6 +26,9 @@ pub(crate) struct ConvGeometry {
     pub padding: usize,
 }
 
+/// Most floats an im2col band may hold (32 MB).
+const COL_BUDGET: usize = 8 << 20;
+
 thread_local! {
     /// The im2col scratch buffer, kept between calls so large layers do not page-fault a fresh
     /// buffer in every step.
@@ -42,6 +45,17 @@ pub(crate) fn conv2d(
     weight: &Tensor<4>,
     bias: &Tensor<1>,
     g: ConvGeometry,
+) -> Option<Tensor<4>> {
+    conv2d_banded(x, weight, bias, g, COL_BUDGET)
+}
+
+/// [`conv2d`] with im2col bands of at most `budget` floats (at least one output row).
+fn conv2d_banded(
+    x: &Tensor<4>,
+    weight: &Tensor<4>,
+    bias: &Tensor<1>,
+    g: ConvGeometry,
+    budget: usize,
 ) -> Option<Tensor<4>> {
     let device = x.device();
     if device != Device::flex() {
@@ -84,20 +98,26 @@ pub(crate) fn conv2d(
             Some(s) => s,
             None => &mut own,
         };
-        if !direct && scratch.len() < k_len * p {
-            *scratch = vec![0f32; k_len * p];
+        // im2col a band of output rows at a time, so the matrix stays ≤ COL_BUDGET floats
+        // (a 128-channel 3×3 layer at 512² would otherwise need 1.2 GB).
+        let band = (budget / (k_len * ow).max(1)).clamp(1, oh);
+        if !direct && scratch.len() < k_len * band * ow {
+            *scratch = vec![0f32; k_len * band * ow];
         }
         for bi in 0..b {
             let xb = &xs[bi * c_in * h * w..(bi + 1) * c_in * h * w];
-            let rhs: &[f32] = if direct {
-                xb
-            } else {
-                let col = &mut scratch[..k_len * p];
-                im2col(xb, col, (c_in, h, w), (oh, ow), g);
-                col
-            };
-            let dst = &mut out[bi * c_out * p..(bi + 1) * c_out * p];
-            gemm_acc(dst, ws, rhs, c_out, k_len, p);
+            let out_b = &mut out[bi * c_out * p..(bi + 1) * c_out * p];
+            if direct {
+                gemm_acc(out_b, p, ws, xb, c_out, k_len, p);
+                continue;
+            }
+            for oy0 in (0..oh).step_by(band) {
+                let oy1 = (oy0 + band).min(oh);
+                let n = (oy1 - oy0) * ow;
+                let col = &mut scratch[..k_len * n];
+                im2col(xb, col, (c_in, h, w), (oy0, oy1, ow), g);
+                gemm_acc(&mut out_b[oy0 * ow..], p, ws, col, c_out, k_len, n);
+            }
         }
     });
     Some(Tensor::from_data(
@@ -106,15 +126,31 @@ pub(crate) fn conv2d(
     ))
 }
 
-/// `dst[m, n] += lhs[m, k] · rhs[k, n]`, all row-major.
-fn gemm_acc(dst: &mut [f32], lhs: &[f32], rhs: &[f32], m: usize, k: usize, n: usize) {
+/// `dst[m, n] += lhs[m, k] · rhs[k, n]`, row-major, `dst`'s rows `dst_rs` apart.
+fn gemm_acc(
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: &[f32],
+    rhs: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    if m == 0
+        || n == 0
+        || dst.len() < (m - 1) * dst_rs + n
+        || lhs.len() < m * k
+        || rhs.len() < k * n
+    {
+        return;
+    }
     let par = if m * n * k >= 128 * 128 * 128 {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the slices hold m·n, m·k and k·n elements (checked by the caller's lengths),
-    // strides describe row-major matrices inside them, and dst does not alias lhs or rhs.
+    // SAFETY: the slices hold the (m−1)·dst_rs + n, m·k and k·n elements the strides address
+    // (checked above), and dst does not alias lhs or rhs.
     unsafe {
         gemm::gemm(
             m,
@@ -122,7 +158,7 @@ fn gemm_acc(dst: &mut [f32], lhs: &[f32], rhs: &[f32], m: usize, k: usize, n: us
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             true,
             lhs.as_ptr(),
             1,
@@ -140,16 +176,17 @@ fn gemm_acc(dst: &mut [f32], lhs: &[f32], rhs: &[f32], m: usize, k: usize, n: us
     }
 }
 
-/// Fill `col[(c·k + i)·k + j, oy·ow + ox] = x[c, oy·s + i − pad, ox·s + j − pad]` (0 outside).
+/// Fill `col[(c·k + i)·k + j, (oy − oy0)·ow + ox] = x[c, oy·s + i − pad, ox·s + j − pad]`
+/// (0 outside the input) for the output rows `oy0..oy1`.
 fn im2col(
     x: &[f32],
     col: &mut [f32],
     (c_in, h, w): (usize, usize, usize),
-    (oh, ow): (usize, usize),
+    (oy0, oy1, ow): (usize, usize, usize),
     g: ConvGeometry,
 ) {
     let (k, s, pad) = (g.kernel, g.stride, g.padding);
-    let p = oh * ow;
+    let p = (oy1 - oy0) * ow;
     col[..c_in * k * k * p]
         .par_chunks_mut(p)
         .enumerate()
@@ -164,8 +201,8 @@ fn im2col(
             } else {
                 0
             };
-            for oy in 0..oh {
-                let dst = &mut row[oy * ow..(oy + 1) * ow];
+            for oy in oy0..oy1 {
+                let dst = &mut row[(oy - oy0) * ow..(oy - oy0 + 1) * ow];
                 let iy = (oy * s + i) as isize - pad as isize;
                 if iy < 0 || iy >= h as isize || ox_lo >= ox_hi {
                     dst.fill(0.0);
@@ -227,6 +264,12 @@ mod tests {
             let bias = Tensor::<1>::random([co], Distribution::Normal(0.0, 1.0), &dev);
             let ours = conv2d(&x, &wt, &bias, g).expect("flex f32 takes the kernel");
             let theirs = burn_conv(&x, &wt, &bias, g);
+            // The same in bands of one and of three output rows.
+            for budget in [1, 3 * ci * k * k * w] {
+                let banded = conv2d_banded(&x, &wt, &bias, g, budget).expect("banded");
+                let d: f32 = (banded - theirs.clone()).abs().max().into_scalar();
+                assert!(d < 1e-4, "banded {budget}: max diff {d}");
+            }
             assert_eq!(
                 ours.dims(),
                 theirs.dims(),
