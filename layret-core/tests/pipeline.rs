@@ -47,7 +47,7 @@ fn check_txt2img(name: &str) {
     for (k, &t) in sched.timesteps().iter().enumerate() {
         let eps = sd.guided_eps(x.clone(), t as f64, &context, 7.5, &mut DefaultAttention, k);
         x = sched.step(eps, k, x, None).unwrap();
-        let want = traj.clone().slice([k..k + 1]).squeeze_dim::<4>(0);
+        let want = traj.clone().narrow(0, k, 1).squeeze_dim::<4>(0);
         let (values, shape) = (common::to_f64(want.clone()), want.dims().to_vec());
         let err = common::max_abs_diff(x.clone(), &(values, shape));
         assert!(err <= 1e-4, "{name} step {k}: {err}");

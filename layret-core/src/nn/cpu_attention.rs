@@ -128,7 +128,7 @@ fn strided(t: &Tensor<4>) -> Option<Strided> {
         let len = p.storage::<f32>().len();
         st.len() == 4
             && st.iter().all(|&s| s >= 0)
-            && (dims.iter().any(|&n| n == 0)
+            && (dims.contains(&0)
                 || p.layout().start_offset()
                     + dims
                         .iter()
@@ -425,8 +425,8 @@ pub(super) mod avx2 {
         const C: [f32; 9] = [
             0.170_872_77,
             -0.822_152_23,
-            1.488_515_87,
-            -1.135_203_98,
+            1.488_515_9,
+            -1.135_204,
             0.278_868_07,
             -0.186_288_06,
             0.096_784_18,
