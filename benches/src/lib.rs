@@ -91,3 +91,19 @@ pub fn sd15_textual_inversion(device: &Device, size: usize) -> (ModelPair, Subje
     };
     (models, subject)
 }
+
+/// Run `f` five times; the median wall time in ms and the last output, read back to the host
+/// inside the timing so every op has run.
+pub fn median_of_5<const D: usize, F: FnMut() -> Tensor<D>>(mut f: F) -> (f64, Tensor<D>) {
+    let mut ts = Vec::new();
+    let mut last = None;
+    for _ in 0..5 {
+        let t0 = std::time::Instant::now();
+        let o = f();
+        let o = Tensor::<D>::from_data(o.into_data(), &Device::flex());
+        ts.push(t0.elapsed().as_secs_f64() * 1e3);
+        last = Some(o);
+    }
+    ts.sort_by(f64::total_cmp);
+    (ts[2], last.expect("five runs"))
+}

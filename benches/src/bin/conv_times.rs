@@ -4,27 +4,11 @@
 //!
 //! Usage: conv_times [burn|layret|both]
 
-use std::time::Instant;
-
 use layret::burn::module::Param;
 use layret::burn::tensor::module::conv2d;
 use layret::burn::tensor::ops::ConvOptions;
 use layret::burn::tensor::{Device, Distribution, Tensor};
 use layret::core::nn::Conv2d;
-
-fn median<F: FnMut() -> Tensor<4>>(mut f: F) -> (f64, Tensor<4>) {
-    let mut ts = Vec::new();
-    let mut last = None;
-    for _ in 0..5 {
-        let t0 = Instant::now();
-        let o = f();
-        let o = Tensor::<4>::from_data(o.into_data(), &Device::flex());
-        ts.push(t0.elapsed().as_secs_f64() * 1e3);
-        last = Some(o);
-    }
-    ts.sort_by(f64::total_cmp);
-    (ts[2], last.unwrap())
-}
 
 fn main() {
     let which = std::env::args().nth(1).unwrap_or_else(|| "both".into());
@@ -87,7 +71,7 @@ fn main() {
         let mut line = format!("{ci:>5}->{co:<5} {k}x{k}/{st} @{s:<3} x{n}");
         let (mut tb, mut ob) = (None, None);
         if which != "layret" {
-            let (t, o) = median(|| {
+            let (t, o) = layret_benches::median_of_5(|| {
                 conv2d(
                     x.clone(),
                     w.clone(),
@@ -101,7 +85,7 @@ fn main() {
             ob = Some(o);
         }
         if which != "burn" {
-            let (t, o) = median(|| conv.forward(x.clone()));
+            let (t, o) = layret_benches::median_of_5(|| conv.forward(x.clone()));
             line += &format!("  layret {t:>8.1} ms ({:>5.0} GF/s)", gflop / t * 1e3);
             tot_l += t * n as f64;
             if let (Some(tb), Some(ob)) = (tb, &ob) {

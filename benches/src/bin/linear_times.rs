@@ -1,25 +1,9 @@
 //! Time the SD 1.5 UNet's linear layers at 64×64 latents, batch 2 (median of 5): burn's
 //! `linear` against layret's `Linear` (its flex kernel). One line per shape.
 
-use std::time::Instant;
-
 use layret::burn::module::Param;
 use layret::burn::tensor::{Device, Distribution, Tensor};
 use layret::core::nn::Linear;
-
-fn median<F: FnMut() -> Tensor<3>>(mut f: F) -> (f64, Tensor<3>) {
-    let mut ts = Vec::new();
-    let mut last = None;
-    for _ in 0..5 {
-        let t0 = Instant::now();
-        let o = f();
-        let o = Tensor::<3>::from_data(o.into_data(), &Device::flex());
-        ts.push(t0.elapsed().as_secs_f64() * 1e3);
-        last = Some(o);
-    }
-    ts.sort_by(f64::total_cmp);
-    (ts[2], last.unwrap())
-}
 
 fn main() {
     let d = Device::flex();
@@ -41,10 +25,10 @@ fn main() {
             bias: bias.then(|| Param::from_tensor(b.clone())),
         };
         let gflop = 2.0 * (2 * l * i * o) as f64 / 1e9;
-        let (tb, ob) = median(|| {
+        let (tb, ob) = layret_benches::median_of_5(|| {
             layret::burn::tensor::module::linear(x.clone(), w.clone(), bias.then(|| b.clone()))
         });
-        let (tl, ol) = median(|| lin.forward(x.clone()));
+        let (tl, ol) = layret_benches::median_of_5(|| lin.forward(x.clone()));
         let diff: f32 = (ol - ob).abs().max().into_scalar();
         println!(
             "[2,{l},{i}]x[{i},{o}] bias={bias:<5}  burn {tb:>7.1} ms ({:>4.0} GF/s)  layret {tl:>7.1} ms ({:>4.0} GF/s)  {:.2}x  diff {diff:.1e}",
