@@ -4,9 +4,10 @@
 //! transpose of the whole weight: 59 MB for a 1280→1280 3×3 layer), converts the input to NHWC,
 //! and writes each 512-pixel tile's result back transposed. This kernel reads the checkpoint's
 //! `[out, in, kh, kw]` weight in place (no copy), builds the classic `[in·kh·kw, H'·W']` im2col
-//! matrix straight from the NCHW input (row copies, in parallel), and lets one `gemm` per batch
-//! item write NCHW output that was pre-filled with the bias. 1×1 stride-1 convolutions skip the
-//! im2col. Results agree with burn's convolution to float rounding (~1e-5 on SD-sized layers).
+//! matrix straight from the NCHW input (row copies, in parallel) for a band of output rows at a
+//! time (≤ 32 MB, reused between calls), and lets one `gemm` per band accumulate into NCHW output
+//! that was pre-filled with the bias. 1×1 stride-1 convolutions skip the im2col. Results agree
+//! with burn's convolution to float rounding (~1e-5 on SD-sized layers).
 
 use std::cell::RefCell;
 

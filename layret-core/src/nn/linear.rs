@@ -42,7 +42,7 @@ impl Linear {
         if let Some(y) = linear(&x, &self.weight.val(), bias.as_ref()) {
             return y;
         }
-        burn::tensor::module::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+        burn::tensor::module::linear(x, self.weight.val(), bias)
     }
 }
 
