@@ -14,7 +14,7 @@ use std::cell::RefCell;
 use burn::tensor::{Device, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::cpu_linear::flex_f32;
+use super::flex::flex_f32;
 
 /// Convolution geometry: square kernel, same stride/padding on both axes, dilation 1, 1 group.
 #[derive(Debug, Clone, Copy)]

@@ -5,23 +5,10 @@
 //! This kernel flattens the leading dimensions into one `[rows, in]` matrix and runs a single
 //! multi-threaded `gemm` into an output pre-filled with the bias.
 
-use burn::tensor::{DType, Device, Tensor, TensorData};
-use burn_flex::{Flex, FlexTensor};
+use burn::tensor::{Device, Tensor, TensorData};
 use rayon::prelude::*;
 
-/// The flex primitive of an f32 tensor (sharing its storage; a strided view is made
-/// contiguous), or `None` on another backend or dtype.
-pub(crate) fn flex_f32<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
-    if t.dtype() != DType::F32 {
-        return None;
-    }
-    let p = t.clone().try_into_primitive::<Flex>().ok()?;
-    if p.layout().is_contiguous() && p.layout().start_offset() == 0 {
-        Some(p)
-    } else {
-        Some(p.to_contiguous())
-    }
-}
+use super::flex::flex_f32;
 
 /// `x · weight + bias` with layret's kernel, or `None` when it does not apply (not flex, not
 /// f32): the caller then uses burn's `linear`.

@@ -10,20 +10,18 @@
 use burn::tensor::{Device, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::cpu_attention::exp_approx;
-use super::cpu_linear::flex_f32;
+use super::flex::flex_f32;
+use super::simd::{exp_approx, has_avx2_fma};
 
-/// `x ← x / (1 + e^(−x))` on a slice.
-fn silu_in_place(x: &mut [f32]) {
+/// `x ← x / (1 + e^(−x))` on a slice (`simd` as returned by [`has_avx2_fma`]).
+fn silu_in_place(x: &mut [f32], simd: bool) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has AVX2 and FMA.
-            unsafe { super::cpu_attention::avx2::silu_in_place(x) };
-            return;
-        }
+    if simd {
+        // SAFETY: the caller checked AVX2 and FMA.
+        unsafe { super::simd::avx2::silu_in_place(x) };
+        return;
     }
+    let _ = simd;
     for v in x {
         *v /= 1.0 + exp_approx(-*v);
     }
@@ -61,6 +59,7 @@ pub(crate) fn group_norm(
     if xs.len() < b * c * hw || gs.len() < c || bs.len() < c || n == 0 {
         return None;
     }
+    let simd = has_avx2_fma();
     let mut out = vec![0f32; b * c * hw];
     out.par_chunks_mut(n).enumerate().for_each(|(bg, o)| {
         let src = &xs[bg * n..(bg + 1) * n];
@@ -80,7 +79,7 @@ pub(crate) fn group_norm(
                 *d = v * a + sh;
             }
             if silu {
-                silu_in_place(dst);
+                silu_in_place(dst, simd);
             }
         }
     });
@@ -207,21 +206,19 @@ pub(crate) fn geglu(x: &Tensor<3>) -> Option<Tensor<3>> {
     if xs.len() < b * l * two_i {
         return None;
     }
+    let simd = has_avx2_fma();
     let mut out = vec![0f32; b * l * inner];
     out.par_chunks_mut(inner)
         .zip(xs.par_chunks(two_i))
         .for_each(|(o, row)| {
             let (h, gate) = row.split_at(inner);
             #[cfg(target_arch = "x86_64")]
-            {
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU has AVX2 and FMA.
-                    unsafe { super::cpu_attention::avx2::geglu_row(o, h, gate) };
-                    return;
-                }
+            if simd {
+                // SAFETY: the CPU has AVX2 and FMA.
+                unsafe { super::simd::avx2::geglu_row(o, h, gate) };
+                return;
             }
+            let _ = simd;
             for ((d, &hv), &g) in o.iter_mut().zip(h).zip(gate) {
                 *d = hv * gelu_erf(g);
             }
