@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use layret_test_support::tempdir;
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_layret"))
 }
@@ -13,13 +15,6 @@ fn fixture(name: &str) -> String {
         .join(name)
         .display()
         .to_string()
-}
-
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("layret-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[test]
@@ -63,7 +58,7 @@ fn tokenize_prints_the_ids() {
 
 #[test]
 fn txt2img_writes_pngs_with_parameters_and_latents() {
-    let dir = tempdir("txt2img");
+    let dir = tempdir();
     let out = bin()
         .args([
             "txt2img",
@@ -122,7 +117,7 @@ fn txt2img_writes_pngs_with_parameters_and_latents() {
 
 #[test]
 fn txt2img_reads_injected_noise_and_checks_its_shape() {
-    let dir = tempdir("noise");
+    let dir = tempdir();
     // The diffusers pipeline golden's noise: [2, 4, 16, 16].
     let golden = fixture("golden/pipeline_sd1-tiny.safetensors");
     let out = bin()
@@ -264,7 +259,7 @@ fn write_reference(path: &std::path::Path, w: u32, h: u32) {
 
 #[test]
 fn generate_writes_images_masks_latents_and_manifest() {
-    let dir = tempdir("generate");
+    let dir = tempdir();
     let reference = dir.join("ref.png");
     write_reference(&reference, 160, 128); // not square: center-cropped and resized
     let out_dir = dir.join("out");
@@ -367,7 +362,7 @@ fn generate_writes_images_masks_latents_and_manifest() {
 
 #[test]
 fn generate_rejects_bad_inputs_with_one_line() {
-    let dir = tempdir("generate-bad");
+    let dir = tempdir();
     let good = dir.join("ref.png");
     write_reference(&good, 128, 128);
     let gray = dir.join("gray.png");
@@ -427,7 +422,7 @@ fn generate_rejects_bad_inputs_with_one_line() {
 #[test]
 fn inspect_describes_a_folder_and_resolves_the_hf_cache() {
     // A Hugging Face cache holding sd1-tiny as `org/tiny`.
-    let home = tempdir("hf");
+    let home = tempdir();
     let snap = home.join("hub/models--org--tiny/snapshots/abc123");
     std::fs::create_dir_all(snap.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink(fixture("sd1-tiny"), &snap).unwrap();
@@ -435,7 +430,7 @@ fn inspect_describes_a_folder_and_resolves_the_hf_cache() {
     std::fs::write(home.join("hub/models--org--tiny/refs/main"), "abc123").unwrap();
     let out = bin()
         .args(["inspect", "--model", "org/tiny"])
-        .env("HF_HOME", &home)
+        .env("HF_HOME", home.path())
         .env_remove("HF_HUB_CACHE")
         .output()
         .unwrap();
@@ -459,7 +454,7 @@ fn inspect_describes_a_folder_and_resolves_the_hf_cache() {
 
     let out = bin()
         .args(["inspect", "--model", "org/missing", "-q"])
-        .env("HF_HOME", &home)
+        .env("HF_HOME", home.path())
         .env_remove("HF_HUB_CACHE")
         .output()
         .unwrap();
@@ -473,7 +468,7 @@ fn inspect_describes_a_folder_and_resolves_the_hf_cache() {
 
 #[test]
 fn invert_writes_noise_usable_by_txt2img() {
-    let dir = tempdir("invert");
+    let dir = tempdir();
     let img = dir.join("img.png");
     write_reference(&img, 128, 128);
     let noise = dir.join("noise.safetensors");

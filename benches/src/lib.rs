@@ -6,7 +6,7 @@ use layret::core::clip::{ClipTextConfig, ClipTextEncoder};
 use layret::core::noise::seeded_noise;
 use layret::core::personalization::Personalization;
 use layret::core::scheduler::SchedulerConfig;
-use layret::core::stable_diffusion::StableDiffusion;
+use layret::core::stable_diffusion::{ModelParts, StableDiffusion};
 use layret::core::tokenizer::ClipTokenizer;
 use layret::core::unet::{UNet2DConditionModel, UNetConfig};
 use layret::core::vae::{AutoencoderKL, VaeConfig};
@@ -46,7 +46,7 @@ pub fn sd15_textual_inversion(device: &Device, size: usize) -> (ModelPair, Subje
     let text_config = ClipTextConfig::v1_5();
     let unet_config = UNetConfig::v1_5();
     let vae_config = VaeConfig::sd();
-    let base = StableDiffusion {
+    let base = StableDiffusion::from_parts(ModelParts {
         dir: format!("{fx}/sd1-tiny").into(),
         tokenizer: ClipTokenizer::from_model_dir(format!("{fx}/sd1-tiny")).expect("tokenizer"),
         text_encoder: ClipTextEncoder::load(&w(1), &text_config).expect("text encoder"),
@@ -57,7 +57,9 @@ pub fn sd15_textual_inversion(device: &Device, size: usize) -> (ModelPair, Subje
         vae_config,
         scheduler: SchedulerConfig::sd(),
         device: device.clone(),
-    };
+        sources: Vec::new(),
+        label: "random sd15 seeds 1 2 3".into(),
+    });
     // A [768] embedding for `<tok>`, as diffusers' textual-inversion files store it.
     let ti = std::env::temp_dir().join(format!(
         "layret-bench-ti-{}.safetensors",

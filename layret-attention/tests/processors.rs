@@ -2,49 +2,21 @@
 //! self-attention and cross-attention map capture against a diffusers `AttnProcessor`
 //! reference (tools/reference/make_fixtures.py, `attention_goldens`).
 
-use std::path::PathBuf;
-
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Tensor;
 use layret_attention::{AttentionStore, MutualSelfAttention, Router, SiteSelector};
 use layret_core::attention::{AttentionKind, BatchLayout, DefaultAttention, StepContext};
 use layret_core::scheduler::Scheduler;
 use layret_core::stable_diffusion::{LoadOptions, StableDiffusion};
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
+use layret_test_support::{bits, device, fixture, golden_tensor, max_abs_diff_tensors as max_abs};
 
+/// A tensor of the MasaCtrl golden as `[B, 1, L, L']` (maps are stored without the head axis).
 fn golden(key: &str) -> Tensor<4> {
-    let bytes = std::fs::read(fixtures().join("golden/mutual_sd1-tiny.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor(key).unwrap();
-    let v: Vec<f32> = t
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    let mut shape = t.shape().to_vec();
-    while shape.len() < 4 {
-        shape.insert(1, 1);
-    }
-    Tensor::from_data(
-        TensorData::new(v, [shape[0], shape[1], shape[2], shape[3]]),
-        &Device::flex(),
-    )
-}
-
-fn max_abs(a: Tensor<4>, b: Tensor<4>) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b).abs().max().into_scalar::<f32>() as f64
+    golden_tensor("mutual_sd1-tiny.safetensors", key)
 }
 
 fn model() -> StableDiffusion {
-    StableDiffusion::load(
-        fixtures().join("sd1-tiny"),
-        &Device::flex(),
-        &LoadOptions::default(),
-    )
-    .unwrap()
+    StableDiffusion::load(fixture("sd1-tiny"), &device(), &LoadOptions::default()).unwrap()
 }
 
 const RECORD: [&str; 2] = [
@@ -166,14 +138,6 @@ fn default_routing_is_bit_identical() {
     let mut router = Router::new();
     router.route(SiteSelector::new().path("no_such_block.*"), &mut unused);
     let b = sd.unet.forward(x, 501.0, &context, &mut router, &ctx);
-    let bits = |t: Tensor<4>| {
-        t.into_data()
-            .try_into_vec_as::<f32>()
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect::<Vec<_>>()
-    };
     let p = bits(plain);
     assert_eq!(p, bits(a));
     assert_eq!(p, bits(b));

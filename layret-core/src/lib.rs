@@ -29,10 +29,12 @@
 // burn slices take one range per axis: `[a..b]` is a 1-axis slice, not a vec of ranges.
 #![allow(clippy::single_range_in_vec_init)]
 
+pub mod atomic;
 pub mod attention;
 pub mod clip;
 mod config_file;
 pub mod error;
+pub mod fingerprint;
 pub mod host;
 pub mod image_io;
 pub mod nn;

@@ -98,8 +98,18 @@ pub fn load_tensor<const D: usize>(
     }
 }
 
-/// Write named 4-D tensors as f32 to a safetensors file.
+/// Write named 4-D tensors as f32 to a safetensors file (atomically: a temporary file in the
+/// same folder, then a rename, so no half-written file is ever seen under `path`).
 pub fn save_tensors(path: &Path, tensors: &[(&str, Tensor<4>)]) -> Result<()> {
+    save_tensors_with_metadata(path, tensors, &[])
+}
+
+/// [`save_tensors`] with extra `__metadata__` entries (besides `producer = layret`).
+pub fn save_tensors_with_metadata(
+    path: &Path,
+    tensors: &[(&str, Tensor<4>)],
+    metadata: &[(&str, String)],
+) -> Result<()> {
     let mut owned = Vec::new();
     for (name, t) in tensors {
         let shape = t.dims().to_vec();
@@ -118,10 +128,11 @@ pub fn save_tensors(path: &Path, tensors: &[(&str, Tensor<4>)]) -> Result<()> {
                 })
         })
         .collect::<Result<Vec<_>>>()?;
-    let meta: HashMap<String, String> = [("producer".to_string(), "layret".to_string())].into();
+    let mut meta: HashMap<String, String> = [("producer".to_string(), "layret".to_string())].into();
+    meta.extend(metadata.iter().map(|(k, v)| (k.to_string(), v.clone())));
     let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Safetensors {
         file: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    std::fs::write(path, bytes).map_err(|e| Error::io("writing", path, e))
+    crate::atomic::write(path, &bytes)
 }

@@ -105,6 +105,38 @@ pub struct Progress {
     pub total: usize,
 }
 
+/// The parts of a [`StableDiffusion`] built by hand (random weights for benches, models
+/// assembled in code), for [`StableDiffusion::from_parts`].
+#[derive(Debug)]
+pub struct ModelParts {
+    /// A folder the model is named by (shown in messages).
+    pub dir: PathBuf,
+    /// The CLIP tokenizer.
+    pub tokenizer: ClipTokenizer,
+    /// The CLIP text encoder.
+    pub text_encoder: ClipTextEncoder,
+    /// Its config.
+    pub text_config: ClipTextConfig,
+    /// The UNet.
+    pub unet: UNet2DConditionModel,
+    /// Its config.
+    pub unet_config: UNetConfig,
+    /// The VAE.
+    pub vae: AutoencoderKL,
+    /// Its config.
+    pub vae_config: VaeConfig,
+    /// The scheduler settings.
+    pub scheduler: SchedulerConfig,
+    /// The device everything lives on.
+    pub device: Device,
+    /// The files the weights were read from (their content goes into
+    /// [`StableDiffusion::fingerprint`]); may be empty.
+    pub sources: Vec<PathBuf>,
+    /// What else tells this model apart from others (e.g. `"random sd15 seeds 1 2 3"` for
+    /// random weights), folded into the fingerprint.
+    pub label: String,
+}
+
 /// A loaded Stable Diffusion model: tokenizer, text encoder, UNet, VAE and scheduler config.
 pub struct StableDiffusion {
     /// The model folder.
@@ -127,6 +159,10 @@ pub struct StableDiffusion {
     pub scheduler: SchedulerConfig,
     /// The device everything lives on.
     pub device: Device,
+    /// Every file the model was read from, in a fixed order.
+    sources: Vec<PathBuf>,
+    label: String,
+    fingerprint: std::sync::OnceLock<u64>,
 }
 
 impl std::fmt::Debug for StableDiffusion {
@@ -200,6 +236,20 @@ impl StableDiffusion {
             pick_variant(&vae_dir, "diffusion_pytorch_model", v).as_deref(),
         )?;
         let scheduler = SchedulerConfig::from_file(&dir.join("scheduler/scheduler_config.json"))?;
+        let mut sources = crate::tokenizer::tokenizer_files(&dir);
+        for (sub, stem) in [
+            ("text_encoder", "model"),
+            ("unet", "diffusion_pytorch_model"),
+            ("vae", "diffusion_pytorch_model"),
+        ] {
+            let d = dir.join(sub);
+            sources.push(d.join("config.json"));
+            sources.push(match pick_variant(&d, stem, v) {
+                Some(var) => d.join(format!("{stem}.{var}.safetensors")),
+                None => d.join(format!("{stem}.safetensors")),
+            });
+        }
+        sources.push(dir.join("scheduler/scheduler_config.json"));
         if text_config.hidden_size != unet_config.cross_attention_dim {
             return Err(Error::NotADiffusersFolder {
                 path: dir,
@@ -220,7 +270,53 @@ impl StableDiffusion {
             vae_config,
             scheduler,
             device: device.clone(),
+            sources,
+            label: format!("dtype {}", crate::host::dtype_name(options.dtype)),
+            fingerprint: Default::default(),
         })
+    }
+
+    /// A model from parts built in code (see [`ModelParts`]).
+    pub fn from_parts(parts: ModelParts) -> Self {
+        Self {
+            dir: parts.dir,
+            tokenizer: parts.tokenizer,
+            text_encoder: parts.text_encoder,
+            text_config: parts.text_config,
+            unet: parts.unet,
+            unet_config: parts.unet_config,
+            vae: parts.vae,
+            vae_config: parts.vae_config,
+            scheduler: parts.scheduler,
+            device: parts.device,
+            sources: parts.sources,
+            label: parts.label,
+            fingerprint: Default::default(),
+        }
+    }
+
+    /// Every file the model was read from (tokenizer, configs, weights), in a fixed order.
+    pub fn source_files(&self) -> &[PathBuf] {
+        &self.sources
+    }
+
+    /// The model's content identity, for cache keys: a [fingerprint](crate::fingerprint) of
+    /// every source file's content, the load dtype and the scheduler settings. Computed (by
+    /// reading the files once) on the first call, then remembered; retrained weights at the
+    /// same path give another value.
+    pub fn fingerprint(&self) -> Result<u64> {
+        if let Some(f) = self.fingerprint.get() {
+            return Ok(*f);
+        }
+        let mut h = crate::fingerprint::Fingerprinter::new();
+        h.update_str("layret-model-v1");
+        h.update_str(&self.label);
+        h.update_u64(self.scheduler.fingerprint());
+        for f in &self.sources {
+            h.update_u64(crate::fingerprint::of_file(f)?);
+        }
+        let v = h.finish();
+        Ok(*self.fingerprint.get_or_init(|| v))
     }
 
     /// Image side / latent side (8 for SD).

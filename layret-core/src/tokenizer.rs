@@ -68,6 +68,23 @@ fn token_field(cfg: &Value, key: &str) -> Option<String> {
     }
 }
 
+/// The files [`ClipTokenizer::from_model_dir`] reads for `dir` (those that exist), in a fixed
+/// order, for content fingerprints.
+pub(crate) fn tokenizer_files(dir: &Path) -> Vec<PathBuf> {
+    let sub = dir.join("tokenizer");
+    let dir = if sub.is_dir() { sub } else { dir.to_path_buf() };
+    let json = dir.join("tokenizer.json");
+    let mut files = vec![dir.join("tokenizer_config.json")];
+    if json.exists() {
+        files.push(json);
+    } else {
+        files.push(dir.join("vocab.json"));
+        files.push(dir.join("merges.txt"));
+    }
+    files.retain(|f| f.exists());
+    files
+}
+
 impl ClipTokenizer {
     /// Load a model folder's `tokenizer/` subfolder (or the folder itself if it holds the
     /// tokenizer files).

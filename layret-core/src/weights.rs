@@ -40,6 +40,7 @@ pub struct Weights {
     requested: RefCell<Vec<(String, Vec<usize>)>>,
     device: Device,
     dtype: DType,
+    metadata: HashMap<String, String>,
 }
 
 impl std::fmt::Debug for Weights {
@@ -77,6 +78,7 @@ impl Weights {
         // Full validation (header, offsets, buffer length) before anything is read.
         SafeTensors::deserialize(&mmap).map_err(bad)?;
         let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(bad)?;
+        let file_metadata = metadata.metadata().clone().unwrap_or_default();
         let entries = metadata
             .tensors()
             .into_iter()
@@ -102,6 +104,7 @@ impl Weights {
             requested: RefCell::new(Vec::new()),
             device: device.clone(),
             dtype,
+            metadata: file_metadata,
         })
     }
 
@@ -119,6 +122,7 @@ impl Weights {
             requested: RefCell::new(Vec::new()),
             device: device.clone(),
             dtype,
+            metadata: HashMap::new(),
         }
     }
 
@@ -126,6 +130,11 @@ impl Weights {
     /// checkpoint layout of that architecture (used to write benchmark weight files).
     pub fn requested(&self) -> Vec<(String, Vec<usize>)> {
         self.requested.borrow().clone()
+    }
+
+    /// The file's `__metadata__` (string pairs; empty if it has none).
+    pub fn metadata(&self) -> &HashMap<String, String> {
+        &self.metadata
     }
 
     /// The file these weights come from.

@@ -8,7 +8,8 @@ use layret_core::Error;
 use layret_core::clip::ClipTextEncoder;
 
 fn golden_ids(name: &str) -> Vec<Vec<u32>> {
-    let (ids, shape) = common::golden(&format!("clip_{name}.safetensors"), "input_ids");
+    let common::Golden { values: ids, shape } =
+        common::golden(&format!("clip_{name}.safetensors"), "input_ids");
     ids.chunks(shape[1])
         .map(|r| r.iter().map(|&v| v as u32).collect())
         .collect()
@@ -83,20 +84,13 @@ fn bad_ids_are_errors_not_panics() {
     ));
 }
 
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("layret-clip-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// Write a copy of the sd2-tiny text encoder with `edit` applied to its tensors.
 fn edited_copy(
-    name: &str,
     edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>),
-) -> std::path::PathBuf {
+) -> common::TestDir {
     let src = common::fixtures().join("sd2-tiny/text_encoder");
-    let dst = tempdir(name);
+    let tmp = common::tempdir();
+    let dst = tmp.path();
     std::fs::copy(src.join("config.json"), dst.join("config.json")).unwrap();
     let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -116,17 +110,15 @@ fn edited_copy(
         })
         .collect();
     safetensors::serialize_to_file(views, None, &dst.join("model.safetensors")).unwrap();
-    dst
+    tmp
 }
 
 #[test]
 fn weight_file_problems_name_file_and_key() {
     let dev = common::device();
     // Missing tensor.
-    let dir = edited_copy("missing", |t| {
-        t.retain(|(k, ..)| k != "final_layer_norm.bias")
-    });
-    match ClipTextEncoder::from_dir(&dir, &dev, DType::F32, None) {
+    let dir = edited_copy(|t| t.retain(|(k, ..)| k != "final_layer_norm.bias"));
+    match ClipTextEncoder::from_dir(dir.path(), &dev, DType::F32, None) {
         Err(Error::MissingTensor { key, file }) => {
             assert_eq!(key, "final_layer_norm.bias");
             assert!(file.ends_with("model.safetensors"));
@@ -134,7 +126,7 @@ fn weight_file_problems_name_file_and_key() {
         other => panic!("expected MissingTensor, got {other:?}"),
     }
     // Wrong shape.
-    let dir = edited_copy("shape", |t| {
+    let dir = edited_copy(|t| {
         let e = t
             .iter_mut()
             .find(|(k, ..)| k == "final_layer_norm.bias")
@@ -142,7 +134,7 @@ fn weight_file_problems_name_file_and_key() {
         e.2 = vec![8];
         e.3.truncate(16);
     });
-    match ClipTextEncoder::from_dir(&dir, &dev, DType::F32, None) {
+    match ClipTextEncoder::from_dir(dir.path(), &dev, DType::F32, None) {
         Err(Error::TensorShape {
             key, expected, got, ..
         }) => {
@@ -154,7 +146,7 @@ fn weight_file_problems_name_file_and_key() {
         other => panic!("expected TensorShape, got {other:?}"),
     }
     // Unexpected extra tensor.
-    let dir = edited_copy("extra", |t| {
+    let dir = edited_copy(|t| {
         t.push((
             "encoder.layers.9.mlp.fc1.weight".into(),
             safetensors::Dtype::F16,
@@ -162,7 +154,7 @@ fn weight_file_problems_name_file_and_key() {
             vec![0; 4],
         ))
     });
-    match ClipTextEncoder::from_dir(&dir, &dev, DType::F32, None) {
+    match ClipTextEncoder::from_dir(dir.path(), &dev, DType::F32, None) {
         Err(Error::UnexpectedTensors { keys, count, .. }) => {
             assert_eq!(count, 1);
             assert_eq!(keys, vec!["encoder.layers.9.mlp.fc1.weight".to_string()]);
@@ -170,38 +162,42 @@ fn weight_file_problems_name_file_and_key() {
         other => panic!("expected UnexpectedTensors, got {other:?}"),
     }
     // NaN in a tensor.
-    let dir = edited_copy("nan", |t| {
+    let dir = edited_copy(|t| {
         let e = t
             .iter_mut()
             .find(|(k, ..)| k == "final_layer_norm.bias")
             .unwrap();
         e.3[0..2].copy_from_slice(&half::f16::NAN.to_le_bytes());
     });
-    match ClipTextEncoder::from_dir(&dir, &dev, DType::F32, None) {
+    match ClipTextEncoder::from_dir(dir.path(), &dev, DType::F32, None) {
         Err(Error::NonFiniteTensor { key, count, .. }) => {
             assert_eq!((key.as_str(), count), ("final_layer_norm.bias", 1));
         }
         other => panic!("expected NonFiniteTensor, got {other:?}"),
     }
     // Truncated file.
-    let dir = edited_copy("trunc", |_| {});
-    let f = dir.join("model.safetensors");
+    let dir = edited_copy(|_| {});
+    let f = dir.path().join("model.safetensors");
     let len = std::fs::metadata(&f).unwrap().len();
     let bytes = std::fs::read(&f).unwrap();
     std::fs::write(&f, &bytes[..(len as usize) / 2]).unwrap();
     assert!(matches!(
-        ClipTextEncoder::from_dir(&dir, &dev, DType::F32, None),
+        ClipTextEncoder::from_dir(dir.path(), &dev, DType::F32, None),
         Err(Error::Safetensors { .. })
     ));
     // Missing file, and a config naming an unsupported activation.
     std::fs::remove_file(&f).unwrap();
     assert!(matches!(
-        ClipTextEncoder::from_dir(&dir, &dev, DType::F32, None),
+        ClipTextEncoder::from_dir(dir.path(), &dev, DType::F32, None),
         Err(Error::MissingFile { .. })
     ));
-    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    std::fs::write(dir.join("config.json"), cfg.replace("\"gelu\"", "\"relu\"")).unwrap();
-    match ClipTextEncoder::from_dir(&dir, &dev, DType::F32, None) {
+    let cfg = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        cfg.replace("\"gelu\"", "\"relu\""),
+    )
+    .unwrap();
+    match ClipTextEncoder::from_dir(dir.path(), &dev, DType::F32, None) {
         Err(Error::UnsupportedConfig { key, .. }) => assert_eq!(key, "hidden_act"),
         other => panic!("expected UnsupportedConfig, got {other:?}"),
     }

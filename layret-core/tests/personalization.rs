@@ -46,7 +46,7 @@ fn textual_inversion_matches_diffusers() {
     for (i, c) in cases.iter().enumerate() {
         let prompt = c["prompt"].as_str().unwrap();
         let ids = tok.encode(prompt).unwrap();
-        let (want, _) = common::golden("ti_sd1-tiny.safetensors", &format!("ids{i}"));
+        let want = common::golden("ti_sd1-tiny.safetensors", &format!("ids{i}")).values;
         let want: Vec<u32> = want.iter().map(|&v| v as u32).collect();
         assert_eq!(ids, want, "{prompt:?} (diffusers: {:?})", c["converted"]);
         let hidden = te.encode(&[ids], 0).unwrap();
@@ -77,7 +77,8 @@ fn textual_inversion_errors() {
         matches!(ti.apply(&mut tok, &sd.text_encoder), Err(Error::Tokenizer { message, .. }) if message.contains("already"))
     );
     // Dimension mismatch names both numbers.
-    let dir = common::tempdir("ti-dim");
+    let dir_guard = common::tempdir();
+    let dir = dir_guard.path();
     let f = dir.join("wrong.safetensors");
     layret_core::noise::save_tensors(&f, &[("<x>", Tensor::<4>::zeros([1, 1, 1, 24], &dev))])
         .unwrap();
@@ -144,13 +145,24 @@ fn custom_diffusion_matches_diffusers() {
     let m: PersonalModel = p.apply(&sd).unwrap();
     assert_eq!(m.tokenizer.token_to_id("<new1>"), Some(49408));
     assert!(m.unet.is_some());
+    // The modifier token's embedding is the file's vector, and the vocabulary before it is
+    // the base's.
+    let want = common::golden_file(&pers("custom_diffusion/new1.safetensors"), "<new1>");
+    let err = common::max_abs_diff(m.text_encoder.token_embedding(49408).unwrap(), &want);
+    assert_eq!(err, 0.0, "the <new1> row is the file's vector");
+    let last_base = common::to_f64(sd.text_encoder.token_embedding(49407).unwrap());
+    let last = common::to_f64(m.text_encoder.token_embedding(49407).unwrap());
+    assert_eq!(last, last_base);
 }
 
 #[test]
 fn lora_matches_diffusers_in_both_formats() {
     let sd = base();
     let ids = {
-        let (v, s) = common::golden("clip_sd1-tiny.safetensors", "input_ids");
+        let common::Golden {
+            values: v,
+            shape: s,
+        } = common::golden("clip_sd1-tiny.safetensors", "input_ids");
         v.chunks(s[1])
             .map(|r| r.iter().map(|&x| x as u32).collect::<Vec<_>>())
             .collect::<Vec<_>>()
@@ -175,6 +187,20 @@ fn lora_matches_diffusers_in_both_formats() {
     }
 }
 
+/// Copy `src` into `dst`, recursively.
+fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), to).unwrap();
+        }
+    }
+}
+
 #[test]
 fn dreambooth_folder_shares_the_vae_and_loads_its_own_unet() {
     let sd = base();
@@ -191,6 +217,18 @@ fn dreambooth_folder_shares_the_vae_and_loads_its_own_unet() {
         a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-3),
         "the DreamBooth UNet differs"
     );
+    // The VAE is the base's one object: the folder's own VAE is compared with the base's
+    // file, never loaded — a copy whose VAE config is unreadable still loads.
+    let tmp = common::tempdir();
+    copy_dir(&common::fixtures().join("sd1-tiny-dreambooth"), &tmp);
+    std::fs::write(tmp.join("vae/config.json"), "{ not json").unwrap();
+    let m2 = Personalization::DreamBooth {
+        dir: tmp.to_path_buf(),
+    }
+    .apply(&sd)
+    .unwrap();
+    let b2 = common::to_f64(unet_golden_eps(m2.unet.as_ref().unwrap()));
+    assert_eq!(a, b2, "the same fine-tuned UNet");
     // A DreamBooth folder that is the base itself shares everything.
     let same = Personalization::DreamBooth {
         dir: common::fixtures().join("sd1-tiny"),

@@ -23,16 +23,13 @@ fn schedules_and_timesteps_match_diffusers() {
     assert_eq!(cases.len(), 5);
     for (case, cfg) in cases {
         let ac = cfg.alphas_cumprod();
-        let (want, _) = common::golden(FILE, &format!("{case}.alphas_cumprod"));
-        let err = ac
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (*a as f64 - b).abs())
-            .fold(0.0, f64::max);
+        let want = common::golden(FILE, &format!("{case}.alphas_cumprod")).values;
+        let ac: Vec<f64> = ac.iter().map(|&a| a as f64).collect();
+        let err = common::max_abs_diff_values(&ac, &want);
         assert!(err <= 1e-6, "{case}: alphas_cumprod error {err}");
         for n in [50usize, 5] {
             let s = DdimScheduler::new(cfg.clone(), n, 0.0).unwrap();
-            let (want, _) = common::golden(FILE, &format!("{case}.timesteps{n}"));
+            let want = common::golden(FILE, &format!("{case}.timesteps{n}")).values;
             let want: Vec<usize> = want.iter().map(|&v| v as usize).collect();
             assert_eq!(s.timesteps(), want.as_slice(), "{case} N={n}");
         }
@@ -77,7 +74,8 @@ fn bad_settings_are_errors() {
         s.step(x.clone(), 10, x, None).is_err(),
         "step index past the schedule"
     );
-    let dir = common::tempdir("sched");
+    let dir_guard = common::tempdir();
+    let dir = dir_guard.path();
     let f = dir.join("scheduler_config.json");
     std::fs::write(&f, r#"{"thresholding": true}"#).unwrap();
     assert!(matches!(

@@ -86,7 +86,8 @@ fn both_file_layouts_give_the_same_ids() {
     // sd2-tiny has only tokenizer.json; sd1-tiny only vocab.json/merges.txt of the same
     // vocabulary. Pair sd1's files with sd2's config (pad "!") and compare.
     let src = common::fixtures().join("sd2-tiny/tokenizer");
-    let tmp = tempdir("layouts");
+    let tmp_guard = common::tempdir();
+    let tmp = tmp_guard.path();
     for f in ["vocab.json", "merges.txt"] {
         std::fs::copy(
             common::fixtures().join("sd1-tiny/tokenizer").join(f),
@@ -100,7 +101,7 @@ fn both_file_layouts_give_the_same_ids() {
     )
     .unwrap();
     let a = ClipTokenizer::from_dir(&src).unwrap();
-    let b = ClipTokenizer::from_dir(&tmp).unwrap();
+    let b = ClipTokenizer::from_dir(tmp).unwrap();
     for p in [
         "a photo of a sks dog",
         "東京の犬 🐶 café",
@@ -131,14 +132,15 @@ fn added_tokens_get_new_ids() {
 
 #[test]
 fn missing_tokenizer_files_are_named() {
-    let tmp = tempdir("missing");
+    let tmp_guard = common::tempdir();
+    let tmp = tmp_guard.path();
     std::fs::write(tmp.join("vocab.json"), "{}").unwrap();
-    match ClipTokenizer::from_dir(&tmp) {
+    match ClipTokenizer::from_dir(tmp) {
         Err(Error::MissingFile { path, .. }) => assert!(path.ends_with("merges.txt")),
         other => panic!("expected MissingFile, got {other:?}"),
     }
     std::fs::write(tmp.join("merges.txt"), "#version: 0.2\na b c\n").unwrap();
-    match ClipTokenizer::from_dir(&tmp) {
+    match ClipTokenizer::from_dir(tmp) {
         Err(Error::Tokenizer { path, message }) => {
             assert!(path.ends_with("merges.txt"), "{path:?}");
             assert!(message.contains("line 2"), "{message}");
@@ -146,15 +148,8 @@ fn missing_tokenizer_files_are_named() {
         other => panic!("expected Tokenizer error, got {other:?}"),
     }
     std::fs::write(tmp.join("tokenizer.json"), "{not json").unwrap();
-    match ClipTokenizer::from_dir(&tmp) {
+    match ClipTokenizer::from_dir(tmp) {
         Err(Error::Tokenizer { path, .. }) => assert!(path.ends_with("tokenizer.json")),
         other => panic!("expected Tokenizer error, got {other:?}"),
     }
-}
-
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("layret-tok-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }

@@ -49,7 +49,8 @@ fn vae_matches_diffusers() {
 fn legacy_attention_key_names_load() {
     // Old VAE checkpoints name the mid-block attention query/key/value/proj_attn.
     let src = common::fixtures().join("sd1-tiny/vae");
-    let dst = common::tempdir("vae-legacy");
+    let dst_guard = common::tempdir();
+    let dst = dst_guard.path();
     std::fs::copy(src.join("config.json"), dst.join("config.json")).unwrap();
     let bytes = std::fs::read(src.join("diffusion_pytorch_model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -72,7 +73,7 @@ fn legacy_attention_key_names_load() {
         &dst.join("diffusion_pytorch_model.safetensors"),
     )
     .unwrap();
-    let vae = AutoencoderKL::from_dir(&dst, &common::device(), DType::F32, None)
+    let vae = AutoencoderKL::from_dir(dst, &common::device(), DType::F32, None)
         .unwrap()
         .0;
     check(&vae, "sd1-tiny");

@@ -25,16 +25,32 @@ pub struct ModelPair {
     pub base: StableDiffusion,
     /// The personalized side.
     pub personal: PersonalModel,
-    /// A name for cache keys (the base folder and the personalization).
-    pub id: String,
+    fingerprint: std::sync::OnceLock<u64>,
 }
 
 impl ModelPair {
     /// Personalize `base` with `p`.
     pub fn new(base: StableDiffusion, p: &Personalization) -> Result<Self> {
         let personal = p.apply(&base)?;
-        let id = format!("{}|{:?}", base.dir.display(), p);
-        Ok(Self { base, personal, id })
+        Ok(Self {
+            base,
+            personal,
+            fingerprint: Default::default(),
+        })
+    }
+
+    /// The content identity of the pair (the base model's and the personalization's
+    /// fingerprints), for cache keys: reads every source file once, on the first call.
+    pub fn fingerprint(&self) -> Result<u64> {
+        if let Some(f) = self.fingerprint.get() {
+            return Ok(*f);
+        }
+        let mut h = layret_core::fingerprint::Fingerprinter::new();
+        h.update_str("layret-model-pair-v1");
+        h.update_u64(self.base.fingerprint()?);
+        h.update_u64(self.personal.fingerprint()?);
+        let v = h.finish();
+        Ok(*self.fingerprint.get_or_init(|| v))
     }
 
     /// The UNet of `which`.

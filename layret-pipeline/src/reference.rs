@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 use layret_attention::{AttentionStore, KvPolicy, KvRecorder, KvStore, Router};
 use layret_core::Result;
 use layret_core::attention::{BatchLayout, DefaultAttention, StepContext};
@@ -28,29 +28,68 @@ pub struct ReferenceData {
     pub maps: Vec<Tensor<2>>,
 }
 
-/// The cache key of a reference.
+/// The cache key of a reference: everything its result depends on, serialized field by field
+/// into a versioned text (so renaming a Rust field never silently changes it), and the hash
+/// of that text naming the file on disk.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ReferenceKey {
-    /// Model pair id.
-    pub model: String,
-    /// A hash of the image tensor's values.
-    pub image: u64,
-    /// `y_r`.
-    pub prompt: String,
-    /// The unconditional prompt.
-    pub negative: String,
-    /// N.
-    pub steps: usize,
-    /// Guidance (bits), mask factor, swap divisor.
-    pub knobs: (u64, usize, usize),
+    text: String,
+}
+
+/// The version line of [`ReferenceKey`]'s text; bump it when the data or its meaning changes.
+const KEY_VERSION: &str = "layret-reference-v2";
+
+impl ReferenceKey {
+    /// The key of `image` (`[1, 3, H, W]`) under `models`, prompt `y_r` and the settings the
+    /// reference branch depends on (N, guidance, negative prompt, mask factor, swap divisor).
+    /// Reads the models' files once to fingerprint their content.
+    pub fn new(
+        models: &ModelPair,
+        image: &Tensor<4>,
+        reference_prompt: &str,
+        settings: &MethodSettings,
+    ) -> Result<Self> {
+        let dims = image.dims();
+        let text = format!(
+            "{KEY_VERSION}\nmodel {:016x}\nimage {:016x} {}x{}x{}x{}\nprompt {reference_prompt:?}\nnegative {:?}\nsteps {}\nguidance {:016x}\nmask_factor {}\nswap_divisor {}\n",
+            models.fingerprint()?,
+            layret_core::fingerprint::of_tensor(image)?,
+            dims[0],
+            dims[1],
+            dims[2],
+            dims[3],
+            settings.negative_prompt,
+            settings.steps,
+            settings.guidance.to_bits(),
+            settings.mask_factor,
+            settings.swap_divisor,
+        );
+        Ok(Self { text })
+    }
+
+    /// The serialized key (what the cache file's metadata holds).
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The file name of this key in a cache folder.
+    pub fn file_name(&self) -> String {
+        format!(
+            "reference-{:016x}.safetensors",
+            layret_core::fingerprint::of_bytes(self.text.as_bytes())
+        )
+    }
 }
 
 /// A cache of references (reused across prompts and seeds): in memory, and optionally in a
-/// folder of safetensors files that later runs reuse.
+/// folder of safetensors files that later runs reuse. Entries on disk are loaded onto the
+/// device of the models that ask for them; an entry that cannot be read (corrupt, truncated,
+/// from another version) is recomputed, with a [warning](Self::take_warnings).
 #[derive(Debug, Default)]
 pub struct ReferenceCache {
     entries: HashMap<ReferenceKey, Arc<ReferenceData>>,
     dir: Option<PathBuf>,
+    warnings: Vec<String>,
     /// Hits so far (memory or disk).
     pub hits: usize,
     /// Of the hits, those read from disk.
@@ -73,22 +112,23 @@ impl ReferenceCache {
         }
     }
 
-    fn file(&self, key: &ReferenceKey) -> Option<PathBuf> {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in format!("{key:?}").bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        self.dir
-            .as_ref()
-            .map(|d| d.join(format!("reference-{h:016x}.safetensors")))
+    /// The file of `key` in the cache folder, if the cache has one.
+    pub fn file(&self, key: &ReferenceKey) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join(key.file_name()))
     }
 
-    /// The cached data for `key`: from memory, else from disk, else computed with `make`
-    /// (and written to disk when a folder is set).
+    /// Messages about entries that could not be used (and were recomputed), oldest first;
+    /// the list is emptied.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+
+    /// The cached data for `key`: from memory, else from disk (onto `device`), else computed
+    /// with `make` (and written to disk, atomically, when a folder is set).
     pub fn get_or_insert(
         &mut self,
         key: ReferenceKey,
+        device: &Device,
         make: impl FnOnce() -> Result<ReferenceData>,
     ) -> Result<Arc<ReferenceData>> {
         if let Some(v) = self.entries.get(&key) {
@@ -96,11 +136,24 @@ impl ReferenceCache {
             return Ok(v.clone());
         }
         let file = self.file(&key);
-        let v = match file.as_ref().filter(|f| f.exists()) {
-            Some(f) => {
+        let cached = match file.as_ref().filter(|f| f.exists()) {
+            Some(f) => match load_reference_data(f, &key, device) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    self.warnings.push(format!(
+                        "reference cache entry {} is unusable ({e}); recomputing it",
+                        f.display()
+                    ));
+                    None
+                }
+            },
+            None => None,
+        };
+        let v = match cached {
+            Some(d) => {
                 self.hits += 1;
                 self.disk_hits += 1;
-                Arc::new(load_reference_data(f)?)
+                Arc::new(d)
             }
             None => {
                 self.misses += 1;
@@ -110,7 +163,7 @@ impl ReferenceCache {
                         std::fs::create_dir_all(dir)
                             .map_err(|e| layret_core::Error::io("creating", dir, e))?;
                     }
-                    save_reference_data(&data, f)?;
+                    save_reference_data(&data, &key, f)?;
                 }
                 Arc::new(data)
             }
@@ -120,9 +173,12 @@ impl ReferenceCache {
     }
 }
 
-/// Write reference data as one safetensors file (f32): `latents/<k>`, `map/<k>` (as
-/// `[1, 1, n, L]`) and `kv/<step>/<site>/k|v`.
-pub fn save_reference_data(data: &ReferenceData, path: &Path) -> Result<()> {
+/// The metadata entry holding the [`ReferenceKey`] text in a cache file.
+const KEY_METADATA: &str = "layret_reference_key";
+
+/// Write reference data as one safetensors file (f32, atomically): `latents/<k>`, `map/<k>`
+/// (as `[1, 1, n, L]`) and `kv/<step>/<site>/k|v`, with `key`'s text in the metadata.
+pub fn save_reference_data(data: &ReferenceData, key: &ReferenceKey, path: &Path) -> Result<()> {
     let mut items: Vec<(String, Tensor<4>)> = Vec::new();
     for (k, z) in data.latents.iter().enumerate() {
         items.push((format!("latents/{k}"), z.clone()));
@@ -142,18 +198,36 @@ pub fn save_reference_data(data: &ReferenceData, path: &Path) -> Result<()> {
         ));
     }
     let refs: Vec<(&str, Tensor<4>)> = items.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
-    layret_core::noise::save_tensors(path, &refs)
+    layret_core::noise::save_tensors_with_metadata(
+        path,
+        &refs,
+        &[(KEY_METADATA, key.as_str().to_string())],
+    )
 }
 
-/// Read what [`save_reference_data`] wrote.
-pub fn load_reference_data(path: &Path) -> Result<ReferenceData> {
-    let w = layret_core::weights::Weights::open(path, &burn::tensor::Device::flex())?;
+/// Read what [`save_reference_data`] wrote for `key`, onto `device`. A file written for
+/// another key (or by another version) is an error, as is any entry it does not expect.
+pub fn load_reference_data(
+    path: &Path,
+    key: &ReferenceKey,
+    device: &Device,
+) -> Result<ReferenceData> {
+    let w = layret_core::weights::Weights::open(path, device)?;
     let bad = |k: &str| {
         layret_core::Error::invalid(
             "reference cache",
             format!("{}: unexpected entry `{k}`", path.display()),
         )
     };
+    if w.metadata().get(KEY_METADATA).map(String::as_str) != Some(key.as_str()) {
+        return Err(layret_core::Error::invalid(
+            "reference cache",
+            format!(
+                "{}: written for another model, image or settings (or by another layret version)",
+                path.display()
+            ),
+        ));
+    }
     let mut latents = Vec::new();
     let mut maps = Vec::new();
     let mut kv = KvStore::new(KvPolicy::KeepF32);
@@ -199,19 +273,6 @@ pub fn load_reference_data(path: &Path) -> Result<ReferenceData> {
         kv,
         maps: maps.into_iter().map(|(_, t)| t).collect(),
     })
-}
-
-/// FNV-1a over the tensor's f32 bits.
-pub fn hash_tensor(t: &Tensor<4>) -> Result<u64> {
-    let values = layret_core::host::to_f32_vec(t.clone(), "reference image")?;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for v in values {
-        for b in v.to_bits().to_le_bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    Ok(h)
 }
 
 /// Compute the reference branch (METHOD.md): `x = VAE.encode(I_r).mean · s`; DDIM inversion

@@ -11,7 +11,7 @@ use layret_core::{Error, Result};
 
 use crate::layout::{context_conditioning, geometry};
 use crate::models::{ModelPair, cfg_pass, mask_sites, subject_map, swapped_sites};
-use crate::reference::{ReferenceCache, ReferenceKey, compute_reference, hash_tensor};
+use crate::reference::{ReferenceCache, ReferenceKey, compute_reference};
 use crate::settings::Blend;
 use crate::stage::{LayoutResult, RetouchResult, RetouchStage, StepMasks};
 
@@ -73,15 +73,8 @@ impl RetouchStage for MultiSourceRetouch {
             });
         }
         let sched = models.base.ddim(s.steps, 0.0)?;
-        let key = ReferenceKey {
-            model: models.id.clone(),
-            image: hash_tensor(reference)?,
-            prompt: req.prompts.reference.clone(),
-            negative: s.negative_prompt.clone(),
-            steps: s.steps,
-            knobs: (s.guidance.to_bits(), s.mask_factor, s.swap_divisor),
-        };
-        let refd = self.cache.get_or_insert(key, || {
+        let key = ReferenceKey::new(models, reference, &req.prompts.reference, s)?;
+        let refd = self.cache.get_or_insert(key, &models.base.device, || {
             compute_reference(models, reference, &req.prompts, s, mask, progress)
         })?;
         // The target runs ε* on y_p: the same conditioning as the context after λ1.

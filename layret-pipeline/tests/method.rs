@@ -3,47 +3,27 @@
 //! final target latents and the masks of every step, for textual inversion (split and concat)
 //! and DreamBooth; replay vs recompute; the prompt rules.
 
-use std::path::PathBuf;
-
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use layret_attention::{KvPolicy, SwapMode};
 use layret_core::Error;
 use layret_core::personalization::Personalization;
 use layret_core::stable_diffusion::{LoadOptions, NoiseSource, StableDiffusion};
 use layret_pipeline::*;
+use layret_test_support::{
+    Golden, bits, fixtures, golden_tensor, max_abs_diff, tempdir, try_golden,
+};
 use serde_json::Value;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
-
-fn golden(tag: &str, key: &str) -> Option<(Vec<f32>, Vec<usize>)> {
-    let bytes = std::fs::read(fixtures().join(format!("golden/method_{tag}.safetensors"))).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor(key).ok()?;
-    let v = t
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    Some((v, t.shape().to_vec()))
+fn golden(tag: &str, key: &str) -> Option<Golden> {
+    try_golden(&format!("method_{tag}.safetensors"), key)
 }
 
 fn tensor4(tag: &str, key: &str) -> Tensor<4> {
-    let (v, s) = golden(tag, key).unwrap();
-    Tensor::from_data(
-        TensorData::new(v, [s[0], s[1], s[2], s[3]]),
-        &Device::flex(),
-    )
+    golden_tensor(&format!("method_{tag}.safetensors"), key)
 }
 
-fn max_abs<const D: usize>(a: Tensor<D>, want: &(Vec<f32>, Vec<usize>)) -> f64 {
-    assert_eq!(a.dims().to_vec(), want.1);
-    let a: Vec<f32> = a.into_data().try_into_vec_as::<f32>().unwrap();
-    a.iter()
-        .zip(&want.0)
-        .map(|(x, y)| (x - y).abs() as f64)
-        .fold(0.0, f64::max)
+fn max_abs<const D: usize>(a: Tensor<D>, want: &Golden) -> f64 {
+    max_abs_diff(a, want)
 }
 
 fn base() -> StableDiffusion {
@@ -193,14 +173,6 @@ fn replay_and_recompute_give_identical_outputs() {
         ..settings
     };
     let (_, fallback, _) = run(&models, "dreambooth", dont_keep);
-    let bits = |t: Tensor<4>| {
-        t.into_data()
-            .try_into_vec_as::<f32>()
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect::<Vec<_>>()
-    };
     let r = bits(replayed);
     assert_eq!(r, bits(recomputed), "recompute differs from replay");
     assert_eq!(
@@ -323,8 +295,8 @@ fn reference_cache_on_disk_gives_identical_outputs() {
         settings,
         return_masks: false,
     };
-    let dir = std::env::temp_dir().join(format!("layret-refcache-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempdir();
+    let dir = tmp.path().join("cache");
     let run = || {
         let mut pipe = LayoutAndRetouch::new(
             StepBlendedLayout,
@@ -365,4 +337,150 @@ fn reference_cache_on_disk_gives_identical_outputs() {
         "the second run reads the reference from disk"
     );
     assert_eq!(a, b, "identical outputs from the disk cache");
+}
+
+/// Copy `src` into `dst`, recursively.
+fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), to).unwrap();
+        }
+    }
+}
+
+#[test]
+fn reference_cache_keys_follow_content_and_recompute_bad_entries() {
+    let tmp = tempdir();
+    let model_dir = tmp.join("model");
+    copy_dir(&fixtures().join("sd1-tiny"), &model_dir);
+    let cache_dir = tmp.join("cache");
+    let (settings, phrase, class, prompt) = case("ti");
+    let load = |dtype| {
+        let opts = LoadOptions {
+            dtype,
+            variant: None,
+        };
+        let base = StableDiffusion::load(&model_dir, &Device::flex(), &opts).unwrap();
+        ModelPair::new(base, &personalization("ti")).unwrap()
+    };
+    let subject = Subject {
+        phrase,
+        class_phrase: class,
+        reference: tensor4("ti", "reference_image"),
+    };
+    let req = GenerateRequest {
+        prompts: vec![prompt],
+        num_samples: 2,
+        width: 128,
+        height: 128,
+        noise: NoiseSource::Tensor(tensor4("ti", "noise")),
+        settings: settings.clone(),
+        return_masks: false,
+    };
+    // Returns (latent bits, misses, disk hits, warnings).
+    let run = |models: &ModelPair| {
+        let mut pipe = LayoutAndRetouch::new(
+            StepBlendedLayout,
+            MultiSourceRetouch {
+                cache: ReferenceCache::with_disk(&cache_dir),
+                mask_log: None,
+            },
+        );
+        let out = pipe.generate(models, &subject, &req, &mut |_| {}).unwrap();
+        let b: Vec<u32> = out.iter().flat_map(|g| bits(g.latents.clone())).collect();
+        let c = &mut pipe.retouch.cache;
+        (b, c.misses, c.disk_hits, c.take_warnings())
+    };
+    let files = || std::fs::read_dir(&cache_dir).unwrap().count();
+
+    let models = load(burn::tensor::DType::F32);
+    let (first, misses, _, warnings) = run(&models);
+    assert_eq!((misses, files()), (1, 1));
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let (again, misses, disk, _) = run(&models);
+    assert_eq!((misses, disk), (0, 1), "a second run reads it from disk");
+    assert_eq!(first, again);
+
+    // Loaded onto the device asked for, under the key it was written for.
+    let key = ReferenceKey::new(
+        &models,
+        &subject.reference,
+        &SubjectPrompts::new(
+            &req.prompts[0],
+            &subject.phrase,
+            "x",
+            &settings.reference_prefix,
+        )
+        .unwrap()
+        .reference,
+        &settings,
+    )
+    .unwrap();
+    let file = ReferenceCache::with_disk(&cache_dir).file(&key).unwrap();
+    assert!(file.exists(), "the file is named by the key");
+    let data = load_reference_data(&file, &key, &Device::flex()).unwrap();
+    assert_eq!(data.latents.len(), settings.steps);
+    assert!(data.latents.iter().all(|z| z.device() == Device::flex()));
+
+    // Another dtype is another key.
+    let f16 = load(burn::tensor::DType::F16);
+    assert_ne!(f16.fingerprint().unwrap(), models.fingerprint().unwrap());
+    let other_settings = MethodSettings {
+        guidance: 5.0,
+        ..settings.clone()
+    };
+    let other = ReferenceKey::new(
+        &models,
+        &subject.reference,
+        "a photo of <cat-toy>",
+        &other_settings,
+    )
+    .unwrap();
+    assert_ne!(
+        other.file_name(),
+        key.file_name(),
+        "guidance is part of the key"
+    );
+
+    // A corrupt entry is recomputed, with a warning naming it, and rewritten.
+    std::fs::write(&file, b"not a safetensors file").unwrap();
+    let (fixed, misses, disk, warnings) = run(&models);
+    assert_eq!((misses, disk), (1, 0));
+    assert_eq!(
+        fixed, first,
+        "the recomputed reference gives the same images"
+    );
+    assert!(
+        warnings.len() == 1 && warnings[0].contains(&file.display().to_string()),
+        "{warnings:?}"
+    );
+    let (_, misses, disk, _) = run(&models);
+    assert_eq!((misses, disk), (0, 1), "the rewritten entry is valid");
+
+    // An entry written for another key under this name (e.g. by another version) is stale.
+    let stale = ReferenceCache::with_disk(&cache_dir).file(&other).unwrap();
+    std::fs::copy(&file, &stale).unwrap();
+    assert!(load_reference_data(&stale, &other, &Device::flex()).is_err());
+
+    // Retrained weights at the same path: another key, so the old entry is not reused.
+    drop(models);
+    let unet = model_dir.join("unet/diffusion_pytorch_model.safetensors");
+    let mut bytes = std::fs::read(&unet).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x01; // one mantissa bit of the last weight
+    std::fs::write(&unet, bytes).unwrap();
+    let retrained = load(burn::tensor::DType::F32);
+    let before = files();
+    let (_, misses, disk, _) = run(&retrained);
+    assert_eq!(
+        (misses, disk),
+        (1, 0),
+        "changed weights at the same path are recomputed"
+    );
+    assert_eq!(files(), before + 1);
 }

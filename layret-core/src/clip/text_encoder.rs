@@ -240,6 +240,26 @@ impl ClipTextEncoder {
         Ok(out)
     }
 
+    /// The embedding vector of token `id` (`[hidden]`), e.g. to check a learned token.
+    pub fn token_embedding(&self, id: u32) -> Result<Tensor<1>> {
+        let n = self.vocab_size();
+        if id as usize >= n {
+            return Err(Error::invalid(
+                "token id",
+                format!("{id}; the text encoder has {n} tokens"),
+            ));
+        }
+        let d = self.hidden_size();
+        let i = id as usize;
+        Ok(self
+            .embeddings
+            .token_embedding
+            .weight
+            .val()
+            .slice([i..i + 1, 0..d])
+            .reshape([d]))
+    }
+
     /// Vocabulary size (rows of the token embedding).
     pub fn vocab_size(&self) -> usize {
         self.embeddings.token_embedding.num_embeddings()

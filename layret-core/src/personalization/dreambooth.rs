@@ -128,9 +128,13 @@ pub fn load_dreambooth(base: &StableDiffusion, dir: &Path) -> Result<PersonalMod
             ),
         });
     }
+    let mut sources = crate::tokenizer::tokenizer_files(dir);
+    sources.extend(unet_file.into_iter().chain(weights_file(&te_dir, "model")));
     Ok(PersonalModel {
         tokenizer,
         text_encoder,
         unet,
+        sources,
+        label: "dreambooth".into(),
     })
 }

@@ -127,6 +127,8 @@ impl Personalization {
                     tokenizer,
                     text_encoder,
                     unet: None,
+                    sources: vec![path.clone()],
+                    label: format!("ti token={}", ti.token),
                 })
             }
             Personalization::DreamBooth { dir } => load_dreambooth(base, dir),
@@ -134,14 +136,18 @@ impl Personalization {
                 let unet = apply_custom_diffusion(&base.unet, path)?;
                 let mut tokenizer = base.tokenizer.clone();
                 let mut text_encoder = base.text_encoder.clone();
+                let mut sources = vec![path.clone()];
                 for f in modifier_token_files(path)? {
                     let ti = TextualInversion::load(&f, None, device)?;
                     text_encoder = ti.apply(&mut tokenizer, &text_encoder)?;
+                    sources.push(f);
                 }
                 Ok(PersonalModel {
                     tokenizer,
                     text_encoder,
                     unet: Some(unet),
+                    sources,
+                    label: "custom-diffusion".into(),
                 })
             }
             Personalization::Lora { path, scale } => {
@@ -160,6 +166,8 @@ impl Personalization {
                     tokenizer: base.tokenizer.clone(),
                     text_encoder,
                     unet,
+                    sources: vec![path.clone()],
+                    label: format!("lora scale={:#x}", scale.to_bits()),
                 })
             }
         }
@@ -196,9 +204,25 @@ pub struct PersonalModel {
     pub text_encoder: ClipTextEncoder,
     /// The personalized UNet, if not the vanilla one.
     pub unet: Option<UNet2DConditionModel>,
+    /// The files the personalization was read from (their content identifies it).
+    pub sources: Vec<PathBuf>,
+    /// The personalization's settings that are not in its files (kind, token, LoRA scale).
+    pub label: String,
 }
 
 impl PersonalModel {
+    /// The content identity of the personalization applied (its kind, settings and every
+    /// source file's content), for cache keys; reads the files.
+    pub fn fingerprint(&self) -> Result<u64> {
+        let mut h = crate::fingerprint::Fingerprinter::new();
+        h.update_str("layret-personalization-v1");
+        h.update_str(&self.label);
+        for f in &self.sources {
+            h.update_u64(crate::fingerprint::of_file(f)?);
+        }
+        Ok(h.finish())
+    }
+
     /// The UNet ε* runs: its own, or `base`'s.
     pub fn unet<'a>(&'a self, base: &'a StableDiffusion) -> &'a UNet2DConditionModel {
         self.unet.as_ref().unwrap_or(&base.unet)

@@ -179,6 +179,31 @@ impl SchedulerConfig {
         Ok(())
     }
 
+    /// A stable fingerprint of every setting that changes a schedule (for cache keys): the
+    /// ᾱ table itself and the fields that pick timesteps and interpret the model output.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = crate::fingerprint::Fingerprinter::new();
+        h.update_str("scheduler-v1");
+        for a in self.alphas_cumprod() {
+            h.update(&a.to_bits().to_le_bytes());
+        }
+        h.update_u64(self.steps_offset as u64);
+        h.update_u64(self.set_alpha_to_one as u64);
+        h.update_str(match self.prediction_type {
+            PredictionType::Epsilon => "epsilon",
+            PredictionType::VPrediction => "v_prediction",
+            PredictionType::Sample => "sample",
+        });
+        h.update_str(match self.timestep_spacing {
+            TimestepSpacing::Leading => "leading",
+            TimestepSpacing::Trailing => "trailing",
+            TimestepSpacing::Linspace => "linspace",
+        });
+        h.update_u64(self.clip_sample as u64);
+        h.update_u64(self.clip_sample_range.to_bits());
+        h.finish()
+    }
+
     /// ᾱ_t for t = 0..T, in f32 exactly as diffusers computes it.
     pub fn alphas_cumprod(&self) -> Vec<f32> {
         let t = self.num_train_timesteps;
