@@ -76,7 +76,7 @@ fn main() -> layret::Result<()> {
     let subject = Subject {
         phrase: "<cat-toy>".into(),
         class_phrase: "cat toy".into(),
-        reference: disc(128, [230, 140, 20], &device)?,
+        references: vec![disc(128, [230, 140, 20], &device)?],
     };
     let request = GenerateRequest {
         prompts: vec!["a <cat-toy> on the beach".into()],

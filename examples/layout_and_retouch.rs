@@ -59,7 +59,7 @@ fn main() -> layret::Result<()> {
     let subject = Subject {
         phrase,
         class_phrase: class,
-        reference,
+        references: vec![reference],
     };
     let mut settings = MethodSettings {
         steps,

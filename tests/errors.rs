@@ -371,7 +371,7 @@ fn r18_phrase_not_in_prompt() {
     let s = Subject {
         phrase: "<cat-toy>".into(),
         class_phrase: "cat toy".into(),
-        reference: reference(),
+        references: vec![reference()],
     };
     let e = LayoutAndRetouch::default()
         .generate(&ti_pair(), &s, &gen_request("a dog"), &mut |_| {})
@@ -387,7 +387,7 @@ fn r19_class_phrase_empty() {
     let s = Subject {
         phrase: "<cat-toy>".into(),
         class_phrase: " ".into(),
-        reference: reference(),
+        references: vec![reference()],
     };
     let e = LayoutAndRetouch::default()
         .generate(&ti_pair(), &s, &gen_request("a <cat-toy>"), &mut |_| {})
@@ -750,7 +750,7 @@ fn r41_mask_factor_not_dividing_the_latent() {
     let s = Subject {
         phrase: "<cat-toy>".into(),
         class_phrase: "cat toy".into(),
-        reference: reference(),
+        references: vec![reference()],
     };
     let mut req = gen_request("a <cat-toy>");
     req.settings.mask_factor = 3;

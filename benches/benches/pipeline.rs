@@ -23,7 +23,7 @@ fn pipeline(c: &mut Criterion) {
     let subject = Subject {
         phrase: "<cat-toy>".into(),
         class_phrase: "cat toy".into(),
-        reference,
+        references: vec![reference],
     };
     let mut g = c.benchmark_group("layout_and_retouch_tiny");
     for (name, replay) in [("replay", true), ("recompute", false)] {

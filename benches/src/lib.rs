@@ -89,7 +89,7 @@ pub fn sd15_textual_inversion(device: &Device, size: usize) -> (ModelPair, Subje
     let subject = Subject {
         phrase: "<tok>".into(),
         class_phrase: "dog".into(),
-        reference,
+        references: vec![reference],
     };
     (models, subject)
 }

@@ -20,14 +20,7 @@ pub struct StepBlendedLayout;
 /// The latent size and mask level of a request, checked.
 pub(crate) fn geometry(request: &LayoutRequest) -> Result<((usize, usize), (usize, usize))> {
     let [_, _, h, w] = request.noise.dims();
-    let f = request.settings.mask_factor;
-    if h % f != 0 || w % f != 0 {
-        return Err(layret_core::Error::invalid(
-            "mask_factor",
-            format!("the latent {h}×{w} is not divisible by the mask factor {f}"),
-        ));
-    }
-    Ok(((h, w), (h / f, w / f)))
+    Ok(((h, w), request.settings.mask_level(h, w)?))
 }
 
 /// The context branch's conditioning at step k (vanilla on `y_c` before `λ1`).

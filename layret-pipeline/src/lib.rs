@@ -15,11 +15,8 @@
 //! let device = burn::tensor::Device::flex();
 //! let base = StableDiffusion::load("stable-diffusion-v1-5", &device, &LoadOptions::default())?;
 //! let models = ModelPair::new(base, &Personalization::parse("dreambooth:my-sks-dog")?)?;
-//! let subject = Subject {
-//!     phrase: "sks dog".into(),
-//!     class_phrase: "dog".into(),
-//!     reference: load_reference_tensor("dog.jpg".as_ref(), 512, 512, &device)?,
-//! };
+//! let reference = load_reference_tensor("dog.jpg".as_ref(), 512, 512, &device)?;
+//! let subject = Subject::new("sks dog", "dog", reference);
 //! let request = GenerateRequest {
 //!     prompts: vec!["a sks dog surfing a wave".into()],
 //!     num_samples: 2, width: 512, height: 512,

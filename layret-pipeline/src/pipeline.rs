@@ -12,15 +12,36 @@ use crate::retouch::MultiSourceRetouch;
 use crate::settings::MethodSettings;
 use crate::stage::{LayoutRequest, LayoutStage, RetouchStage, StepMasks};
 
-/// The subject: its phrases and a reference photo.
+/// The subject: its phrases and reference photos.
 #[derive(Debug, Clone)]
 pub struct Subject {
     /// `P`, e.g. "sks dog".
     pub phrase: String,
     /// `C`, e.g. "dog".
     pub class_phrase: String,
-    /// The reference photo at the generation size, `[1, 3, H, W]` in [-1, 1].
-    pub reference: Tensor<4>,
+    /// The reference photos at the generation size, each `[1, 3, H, W]` in [-1, 1]; with
+    /// R of them, sample k of every prompt uses reference `k mod R` (METHOD.md).
+    pub references: Vec<Tensor<4>>,
+}
+
+impl Subject {
+    /// A subject with one reference photo (`[1, 3, H, W]` in [-1, 1]).
+    pub fn new(
+        phrase: impl Into<String>,
+        class_phrase: impl Into<String>,
+        reference: Tensor<4>,
+    ) -> Self {
+        Self {
+            phrase: phrase.into(),
+            class_phrase: class_phrase.into(),
+            references: vec![reference],
+        }
+    }
+
+    /// Which reference sample `k` uses: `k mod R`.
+    pub fn reference_of(&self, sample: usize) -> usize {
+        sample % self.references.len().max(1)
+    }
 }
 
 /// One generation request: several prompts × `num_samples` for one subject.
@@ -63,6 +84,8 @@ pub struct Generated {
     pub prompt_index: usize,
     /// Sample index within the prompt.
     pub sample: usize,
+    /// The reference image it used (`sample mod R`).
+    pub reference_index: usize,
     /// The final image.
     pub image: RgbImage,
     /// The context (layout) image beside it.
@@ -149,6 +172,7 @@ impl<L: LayoutStage, R: RetouchStage> LayoutAndRetouch<L, R> {
         }
         let base = &models.base;
         let (h, w) = base.latent_size(request.width, request.height)?;
+        request.settings.mask_level(h, w)?;
         let noise = base.initial_noise(&request.noise, request.num_samples, h, w)?;
         // Check every prompt before any work.
         let prompts = request
@@ -163,6 +187,30 @@ impl<L: LayoutStage, R: RetouchStage> LayoutAndRetouch<L, R> {
                 )
             })
             .collect::<Result<Vec<_>>>()?;
+        // Every reference, before any work: the generation size, one image each.
+        if subject.references.is_empty() {
+            return Err(Error::invalid("references", "no reference image given"));
+        }
+        for (i, r) in subject.references.iter().enumerate() {
+            let want = [1, 3, request.height, request.width];
+            if r.dims() != want {
+                return Err(Error::Shape {
+                    what: format!("reference image {i}"),
+                    expected: format!("{want:?} (one image at the generation size)"),
+                    got: r.dims().to_vec(),
+                });
+            }
+        }
+        // Samples grouped by the reference they use (k mod R); each group runs both stages.
+        let groups: Vec<(usize, Vec<usize>)> = (0..subject.references.len())
+            .map(|r| {
+                let rows = (0..request.num_samples)
+                    .filter(|&k| subject.reference_of(k) == r)
+                    .collect::<Vec<_>>();
+                (r, rows)
+            })
+            .filter(|(_, rows)| !rows.is_empty())
+            .collect();
         let n_prompts = prompts.len();
         let mut out = Vec::new();
         for (pi, prompts) in prompts.into_iter().enumerate() {
@@ -173,50 +221,72 @@ impl<L: LayoutStage, R: RetouchStage> LayoutAndRetouch<L, R> {
                     stage,
                 })
             };
-            let req = LayoutRequest {
-                prompts,
-                noise: noise.clone(),
-                settings: request.settings.clone(),
-            };
-            let layout = self.layout.layout(models, &req, &mut report)?;
-            let context = layout
-                .trajectory
-                .last()
-                .cloned()
-                .ok_or_else(|| Error::invalid("layout", "empty trajectory"))?;
-            let result = self
-                .retouch
-                .retouch(models, &layout, &subject.reference, &mut report)?;
-            let images = base.decode_to_rgb8(result.latents.clone())?;
-            let context_images = base.decode_to_rgb8(context.clone())?;
-            report(Progress {
-                stage: "decode",
-                step: 1,
-                total: 1,
-            });
-            for (i, (image, context_image)) in images.into_iter().zip(context_images).enumerate() {
-                let masks = match (&result.masks, request.return_masks) {
-                    (Some(m), true) => Some(mask_images(
-                        m,
-                        i,
-                        request.width as u32,
-                        request.height as u32,
-                    )?),
-                    _ => None,
+            let mut samples = Vec::with_capacity(request.num_samples);
+            for (r, rows) in &groups {
+                let req = LayoutRequest {
+                    prompts: prompts.clone(),
+                    noise: select_rows(&noise, rows),
+                    settings: request.settings.clone(),
                 };
-                out.push(Generated {
-                    prompt_index: pi,
-                    sample: i,
-                    image,
-                    context_image,
-                    latents: result.latents.clone().slice([i..i + 1]),
-                    context_latents: context.clone().slice([i..i + 1]),
-                    masks,
+                let layout = self.layout.layout(models, &req, &mut report)?;
+                let context = layout
+                    .trajectory
+                    .last()
+                    .cloned()
+                    .ok_or_else(|| Error::invalid("layout", "empty trajectory"))?;
+                let result =
+                    self.retouch
+                        .retouch(models, &layout, &subject.references[*r], &mut report)?;
+                let images = base.decode_to_rgb8(result.latents.clone())?;
+                let context_images = base.decode_to_rgb8(context.clone())?;
+                report(Progress {
+                    stage: "decode",
+                    step: 1,
+                    total: 1,
                 });
+                for (i, (image, context_image)) in
+                    images.into_iter().zip(context_images).enumerate()
+                {
+                    let masks = match (&result.masks, request.return_masks) {
+                        (Some(m), true) => Some(mask_images(
+                            m,
+                            i,
+                            request.width as u32,
+                            request.height as u32,
+                        )?),
+                        _ => None,
+                    };
+                    samples.push(Generated {
+                        prompt_index: pi,
+                        sample: rows[i],
+                        reference_index: *r,
+                        image,
+                        context_image,
+                        latents: result.latents.clone().slice([i..i + 1]),
+                        context_latents: context.clone().slice([i..i + 1]),
+                        masks,
+                    });
+                }
             }
+            samples.sort_by_key(|g| g.sample);
+            out.extend(samples);
         }
         Ok(out)
     }
+}
+
+/// Rows `rows` of `t` (all of them without a copy when `rows` is `0..n`).
+fn select_rows(t: &Tensor<4>, rows: &[usize]) -> Tensor<4> {
+    let n = t.dims()[0];
+    if rows.len() == n && rows.iter().enumerate().all(|(i, &r)| i == r) {
+        return t.clone();
+    }
+    let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+    let idx = Tensor::<1, burn::tensor::Int>::from_data(
+        burn::tensor::TensorData::new(idx, [rows.len()]),
+        &t.device(),
+    );
+    t.clone().select(0, idx)
 }
 
 fn mask_images(m: &StepMasks, i: usize, width: u32, height: u32) -> Result<MaskImages> {

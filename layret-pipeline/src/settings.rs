@@ -108,6 +108,19 @@ impl MethodSettings {
         self.replay && self.kv_policy != KvPolicy::DontKeep
     }
 
+    /// The mask level `(H/f, W/f)` of an `h × w` latent (f = the mask factor), or an error if
+    /// f does not divide both.
+    pub fn mask_level(&self, h: usize, w: usize) -> Result<(usize, usize)> {
+        let f = self.mask_factor;
+        if f == 0 || !h.is_multiple_of(f) || !w.is_multiple_of(f) {
+            return Err(Error::invalid(
+                "mask_factor",
+                format!("the latent {h}×{w} is not divisible by the mask factor {f}"),
+            ));
+        }
+        Ok((h / f, w / f))
+    }
+
     /// Check every knob.
     pub fn validate(&self) -> Result<()> {
         if self.steps == 0 {

@@ -803,24 +803,296 @@ def lora_goldens(seed: int):
 
 METHOD_CFG = dict(N=6, guidance=7.5, S=2, tau=0.1, mf=2, layout_fraction=0.2, blend="otsu")
 
+# The newer cases: every setting explicit (the Rust test reads them all, no defaults).
+# personalization paths are relative to tests/fixtures; blend is "otsu", "off" or a number tau_b.
+TI_CAT = {"kind": "ti", "file": "personalization/ti_cat_toy.safetensors", "token": None}
+METHOD_BASE = dict(
+    model="sd1-tiny", personalization=TI_CAT, phrase="<cat-toy>", class_="cat toy",
+    prompt="a <cat-toy> on the beach", negative_prompt="", reference_prefix="a photo of ",
+    N=6, guidance=7.5, S=2, tau=0.1, mf=2, layout_fraction=0.2, mode="split", div=2,
+    blend="otsu", blend_start=1, width=128, height=128, samples=2, references=1, noise="white",
+)
+DREAMBOOTH = {"kind": "dreambooth", "file": "sd1-tiny-dreambooth", "token": None}
+METHOD_NEW_CASES = [
+    # (a) Otsu blend masks that split the latent: 256x256 (32x32 latent), 16x16 maps, a smooth
+    # initial noise (see method_case_inputs) and tau 0.5 (the swap masks split too).
+    # Latents reach |31| here (smooth noise, 32x32): PyTorch's own f32 run of this case is 5.5e-5
+    # from its f64 run, layret's f32 1.1e-4 (tools/reference/README.md), so two f32
+    # implementations agree to ~1.2e-4, not 1e-4: the case states its tolerance.
+    dict(tag="blend_split", width=256, height=256, mf=2, tau=0.5, noise="smooth2", seed=11151,
+         tolerance=2e-4),
+    # (b) a non-square latent: 128 wide x 96 high -> H x W = 12 x 16 latent, levels 12x16, 6x8,
+    # 3x4, maps 6x8.
+    dict(tag="non_square", width=128, height=96, seed=4102),
+    # (b') odd levels: 128 wide x 80 high -> 10 x 16, levels 10x16, 5x8, 3x4 (ceil-halved), maps 5x8.
+    dict(tag="non_square_odd", width=128, height=80, seed=4112),
+    # (c) v-prediction, linear projections, its own VAE/tokenizer; TI on sd2-tiny's encoder.
+    dict(tag="sd2_vpred", model="sd2-tiny", seed=4103),
+    # (d) Custom Diffusion (+ the <new1> modifier token).
+    dict(tag="custom_diffusion",
+         personalization={"kind": "custom-diffusion",
+                          "file": "personalization/custom_diffusion/pytorch_custom_diffusion_weights.safetensors",
+                          "token": None,
+                          "token_files": ["personalization/custom_diffusion/new1.safetensors"]},
+         phrase="<new1> dog", class_="dog", prompt="<new1> dog in a bucket", tau=0.5, seed=4104),
+    # (e) LoRA (PEFT file, UNet and text encoder) fused at scale 1.
+    dict(tag="lora",
+         personalization={"kind": "lora", "file": "personalization/lora_peft/pytorch_lora_weights.safetensors",
+                          "token": None, "scale": 1.0},
+         phrase="sks dog", class_="dog", prompt="a sks dog surfing a wave", tau=0.5, seed=5105),
+    # (f) two reference images: sample i uses reference i mod 2.
+    dict(tag="two_references", references=2, samples=2, seed=4106),
+    # (g) blending off, and a fixed threshold from step 1 (same inputs: see the check below).
+    dict(tag="blend_off", blend="off", seed=4107),
+    dict(tag="blend_fixed", blend=0.5, blend_start=1, seed=4107),
+    # (g') blending from step 0 (the target map of step 0's own pass).
+    dict(tag="blend_start_0", blend_start=0, seed=4113),
+    # (h) a negative prompt, on DreamBooth so that the two branches' encoders differ.
+    dict(tag="negative_prompt", personalization=DREAMBOOTH, phrase="sks dog", class_="dog",
+         prompt="a sks dog surfing a wave", tau=0.5, negative_prompt="blurry, low quality", seed=5108),
+    # (i) swap divisor 1: only the decoder level at the full latent size swaps.
+    dict(tag="swap_divisor_1", div=1, seed=4109),
+    # (j) a 2-vector A1111 embedding under the token <sks2>.
+    dict(tag="ti_multivector",
+         personalization={"kind": "ti", "file": "personalization/ti_a1111_2vec.safetensors", "token": "<sks2>"},
+         phrase="<sks2>", class_="toy", prompt="a photo of <sks2> on a table", seed=4110),
+]
+
+
+def ti_loader(tokenizer, text_encoder):
+    """diffusers' TextualInversionLoaderMixin on a bare tokenizer/text encoder pair."""
+    from diffusers.loaders import TextualInversionLoaderMixin
+
+    class Loader(TextualInversionLoaderMixin):
+        def __init__(self, tokenizer, text_encoder):
+            self.tokenizer, self.text_encoder = tokenizer, text_encoder
+            self.hf_device_map = None
+            self.components = {"tokenizer": tokenizer, "text_encoder": text_encoder}
+
+    return Loader(tokenizer, text_encoder)
+
+
+def method_parts(name):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    d = FIX / name
+    return (
+        CLIPTokenizer.from_pretrained(str(d / "tokenizer")),
+        CLIPTextModel.from_pretrained(str(d / "text_encoder"), torch_dtype=torch.float32).eval(),
+        UNet2DConditionModel.from_pretrained(str(d / "unet"), torch_dtype=torch.float32).eval(),
+    )
+
+
+def with_ti(base, files, token=None):
+    """A TI personal branch: copies of the tokenizer/encoder with the file(s) loaded, the same
+    UNet, and maybe_convert_prompt (multi-vector tokens)."""
+    import copy
+
+    tok, te = copy.deepcopy(base[0]), copy.deepcopy(base[1])
+    ld = ti_loader(tok, te)
+    for f in files:
+        if token is None:
+            ld.load_textual_inversion(str(FIX / f))
+        else:
+            ld.load_textual_inversion(str(FIX / f), token=token)
+    return (tok, te, base[2], lambda s: ld.maybe_convert_prompt(s, tok))
+
+
+def custom_diffusion_unet(model, weights):
+    """A copy of the UNet with Custom Diffusion's attn2 weights merged: to_k/to_v replaced, and
+    to_q/to_out.0 where the file has them."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(str(FIX / model / "unet"), torch_dtype=torch.float32).eval()
+    sd = load_file(str(FIX / weights))
+    names = {"to_k_custom_diffusion.weight": "to_k.weight", "to_v_custom_diffusion.weight": "to_v.weight",
+             "to_q_custom_diffusion.weight": "to_q.weight",
+             "to_out_custom_diffusion.0.weight": "to_out.0.weight",
+             "to_out_custom_diffusion.0.bias": "to_out.0.bias"}
+    with torch.no_grad():
+        for k, v in sd.items():
+            site, _, pname = k.partition(".processor.")
+            attn = unet.get_submodule(site)
+            dst = attn.get_parameter(names[pname])
+            assert dst.shape == v.shape, k
+            dst.copy_(v)
+    return unet
+
+
+def check_custom_diffusion_unet(unet):
+    """The merged UNet reproduces diffusers' CustomDiffusionAttnProcessor (golden/cd_sd1-tiny)."""
+    d = load_file(str(GOLDEN / "unet_sd1-tiny.safetensors"))
+    want = load_file(str(GOLDEN / "cd_sd1-tiny.safetensors"))["eps_t981"]
+    with torch.no_grad():
+        got = unet(d["sample"], 981, encoder_hidden_states=d["encoder_hidden_states"]).sample
+    err = float((got - want).abs().max())
+    assert err < 1e-5, f"merged Custom Diffusion UNet vs diffusers' processor: {err}"
+    return err
+
+
+def lora_branch(model, file, scale):
+    """UNet: diffusers' load_lora_adapter + fuse_lora (as lora_goldens()); text encoder: the
+    formula W + scale*(alpha/r)*B@A with alpha = r (a PEFT file carries no alpha)."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    state, alphas = StableDiffusionPipeline.lora_state_dict(str(FIX / file))
+    u = UNet2DConditionModel.from_pretrained(str(FIX / model / "unet"), torch_dtype=torch.float32).eval()
+    u.load_lora_adapter(state, prefix="unet", network_alphas=alphas, adapter_name="x")
+    u.fuse_lora(lora_scale=scale)
+    te = CLIPTextModel.from_pretrained(str(FIX / model / "text_encoder"), torch_dtype=torch.float32).eval()
+    raw = load_file(str(FIX / file))
+    n_te = 0
+    with torch.no_grad():
+        for k, a_ in raw.items():
+            if not (k.startswith("text_encoder.") and k.endswith(".lora_A.weight")):
+                continue
+            mod = k[len("text_encoder."): -len(".lora_A.weight")]
+            b_ = raw[f"text_encoder.{mod}.lora_B.weight"]
+            lin = te.get_submodule(mod.removeprefix("text_model."))
+            lin.weight.add_(scale * 1.0 * (b_ @ a_))  # alpha / r = 1
+            n_te += 1
+    assert n_te == 12, n_te
+    tok = CLIPTokenizer.from_pretrained(str(FIX / model / "tokenizer"))
+    return (tok, te, u)
+
+
+def check_lora_unet():
+    """The fused UNet path reproduces lora_sd1-tiny's scale-0.7 golden and, at scale 1, equals
+    the formula W + (B@A) on every targeted projection."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    file = "personalization/lora_peft/pytorch_lora_weights.safetensors"
+    d = load_file(str(GOLDEN / "unet_sd1-tiny.safetensors"))
+    state, alphas = StableDiffusionPipeline.lora_state_dict(str(FIX / file))
+    u = UNet2DConditionModel.from_pretrained(str(FIX / "sd1-tiny" / "unet")).eval()
+    u.load_lora_adapter(state, prefix="unet", network_alphas=alphas, adapter_name="x")
+    u.fuse_lora(lora_scale=0.7)
+    with torch.no_grad():
+        got = u(d["sample"], 981, encoder_hidden_states=d["encoder_hidden_states"]).sample
+    want = load_file(str(GOLDEN / "lora_sd1-tiny.safetensors"))["peft.eps_t981"]
+    assert torch.equal(got, want)
+    u1 = lora_branch("sd1-tiny", file, 1.0)[2]
+    base = UNet2DConditionModel.from_pretrained(str(FIX / "sd1-tiny" / "unet")).eval()
+    raw = load_file(str(FIX / file))
+    fused = {k.replace(".base_layer", ""): v for k, v in u1.state_dict().items() if "lora_" not in k}
+    err = 0.0
+    for k, a_ in raw.items():
+        if not (k.startswith("unet.") and k.endswith(".lora_A.weight")):
+            continue
+        mod = k[len("unet."): -len(".lora_A.weight")]
+        w_ = base.get_submodule(mod).weight.detach() + raw[f"unet.{mod}.lora_B.weight"] @ a_
+        err = max(err, float((fused[f"{mod}.weight"] - w_).abs().max()))
+    assert err < 1e-6, err
+
+
+def method_case_models(spec):
+    """(vanilla, personal, vae, scheduler) for a METHOD_NEW_CASES entry."""
+    from diffusers import AutoencoderKL, DDIMScheduler
+
+    model = spec["model"]
+    vanilla = method_parts(model)
+    pers = spec["personalization"]
+    kind = pers["kind"]
+    if kind == "ti":
+        personal = with_ti(vanilla, [pers["file"]], pers["token"])
+    elif kind == "dreambooth":
+        personal = method_parts(pers["file"])
+    elif kind == "custom-diffusion":
+        unet = custom_diffusion_unet(model, pers["file"])
+        check_custom_diffusion_unet(unet)
+        personal = with_ti((vanilla[0], vanilla[1], unet), pers["token_files"])
+    elif kind == "lora":
+        personal = lora_branch(model, pers["file"], pers["scale"])
+    else:
+        raise ValueError(kind)
+    vae = AutoencoderKL.from_pretrained(str(FIX / model / "vae")).eval()
+    sched = DDIMScheduler.from_pretrained(str(FIX / model / "scheduler"))
+    return vanilla, personal, vae, sched
+
+
+def method_case_inputs(spec):
+    """Noise [samples, 4, H, W] and R smooth reference images [1, 3, height, width]."""
+    H, W = spec["height"] // 8, spec["width"] // 8
+    g = torch.Generator().manual_seed(spec["seed"])
+    if spec["noise"] == "white":
+        noise = torch.randn(spec["samples"], 4, H, W, generator=g)
+    else:
+        # "smoothK": a KxK field of standard normals upsampled bicubically to the latent size, unit std.
+        # The tiny random UNet's attention maps of white noise are speckle, which the 3x3 dilation
+        # of the blend mask fills almost entirely; a smooth field gives maps with regions.
+        lo = int(spec["noise"][len("smooth"):])
+        noise = torch.nn.functional.interpolate(
+            torch.randn(spec["samples"], 4, lo, lo, generator=g), size=(H, W), mode="bicubic"
+        )
+        noise = noise / noise.std()
+    refs = [
+        torch.nn.functional.interpolate(
+            torch.rand(1, 3, H, W, generator=g) * 2 - 1, size=(spec["height"], spec["width"]), mode="bilinear"
+        )
+        for _ in range(spec["references"])
+    ]
+    return noise, refs
+
+
+def method_new_case(case):
+    import method_reference
+    from method_reference import run_method
+
+    spec = dict(METHOD_BASE)
+    spec.update(case)
+    vanilla, personal, vae, sched = method_case_models(spec)
+    noise, refs = method_case_inputs(spec)
+    cfg = {k: spec[k] for k in ["N", "guidance", "S", "tau", "mf", "layout_fraction", "mode", "div", "blend",
+                                "blend_start", "negative_prompt", "reference_prefix"]}
+    method_reference.FRAGILE.clear()
+    out, info = run_method(vanilla, personal, vae, sched, noise, refs if len(refs) > 1 else refs[0],
+                           spec["phrase"], spec["class_"], spec["prompt"], cfg)
+    # A mask decision that a 2e-5 change of a map would flip cannot be reproduced by another
+    # f32 implementation: such a case needs another seed (see check_robust).
+    assert not method_reference.FRAGILE, (spec["tag"], method_reference.FRAGILE)
+    out["noise"] = noise
+    if len(refs) == 1:
+        out["reference_image"] = refs[0]
+    else:
+        for i, r in enumerate(refs):
+            out[f"reference_image{i}"] = r
+    save_file({k: v.contiguous() for k, v in out.items()}, str(GOLDEN / f"method_{spec['tag']}.safetensors"))
+    fr = [round(float(f.mean()), 6) for f in info["blend_fraction"]]
+    fr_s = [[round(float(x), 6) for x in f] for f in info["blend_fraction"]]
+    print(f"method {spec['tag']}: blend fraction of ones per blended step {fr}; "
+          f"{len(info['swap_sites'])} swapped layers; mask sites {len(info['mask_sites'])}")
+    entry = {
+        "tag": spec["tag"], "model": spec["model"], "personalization": spec["personalization"],
+        "phrase": spec["phrase"], "class": spec["class_"], "prompt": spec["prompt"],
+        "negative_prompt": spec["negative_prompt"], "reference_prefix": spec["reference_prefix"],
+        "N": spec["N"], "guidance": spec["guidance"], "S": spec["S"], "tau": spec["tau"], "mf": spec["mf"],
+        "layout_fraction": spec["layout_fraction"], "mode": spec["mode"], "div": spec["div"],
+        "blend": spec["blend"], "blend_start": spec["blend_start"],
+        "width": spec["width"], "height": spec["height"], "samples": spec["samples"],
+        "references": spec["references"], "noise": spec["noise"],
+        "tolerance": spec.get("tolerance", 1e-4),
+        "lambda1": int(out["lambda1"]),
+        "levels": [list(s) for s in info["levels"]], "mask_size": list(info["mask_size"]),
+        "subject_tokens": info["subject_tokens"],
+        "swapped_layers": info["swap_sites"], "mask_layers": info["mask_sites"],
+        "blend_steps": [int(k[len("blend_step"):]) for k in out if k.startswith("blend_step")],
+        "blend_fraction": fr,
+        "blend_fraction_per_sample": fr_s,
+    }
+    return entry, info, out
+
 
 def method_goldens():
     import copy
 
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from diffusers.loaders import TextualInversionLoaderMixin
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL, DDIMScheduler
 
     sys.path.insert(0, str(Path(__file__).parent))
     from method_reference import run_method
 
-    def parts(name):
-        d = FIX / name
-        return (
-            CLIPTokenizer.from_pretrained(str(d / "tokenizer")),
-            CLIPTextModel.from_pretrained(str(d / "text_encoder"), torch_dtype=torch.float32).eval(),
-            UNet2DConditionModel.from_pretrained(str(d / "unet"), torch_dtype=torch.float32).eval(),
-        )
+    parts = method_parts
 
     vae = AutoencoderKL.from_pretrained(str(FIX / "sd1-tiny" / "vae")).eval()
     g = torch.Generator().manual_seed(4000)
@@ -829,16 +1101,10 @@ def method_goldens():
         torch.rand(1, 3, 16, 16, generator=g) * 2 - 1, size=(128, 128), mode="bilinear"
     )
 
-    class Loader(TextualInversionLoaderMixin):
-        def __init__(self, tokenizer, text_encoder):
-            self.tokenizer, self.text_encoder = tokenizer, text_encoder
-            self.hf_device_map = None
-            self.components = {"tokenizer": tokenizer, "text_encoder": text_encoder}
-
     runs = []
     vanilla = parts("sd1-tiny")
     tok_p, te_p = copy.deepcopy(vanilla[0]), copy.deepcopy(vanilla[1])
-    Loader(tok_p, te_p).load_textual_inversion(str(PERS / "ti_cat_toy.safetensors"))
+    ti_loader(tok_p, te_p).load_textual_inversion(str(PERS / "ti_cat_toy.safetensors"))
     ti_personal = (tok_p, te_p, vanilla[2])
     runs.append(("ti", vanilla, ti_personal, "<cat-toy>", "cat toy", "a <cat-toy> on the beach", {}))
     runs.append(("ti_concat", vanilla, ti_personal, "<cat-toy>", "cat toy", "a <cat-toy> on the beach",
@@ -849,12 +1115,21 @@ def method_goldens():
         cfg = dict(METHOD_CFG, mode="split")
         cfg.update(over)
         sched = DDIMScheduler.from_pretrained(str(FIX / "sd1-tiny" / "scheduler"))
-        out = run_method(van, per, vae, sched, noise, ref, P, C, prompt, cfg)
+        out, _ = run_method(van, per, vae, sched, noise, ref, P, C, prompt, cfg)
         out.update(noise=noise, reference_image=ref)
         save_file({k: v.contiguous() for k, v in out.items()}, str(GOLDEN / f"method_{tag}.safetensors"))
+    check_lora_unet()
+    entries, outs = [], {}
+    for c in METHOD_NEW_CASES:
+        entry, _, out = method_new_case(c)
+        entries.append(entry)
+        outs[c["tag"]] = out
+    # blend_off and blend_fixed share their inputs: the context is the same, the target not.
+    assert torch.equal(outs["blend_off"]["context_latents"], outs["blend_fixed"]["context_latents"])
+    assert not torch.allclose(outs["blend_off"]["latents"], outs["blend_fixed"]["latents"])
     (GOLDEN / "method_cases.json").write_text(json.dumps({
         "settings": METHOD_CFG,
-        "cases": [{"tag": r[0], "phrase": r[3], "class": r[4], "prompt": r[5], **r[6]} for r in runs],
+        "cases": [{"tag": r[0], "phrase": r[3], "class": r[4], "prompt": r[5], **r[6]} for r in runs] + entries,
     }, indent=1) + "\n")
 
 

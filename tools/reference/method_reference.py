@@ -1,6 +1,13 @@
 """A PyTorch reference of METHOD.md (Layout-and-Retouch), written from the spec with diffusers
 attention processors. make_fixtures.py runs it on the tiny personalized fixtures and saves
-its outputs as goldens for layret's pipeline tests."""
+its outputs as goldens for layret's pipeline tests.
+
+Covers: square and non-square latents (each site's map size h x w comes from the UNet's levels:
+the latent size, then ceil-halved per downsampler), the swap divisor, the mask factor, split and
+concat modes, blending otsu / off / a fixed tau_b with its blend_start, a negative prompt (each
+branch encodes it with its own text encoder), R >= 1 reference images (sample i uses reference
+i mod R) and epsilon or v-prediction schedulers (DDIM steps by diffusers' DDIMScheduler, CFG on
+the raw model output as diffusers does; the inversion converts v to eps)."""
 
 import torch
 import torch.nn.functional as F
@@ -54,8 +61,8 @@ def swap(step, S, mode, q, kt, vt, kc, vc, kr, vr, masks, hw, scale):
 class MethodProcessor:
     """One per attention layer; `state` is shared and says what the current pass does."""
 
-    def __init__(self, name, state):
-        self.name, self.state = name, state
+    def __init__(self, name, state, level):
+        self.name, self.state, self.level = name, state, level
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  temb=None, **kwargs):
@@ -69,16 +76,20 @@ class MethodProcessor:
             return t.reshape(b, -1, heads, t.shape[-1] // heads).transpose(1, 2)
 
         q, k, v = split(attn.to_q(hidden_states)), split(attn.to_k(ctx)), split(attn.to_v(ctx))
-        side = int(round(L ** 0.5))
-        H = st["H"]
-        swapped = (not is_cross) and self.name.startswith("up_blocks") and 2 * side >= H
-        mask_site = is_cross and side == H // st["mf"]
+        h, w = st["levels"][self.level]
+        assert h * w == L, f"{self.name}: {L} tokens, level {h}x{w}"
+        H, W, div = st["H"], st["W"], st["div"]
+        # Swapped: decoder self-attention whose map has h >= H/div and w >= W/div.
+        swapped = (not is_cross) and self.name.startswith("up_blocks") and h * div >= H and w * div >= W
+        mask_site = is_cross and (h, w) == (H // st["mf"], W // st["mf"])
         if mask_site:
             probs = (q @ k.transpose(-1, -2) * attn.scale).softmax(-1)
             st["probs"].append(probs[b // 2:].mean(1))
+            st["mask_sites"].add(self.name)
             o = probs @ v
         elif swapped and st["role"] == "record":
             st["kv"][(self.name, st["step"])] = (k.clone(), v.clone())
+            st["swap_sites"].add(self.name)
             o = sdpa(q, k, v)
         elif swapped and st["role"] == "target":
             n = b // 2
@@ -86,12 +97,19 @@ class MethodProcessor:
             for half in range(2):
                 sl = slice(half * n, (half + 1) * n)
                 kc, vc = st["ctx_kv"][(self.name, st["step"])]
-                kr, vr = st["ref_kv"][(self.name, st["step"])]
-                m = kr.shape[0] // 2
-                kr_h = kr[half * m:(half + 1) * m].expand(n, -1, -1, -1)
-                vr_h = vr[half * m:(half + 1) * m].expand(n, -1, -1, -1)
+                refs = [r[(self.name, st["step"])] for r in st["ref_kv"]]
+                if len(refs) == 1:
+                    kr, vr = refs[0]
+                    m = kr.shape[0] // 2
+                    kr_h = kr[half * m:(half + 1) * m].expand(n, -1, -1, -1)
+                    vr_h = vr[half * m:(half + 1) * m].expand(n, -1, -1, -1)
+                else:
+                    # sample i reads reference i mod R (each reference ran as a batch of 1).
+                    R = len(refs)
+                    kr_h = torch.cat([refs[i % R][0][half:half + 1] for i in range(n)])
+                    vr_h = torch.cat([refs[i % R][1][half:half + 1] for i in range(n)])
                 outs.append(swap(st["step"], st["S"], st["mode"], q[sl], k[sl], v[sl],
-                                 kc[sl], vc[sl], kr_h, vr_h, st["masks"], (side, side), attn.scale))
+                                 kc[sl], vc[sl], kr_h, vr_h, st["masks"], (h, w), attn.scale))
             o = torch.cat(outs)
         else:
             o = sdpa(q, k, v)
@@ -99,8 +117,35 @@ class MethodProcessor:
         return attn.to_out[1](attn.to_out[0](o))
 
 
+def level_sizes(unet, H, W):
+    """The UNet's spatial levels: the latent size, then ceil-halved per downsampler
+    (a stride-2, padding-1, 3x3 conv)."""
+    sizes = [(H, W)]
+    for blk in unet.down_blocks[:-1]:
+        assert blk.downsamplers is not None
+        h, w = sizes[-1]
+        sizes.append(((h + 1) // 2, (w + 1) // 2))
+    assert unet.down_blocks[-1].downsamplers is None
+    return sizes
+
+
+def site_level(unet, name):
+    """Which level a site's map lives at: down_blocks.i -> i, mid_block -> last,
+    up_blocks.j -> last - j."""
+    n = len(unet.down_blocks)
+    part, _, rest = name.partition(".")
+    if part == "down_blocks":
+        return int(rest.split(".")[0])
+    if part == "mid_block":
+        return n - 1
+    if part == "up_blocks":
+        return n - 1 - int(rest.split(".")[0])
+    raise ValueError(name)
+
+
 def install(unet, state):
-    unet.set_attn_processor({k: MethodProcessor(k[: -len(".processor")], state)
+    unet.set_attn_processor({k: MethodProcessor(k[: -len(".processor")], state,
+                                                site_level(unet, k[: -len(".processor")]))
                              for k in unet.attn_processors.keys()})
 
 
@@ -160,18 +205,79 @@ def cfg_eps(unet, z, t, cond, uncond, w):
     return eu + w * (ec - eu)
 
 
+# Binarization decisions whose result a tiny change of the map (another implementation's f32
+# rounding, ~1e-6) could flip: (what, step) pairs, filled by check_robust; make_fixtures.py
+# refuses a golden with any, since its masks would not be reproducible.
+FRAGILE = []
+ROBUST_DELTA = 2e-5
+
+
+def check_robust(what, step, m, binarize):
+    """Record `what` at `step` as fragile if `binarize(m)` changes when m moves by up to
+    ROBUST_DELTA (uniformly up and down, and in four fixed random sign patterns)."""
+    want = binarize(m)
+    g = torch.Generator().manual_seed(12345)
+    shifts = [torch.full_like(m, ROBUST_DELTA), torch.full_like(m, -ROBUST_DELTA)]
+    shifts += [ROBUST_DELTA * (2 * torch.randint(0, 2, m.shape, generator=g).to(m.dtype) - 1)
+               for _ in range(4)]
+    for d in shifts:
+        if not torch.equal(binarize(m + d), want):
+            FRAGILE.append((what, step))
+            return
+
+
+def blend_mask(tmap, blend, hm, wm, H, W):
+    """METHOD.md's M~: binarize (Otsu, or a fixed tau_b), 3x3 max-pool dilation, nearest resize
+    to the latent size. [n, hm*wm] -> [n, 1, H, W]."""
+    n = tmap.shape[0]
+    if blend == "otsu":
+        mb = otsu_binary(tmap)
+    else:
+        mb = (tmap >= float(blend)).float()
+    mb = F.max_pool2d(mb.reshape(n, 1, hm, wm), 3, stride=1, padding=1)
+    return resize_mask(mb.reshape(n, -1), hm, wm, H, W).reshape(n, 1, H, W)
+
+
+def _branch(model):
+    """(tokenizer, text_encoder, unet[, convert]); convert = diffusers' maybe_convert_prompt for
+    multi-vector textual-inversion tokens (identity when absent)."""
+    tok, te, unet = model[:3]
+    conv = model[3] if len(model) > 3 else (lambda s: s)
+    return tok, te, unet, conv
+
+
 def run_method(vanilla, personal, vae, sched, noise, ref_image, P, C, prompt, cfg):
-    """vanilla/personal = (tokenizer, text_encoder, unet). Returns a dict of tensors."""
+    """vanilla/personal = (tokenizer, text_encoder, unet[, convert]). `ref_image` is one image
+    [1, 3, h, w] or a list of R of them (sample i uses reference i mod R). Returns a dict of
+    tensors.
+
+    cfg: N, guidance, S, tau, mf, layout_fraction, mode, blend ("otsu" | "off" | a number tau_b);
+    optional div (2), blend_start (None: round(0.2 N)), negative_prompt (""), reference_prefix
+    ("a photo of ")."""
     N, w, S, tau, mf = cfg["N"], cfg["guidance"], cfg["S"], cfg["tau"], cfg["mf"]
-    H = noise.shape[2]
-    hm = H // mf
+    div = cfg.get("div", 2)
+    blend = cfg["blend"]
+    neg = cfg.get("negative_prompt", "")
+    H, W = noise.shape[2], noise.shape[3]
+    if H % mf or W % mf:
+        raise ValueError(f"latent {H}x{W} not divisible by the mask factor {mf}")
+    hm, wm = H // mf, W // mf
     lam1 = int(round(cfg["layout_fraction"] * N + 1e-9))
-    blend_start = int(round(0.2 * N + 1e-9))
+    blend_start = cfg.get("blend_start")
+    if blend_start is None:
+        blend_start = int(round(0.2 * N + 1e-9))
+    refs = ref_image if isinstance(ref_image, (list, tuple)) else [ref_image]
+    R = len(refs)
     y_c = prompt.replace(P, C, 1)
-    y_r = "a photo of " + P
-    state = {"H": H, "mf": mf, "probs": [], "kv": {}, "role": "record", "step": 0,
-             "S": S, "mode": cfg["mode"], "masks": None}
-    for m in (vanilla[2], personal[2]):
+    y_r = cfg.get("reference_prefix", "a photo of ") + P
+    vtok, vte, vunet, vconv = _branch(vanilla)
+    ptok, pte, punet, pconv = _branch(personal)
+    levels = level_sizes(punet, H, W)
+    assert levels == level_sizes(vunet, H, W)
+    state = {"H": H, "W": W, "mf": mf, "div": div, "levels": levels, "probs": [], "kv": {},
+             "role": "record", "step": 0, "S": S, "mode": cfg["mode"], "masks": None,
+             "mask_sites": set(), "swap_sites": set()}
+    for m in (vunet, punet):
         install(m, state)
     sched.set_timesteps(N)
     ts = sched.timesteps.tolist()
@@ -179,87 +285,109 @@ def run_method(vanilla, personal, vae, sched, noise, ref_image, P, C, prompt, cf
     final = torch.tensor(1.0) if sched.config.set_alpha_to_one else ac[0]
     step_ratio = sched.config.num_train_timesteps // N
 
-    # Stage 1.
-    van_c, van_u = encode(vanilla[0], vanilla[1], y_c), encode(vanilla[0], vanilla[1], "")
-    per_c, per_u = encode(personal[0], personal[1], prompt), encode(personal[0], personal[1], "")
-    tok_c = subject_tokens(vanilla[0], y_c, C)
-    tok_p = subject_tokens(personal[0], prompt, P)
+    def tmap_of(tokens):
+        if not state["probs"]:
+            raise ValueError(f"no cross-attention layer at the mask level {hm}x{wm} (factor {mf})")
+        return subject_map(state, tokens)
+
+    # Stage 1. Each branch encodes the uncond (negative) prompt with its own text encoder.
+    van_c, van_u = encode(vtok, vte, vconv(y_c)), encode(vtok, vte, vconv(neg))
+    per_c, per_u = encode(ptok, pte, pconv(prompt)), encode(ptok, pte, pconv(neg))
+    tok_c = subject_tokens(vtok, vconv(y_c), vconv(C))
+    tok_p = subject_tokens(ptok, pconv(prompt), pconv(P))
     z = noise.clone()
     traj, ctx_maps = [z.clone()], []
     state["kv"] = {}
     for k, t in enumerate(ts):
         state.update(step=k, role="record", probs=[])
         if k < lam1:
-            eps = cfg_eps(vanilla[2], z, t, van_c, van_u, w)
-            ctx_maps.append(subject_map(state, tok_c))
+            eps = cfg_eps(vunet, z, t, van_c, van_u, w)
+            ctx_maps.append(tmap_of(tok_c))
         else:
-            eps = cfg_eps(personal[2], z, t, per_c, per_u, w)
-            ctx_maps.append(subject_map(state, tok_p))
+            eps = cfg_eps(punet, z, t, per_c, per_u, w)
+            ctx_maps.append(tmap_of(tok_p))
         z = sched.step(eps, t, z).prev_sample
         traj.append(z.clone())
     ctx_kv = state["kv"]
 
-    # Reference: inversion (no CFG), then per-step CFG passes recording K/V and maps.
-    ref_c, ref_u = encode(personal[0], personal[1], y_r), encode(personal[0], personal[1], "")
-    tok_r = subject_tokens(personal[0], y_r, P)
-    with torch.no_grad():
-        x = vae.encode(ref_image).latent_dist.mean * vae.config.scaling_factor
-    zr = {}
-    state.update(role="plain")
-    for t in reversed(ts):
-        tm = t - step_ratio
-        a_tm = ac[tm] if tm >= 0 else final
-        a_t = ac[t]
-        state["probs"] = []
+    # References: inversion (no CFG), then per-step CFG passes recording K/V and maps.
+    ref_c, ref_u = encode(ptok, pte, pconv(y_r)), encode(ptok, pte, pconv(neg))
+    tok_r = subject_tokens(ptok, pconv(y_r), pconv(P))
+    ref_kvs, ref_mapss = [], []
+    for img in refs:
         with torch.no_grad():
-            out = personal[2](x, t, encoder_hidden_states=ref_c).sample
-        if sched.config.prediction_type == "v_prediction":
-            eps = a_tm.sqrt() * out + (1 - a_tm).sqrt() * x
-        else:
-            eps = out
-        x0 = (x - (1 - a_tm).sqrt() * eps) / a_tm.sqrt()
-        x = a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps
-        zr[t] = x.clone()
-    state["kv"] = {}
-    ref_maps = []
-    for k, t in enumerate(ts):
-        state.update(step=k, role="record", probs=[])
-        cfg_eps(personal[2], zr[t], t, ref_c, ref_u, w)
-        ref_maps.append(subject_map(state, tok_r))
-    ref_kv = state["kv"]
+            x = vae.encode(img).latent_dist.mean * vae.config.scaling_factor
+        assert tuple(x.shape[2:]) == (H, W), (tuple(x.shape), H, W)
+        zr = {}
+        state.update(role="plain")
+        for t in reversed(ts):
+            tm = t - step_ratio
+            a_tm = ac[tm] if tm >= 0 else final
+            a_t = ac[t]
+            state["probs"] = []
+            with torch.no_grad():
+                out = punet(x, t, encoder_hidden_states=ref_c).sample
+            if sched.config.prediction_type == "v_prediction":
+                eps = a_tm.sqrt() * out + (1 - a_tm).sqrt() * x
+            else:
+                eps = out
+            x0 = (x - (1 - a_tm).sqrt() * eps) / a_tm.sqrt()
+            x = a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps
+            zr[t] = x.clone()
+        state["kv"] = {}
+        ref_maps = []
+        for k, t in enumerate(ts):
+            state.update(step=k, role="record", probs=[])
+            cfg_eps(punet, zr[t], t, ref_c, ref_u, w)
+            ref_maps.append(tmap_of(tok_r))
+        ref_kvs.append(state["kv"])
+        ref_mapss.append(ref_maps)
 
     # Stage 2: the target.
-    state.update(ctx_kv=ctx_kv, ref_kv=ref_kv)
+    state.update(ctx_kv=ctx_kv, ref_kv=ref_kvs)
     out = {"context_latents": traj[-1]}
     zt = traj[0].clone()
     tgt_prev = None
     n = noise.shape[0]
+    fractions = []
     for k, t in enumerate(ts):
         if k == 0:
             masks = None
         else:
+            if R == 1:
+                mr = (ref_mapss[0][k - 1] >= tau).float().expand(n, -1)
+            else:
+                mr = (torch.cat([ref_mapss[i % R][k - 1] for i in range(n)]) >= tau).float()
             masks = {
-                "size": (hm, hm),
-                "r": (ref_maps[k - 1] >= tau).float().expand(n, -1),
+                "size": (hm, wm),
+                "r": mr,
                 "c": (ctx_maps[k - 1] >= tau).float(),
                 "t": (tgt_prev >= tau).float(),
             }
             for key in ("r", "c", "t"):
                 out[f"mask_{key}_step{k}"] = masks[key].contiguous()
+            for key, m in (("r", torch.cat([ref_mapss[i % R][k - 1] for i in range(n)])),
+                           ("c", ctx_maps[k - 1]), ("t", tgt_prev)):
+                check_robust(f"mask_{key}", k, m, lambda x: (x >= tau).float())
         state.update(step=k, role="target", probs=[], masks=masks)
-        eps = cfg_eps(personal[2], zt, t, per_c, per_u, w)
+        eps = cfg_eps(punet, zt, t, per_c, per_u, w)
         zt = sched.step(eps, t, zt).prev_sample
-        tmap = subject_map(state, tok_p)
-        if k >= blend_start and cfg["blend"] == "otsu":
-            mb = otsu_binary(tmap).reshape(n, 1, hm, hm)
-            mb = F.max_pool2d(mb, 3, stride=1, padding=1)
-            mb = resize_mask(mb.reshape(n, -1), hm, hm, H, H).reshape(n, 1, H, H)
+        tmap = tmap_of(tok_p)
+        if k >= blend_start and blend != "off":
+            mb = blend_mask(tmap, blend, hm, wm, H, W)
+            check_robust("blend", k, tmap,
+                         otsu_binary if blend == "otsu" else (lambda x: (x >= float(blend)).float()))
             zt = mb * zt + (1 - mb) * traj[k + 1]
             out[f"blend_step{k}"] = mb.contiguous()
+            fractions.append(mb.mean((1, 2, 3)))
         tgt_prev = tmap
     out["latents"] = zt
     out["lambda1"] = torch.tensor(lam1)
-    for m in (vanilla[2], personal[2]):
-        from diffusers.models.attention_processor import AttnProcessor
+    from diffusers.models.attention_processor import AttnProcessor
+    for m in (vunet, punet):
         m.set_attn_processor(AttnProcessor())
-    return out
+    info = {"blend_fraction": fractions, "swap_sites": sorted(state["swap_sites"]),
+            "mask_sites": sorted(state["mask_sites"]), "levels": levels,
+            "blend_start": blend_start, "mask_size": (hm, wm),
+            "subject_tokens": {"prompt": tok_p, "class": tok_c, "reference": tok_r}}
+    return out, info

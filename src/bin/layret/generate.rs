@@ -236,37 +236,25 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
             mask_log: None,
         },
     );
-    let n_refs = references.len();
-    let mut results = Vec::new();
-    for (r, reference) in references.iter().enumerate() {
-        let rows: Vec<usize> = (0..k).filter(|s| s % n_refs == r).collect();
-        if rows.is_empty() {
-            continue;
-        }
-        let idx: Vec<i64> = rows.iter().map(|&s| s as i64).collect();
-        let idx = Tensor::<1, layret::burn::tensor::Int>::from_data(
-            layret::burn::tensor::TensorData::new(idx, [rows.len()]),
-            &device,
-        );
-        let subject = Subject {
-            phrase: a.phrase.clone(),
-            class_phrase: a.class_phrase.clone(),
-            reference: reference.clone(),
-        };
-        let request = GenerateRequest {
-            prompts: a.prompt.clone(),
-            num_samples: rows.len(),
-            width,
-            height,
-            noise: NoiseSource::Tensor(noise.clone().select(0, idx)),
-            settings: settings.clone(),
-            return_masks: a.save_masks,
-        };
-        let out = pipe.generate(&models, &subject, &request, &mut |p| bars.update(p.stage))?;
-        for g in out {
-            results.push((g.prompt_index, rows[g.sample], r, g));
-        }
-    }
+    let subject = Subject {
+        phrase: a.phrase.clone(),
+        class_phrase: a.class_phrase.clone(),
+        references,
+    };
+    let request = GenerateRequest {
+        prompts: a.prompt.clone(),
+        num_samples: k,
+        width,
+        height,
+        noise: NoiseSource::Tensor(noise),
+        settings: settings.clone(),
+        return_masks: a.save_masks,
+    };
+    let out = pipe.generate(&models, &subject, &request, &mut |p| bars.update(p.stage))?;
+    let mut results: Vec<_> = out
+        .into_iter()
+        .map(|g| (g.prompt_index, g.sample, g.reference_index, g))
+        .collect();
     bars.finish();
     results.sort_by_key(|(p, s, _, _)| (*p, *s));
 
