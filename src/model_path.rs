@@ -37,12 +37,12 @@ pub fn find_in_cache(cache: &Path, repo: &str) -> Option<PathBuf> {
     if all.len() == 1 { all.pop() } else { None }
 }
 
-/// `spec` as a folder if it exists, else as a repo id in the local Hugging Face cache (no
+/// `spec` as a folder or single-file checkpoint if it exists, else as a repo id in the local Hugging Face cache (no
 /// network), else — with the `hub` feature — downloaded. The error says where it looked and
 /// how to pass a folder.
 pub fn resolve_model(spec: &str) -> Result<PathBuf> {
     let p = PathBuf::from(spec);
-    if p.is_dir() {
+    if p.is_dir() || p.is_file() {
         return Ok(p);
     }
     let looks_like_repo =

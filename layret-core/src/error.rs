@@ -42,6 +42,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// A file given as a single-file checkpoint is not an SD 1.x/2.x one.
+    #[error("{} is not a usable single-file checkpoint: {reason}", path.display())]
+    NotASingleFile {
+        /// The file.
+        path: PathBuf,
+        /// What was found instead (SDXL, an inpainting UNet, no UNet keys, …).
+        reason: String,
+    },
+
     /// A configuration file could not be parsed or has a missing/invalid field.
     #[error("invalid config {}: {message}", file.display())]
     Config {
@@ -70,6 +79,16 @@ pub enum Error {
         /// The file.
         file: PathBuf,
         /// The parser's message.
+        message: String,
+    },
+
+    /// A PyTorch pickle (`.bin`, `.pt`, `.ckpt`) is malformed, truncated, or holds something
+    /// other than tensors and plain data.
+    #[error("PyTorch file {}: {message}", file.display())]
+    Pickle {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong (the reader's message, or what was found where).
         message: String,
     },
 

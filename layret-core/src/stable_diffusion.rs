@@ -15,14 +15,30 @@ use crate::tokenizer::ClipTokenizer;
 use crate::unet::{UNet2DConditionModel, UNetConfig};
 use crate::vae::{AutoencoderKL, VaeConfig};
 
-/// How to load a model folder.
+/// How to load a model (a diffusers folder or a single-file checkpoint). Build it from
+/// [`Default`] with the `with_*` methods:
+///
+/// ```
+/// use layret_core::stable_diffusion::LoadOptions;
+/// let o = LoadOptions::default().with_variant("fp16").with_vae("vae-ft-mse.safetensors");
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct LoadOptions {
     /// Float dtype of the weights in memory (f32 by default; f16/bf16 for GPUs).
     pub dtype: DType,
     /// A weights variant to prefer, e.g. `"fp16"` for `*.fp16.safetensors`; components that
     /// lack it fall back to the plain file.
     pub variant: Option<String>,
+    /// For a single file: a diffusers folder whose configs (and tokenizer, if it has one)
+    /// describe the file's architecture, instead of the detected family's standard ones (as
+    /// diffusers' `from_single_file(config=…)`).
+    pub config: Option<PathBuf>,
+    /// What the UNet predicts, overriding the scheduler config (for SD 2.x single files, which
+    /// do not say).
+    pub prediction_type: Option<crate::scheduler::PredictionType>,
+    /// Another VAE: a diffusers `vae/` folder, or a file (LDM or diffusers key names).
+    pub vae: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -30,7 +46,42 @@ impl Default for LoadOptions {
         Self {
             dtype: DType::F32,
             variant: None,
+            config: None,
+            prediction_type: None,
+            vae: None,
         }
+    }
+}
+
+impl LoadOptions {
+    /// Weights in `dtype`.
+    pub fn with_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    /// Prefer the weights variant `variant` (e.g. `fp16`).
+    pub fn with_variant(mut self, variant: impl Into<String>) -> Self {
+        self.variant = Some(variant.into());
+        self
+    }
+
+    /// Configs for a single file from the diffusers folder `dir`.
+    pub fn with_config(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config = Some(dir.into());
+        self
+    }
+
+    /// Override the prediction type.
+    pub fn with_prediction_type(mut self, p: crate::scheduler::PredictionType) -> Self {
+        self.prediction_type = Some(p);
+        self
+    }
+
+    /// Use another VAE (folder or file).
+    pub fn with_vae(mut self, path: impl Into<PathBuf>) -> Self {
+        self.vae = Some(path.into());
+        self
     }
 }
 
@@ -173,14 +224,6 @@ impl std::fmt::Debug for StableDiffusion {
     }
 }
 
-/// The variant file if it exists (when asked for), else the plain one.
-pub(crate) fn pick_variant(dir: &Path, stem: &str, variant: Option<&str>) -> Option<String> {
-    let v = variant?;
-    dir.join(format!("{stem}.{v}.safetensors"))
-        .exists()
-        .then(|| v.to_string())
-}
-
 /// Check that `dir` is a diffusers SD folder, naming what is missing.
 pub fn check_model_dir(dir: &Path) -> Result<()> {
     if !dir.is_dir() {
@@ -207,47 +250,52 @@ pub fn check_model_dir(dir: &Path) -> Result<()> {
 }
 
 impl StableDiffusion {
-    /// Load a diffusers-layout folder (`model_index.json`, `unet/`, `vae/`, `text_encoder/`,
-    /// `tokenizer/`, `scheduler/`).
-    pub fn load(dir: impl AsRef<Path>, device: &Device, options: &LoadOptions) -> Result<Self> {
-        let dir = dir.as_ref().to_path_buf();
+    /// Load a model: a diffusers-layout folder (`model_index.json`, `unet/`, `vae/`,
+    /// `text_encoder/`, `tokenizer/`, `scheduler/`; `.safetensors` or `.bin` weights) or a
+    /// single-file checkpoint in the original LDM layout (`.safetensors`, `.ckpt`), with
+    /// `options.vae` replacing the VAE.
+    pub fn load(path: impl AsRef<Path>, device: &Device, options: &LoadOptions) -> Result<Self> {
+        let path = path.as_ref();
+        let mut sd = if path.is_file() {
+            Self::load_single_file(path, device, options)?
+        } else {
+            Self::load_folder(path, device, options)?
+        };
+        if let Some(vae) = &options.vae {
+            let (v, cfg, files) = load_vae(vae, &sd.vae_config, device, options.dtype)?;
+            sd.vae = v;
+            sd.vae_config = cfg;
+            sd.sources.extend(files);
+        }
+        Ok(sd)
+    }
+
+    fn load_folder(dir: &Path, device: &Device, options: &LoadOptions) -> Result<Self> {
+        use crate::model_files::{Component, weights_file};
+        let dir = dir.to_path_buf();
         check_model_dir(&dir)?;
         let v = options.variant.as_deref();
         let tokenizer = ClipTokenizer::from_model_dir(&dir)?;
-        let te_dir = dir.join("text_encoder");
-        let (text_encoder, text_config) = ClipTextEncoder::from_dir(
-            &te_dir,
-            device,
-            options.dtype,
-            pick_variant(&te_dir, "model", v).as_deref(),
-        )?;
-        let unet_dir = dir.join("unet");
-        let (unet, unet_config) = UNet2DConditionModel::from_dir(
-            &unet_dir,
-            device,
-            options.dtype,
-            pick_variant(&unet_dir, "diffusion_pytorch_model", v).as_deref(),
-        )?;
-        let vae_dir = dir.join("vae");
-        let (vae, vae_config) = AutoencoderKL::from_dir(
-            &vae_dir,
-            device,
-            options.dtype,
-            pick_variant(&vae_dir, "diffusion_pytorch_model", v).as_deref(),
-        )?;
-        let scheduler = SchedulerConfig::from_file(&dir.join("scheduler/scheduler_config.json"))?;
+        let (text_encoder, text_config) =
+            ClipTextEncoder::from_dir(&dir.join("text_encoder"), device, options.dtype, v)?;
+        let (unet, unet_config) =
+            UNet2DConditionModel::from_dir(&dir.join("unet"), device, options.dtype, v)?;
+        let (vae, vae_config) =
+            AutoencoderKL::from_dir(&dir.join("vae"), device, options.dtype, v)?;
+        let mut scheduler =
+            SchedulerConfig::from_file(&dir.join("scheduler/scheduler_config.json"))?;
+        if let Some(p) = options.prediction_type {
+            scheduler.prediction_type = p;
+        }
         let mut sources = crate::tokenizer::tokenizer_files(&dir);
-        for (sub, stem) in [
-            ("text_encoder", "model"),
-            ("unet", "diffusion_pytorch_model"),
-            ("vae", "diffusion_pytorch_model"),
+        for (sub, c) in [
+            ("text_encoder", Component::TextEncoder),
+            ("unet", Component::Unet),
+            ("vae", Component::Vae),
         ] {
             let d = dir.join(sub);
             sources.push(d.join("config.json"));
-            sources.push(match pick_variant(&d, stem, v) {
-                Some(var) => d.join(format!("{stem}.{var}.safetensors")),
-                None => d.join(format!("{stem}.safetensors")),
-            });
+            sources.push(weights_file(&d, c, v)?);
         }
         sources.push(dir.join("scheduler/scheduler_config.json"));
         if text_config.hidden_size != unet_config.cross_attention_dim {
@@ -276,6 +324,167 @@ impl StableDiffusion {
         })
     }
 
+    /// Load a single-file checkpoint (see [`crate::single_file`]).
+    fn load_single_file(path: &Path, device: &Device, options: &LoadOptions) -> Result<Self> {
+        let file = std::sync::Arc::new(crate::weights::TensorFile::open(path)?);
+        let info = crate::single_file::detect(&file)?;
+        let cfg = crate::single_file::SingleFileConfigs::new(
+            &info,
+            options.config.as_deref(),
+            options.prediction_type,
+        )?;
+        let tokenizer = match &options.config {
+            Some(d) if d.join("tokenizer").is_dir() => Some(ClipTokenizer::from_model_dir(d)?),
+            _ => None,
+        };
+        let mut sd =
+            Self::load_single_file_with(file, info, cfg, tokenizer, device, options.dtype)?;
+        if let Some(d) = &options.config {
+            sd.sources.extend(crate::tokenizer::tokenizer_files(d));
+            for f in [
+                "unet/config.json",
+                "vae/config.json",
+                "text_encoder/config.json",
+                "scheduler/scheduler_config.json",
+            ] {
+                sd.sources.push(d.join(f));
+            }
+        }
+        Ok(sd)
+    }
+
+    /// A single file read with the architecture of `like` (a DreamBooth fine-tune of it):
+    /// its configs and scheduler, the built-in tokenizer.
+    pub fn load_single_file_like(path: &Path, like: &StableDiffusion) -> Result<Self> {
+        let file = std::sync::Arc::new(crate::weights::TensorFile::open(path)?);
+        let info = crate::single_file::detect(&file)?;
+        let cfg = crate::single_file::SingleFileConfigs {
+            unet: like.unet_config.clone(),
+            vae: like.vae_config.clone(),
+            text: like.text_config.clone(),
+            scheduler: like.scheduler.clone(),
+        };
+        let dtype = like.unet.conv_in.weight.val().dtype();
+        Self::load_single_file_with(file, info, cfg, None, &like.device, dtype)
+    }
+
+    fn load_single_file_with(
+        file: std::sync::Arc<crate::weights::TensorFile>,
+        info: crate::single_file::SingleFileInfo,
+        cfg: crate::single_file::SingleFileConfigs,
+        tokenizer: Option<ClipTokenizer>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        use crate::single_file::{ClipMap, Family, OpenClipMap, UnetMap, VaeMap, check_leftovers};
+        use crate::weights::{KeyMap, Weights};
+        let path = file.path().to_path_buf();
+        let path = path.as_path();
+        let mismatch = |what: String| Error::NotASingleFile {
+            path: path.to_path_buf(),
+            reason: what,
+        };
+        if cfg.unet.cross_attention_dim != info.cross_attention_dim
+            || cfg.unet.use_linear_projection != info.linear_projection
+        {
+            return Err(mismatch(format!(
+                "its UNet has cross-attention width {} and {} proj_in, the config {} and {}",
+                info.cross_attention_dim,
+                if info.linear_projection {
+                    "linear"
+                } else {
+                    "1×1-conv"
+                },
+                cfg.unet.cross_attention_dim,
+                if cfg.unet.use_linear_projection {
+                    "linear"
+                } else {
+                    "1×1-conv"
+                },
+            )));
+        }
+        if let Some(blocks) = info.openclip_layers
+            && blocks != cfg.text.num_hidden_layers + 1
+        {
+            return Err(mismatch(format!(
+                "its OpenCLIP text tower has {blocks} resblocks, the text encoder config {} layers (SD 2.x uses all but the last: {blocks} − 1)",
+                cfg.text.num_hidden_layers
+            )));
+        }
+        let tokenizer = match tokenizer {
+            Some(t) => t,
+            None => ClipTokenizer::builtin(match info.family {
+                Family::Sd1 => "<|endoftext|>",
+                Family::Sd2 => "!",
+            })?,
+        };
+        let unet_w = Weights::of(
+            file.clone(),
+            Some(Box::new(UnetMap::new(&cfg.unet))),
+            device,
+            dtype,
+        );
+        let unet = UNet2DConditionModel::load(&unet_w, &cfg.unet)?;
+        unet_w.finish(|_| false)?;
+        drop(unet_w);
+        let vae_w = Weights::of(
+            file.clone(),
+            Some(Box::new(VaeMap::new(&cfg.vae, "first_stage_model."))),
+            device,
+            dtype,
+        );
+        let vae = AutoencoderKL::load(&vae_w, &cfg.vae)?;
+        vae_w.finish(|_| false)?;
+        drop(vae_w);
+        let te_map: Box<dyn KeyMap> = match info.family {
+            Family::Sd1 => Box::new(ClipMap),
+            Family::Sd2 => Box::new(OpenClipMap {
+                layers: cfg.text.num_hidden_layers,
+                hidden: cfg.text.hidden_size,
+            }),
+        };
+        let te_w = Weights::of(file.clone(), Some(te_map), device, dtype);
+        let text_encoder = ClipTextEncoder::load(&te_w, &cfg.text)?;
+        drop(te_w);
+        let te_owner: Box<dyn KeyMap> = match info.family {
+            Family::Sd1 => Box::new(ClipMap),
+            Family::Sd2 => Box::new(OpenClipMap {
+                layers: cfg.text.num_hidden_layers,
+                hidden: cfg.text.hidden_size,
+            }),
+        };
+        check_leftovers(
+            &file,
+            &[
+                &UnetMap::new(&cfg.unet),
+                &VaeMap::new(&cfg.vae, "first_stage_model."),
+                te_owner.as_ref(),
+            ],
+            info.openclip_layers.map(|n| n - 1),
+        )?;
+        if cfg.text.hidden_size != cfg.unet.cross_attention_dim {
+            return Err(mismatch(format!(
+                "the text encoder config's width {} does not match the UNet's cross-attention {}",
+                cfg.text.hidden_size, cfg.unet.cross_attention_dim
+            )));
+        }
+        Ok(Self {
+            dir: path.to_path_buf(),
+            tokenizer,
+            text_encoder,
+            text_config: cfg.text,
+            unet,
+            unet_config: cfg.unet,
+            vae,
+            vae_config: cfg.vae,
+            scheduler: cfg.scheduler,
+            device: device.clone(),
+            sources: vec![path.to_path_buf()],
+            label: format!("dtype {}", crate::host::dtype_name(dtype)),
+            fingerprint: Default::default(),
+        })
+    }
+
     /// A model from parts built in code (see [`ModelParts`]).
     pub fn from_parts(parts: ModelParts) -> Self {
         Self {
@@ -291,6 +500,35 @@ impl StableDiffusion {
             device: parts.device,
             sources: parts.sources,
             label: parts.label,
+            fingerprint: Default::default(),
+        }
+    }
+
+    /// This model with another tokenizer, text encoder and UNet (a personalization of it; see
+    /// [`PersonalModel::to_model`](crate::personalization::PersonalModel::to_model)).
+    pub(crate) fn with_personal_parts(
+        &self,
+        tokenizer: ClipTokenizer,
+        text_encoder: ClipTextEncoder,
+        unet: UNet2DConditionModel,
+        sources: &[PathBuf],
+        label: &str,
+    ) -> StableDiffusion {
+        let mut all = self.sources.clone();
+        all.extend(sources.iter().cloned());
+        StableDiffusion {
+            dir: self.dir.clone(),
+            tokenizer,
+            text_encoder,
+            text_config: self.text_config.clone(),
+            unet,
+            unet_config: self.unet_config.clone(),
+            vae: self.vae.clone(),
+            vae_config: self.vae_config.clone(),
+            scheduler: self.scheduler.clone(),
+            device: self.device.clone(),
+            sources: all,
+            label: format!("{} | {label}", self.label),
             fingerprint: Default::default(),
         }
     }
@@ -561,6 +799,58 @@ impl StableDiffusion {
         }
         Ok(out)
     }
+}
+
+/// A VAE from `path`: a diffusers `vae/` folder (its own config), or a file — a full LDM
+/// checkpoint (its `first_stage_model.*`), a standalone LDM VAE (`encoder.down.0…`, e.g.
+/// `vae-ft-mse-840000-ema-pruned`) or diffusers-named tensors — read with `base_config`
+/// (standalone files carry no config; every SD 1.x/2.x VAE shares one architecture). Returns
+/// the VAE, its config and the files read.
+pub fn load_vae(
+    path: &Path,
+    base_config: &VaeConfig,
+    device: &Device,
+    dtype: DType,
+) -> Result<(AutoencoderKL, VaeConfig, Vec<PathBuf>)> {
+    use crate::single_file::VaeMap;
+    use crate::weights::{KeyMap, TensorFile, Weights};
+    if path.is_dir() {
+        let (vae, cfg) = AutoencoderKL::from_dir(path, device, dtype, None)?;
+        let files = vec![
+            path.join("config.json"),
+            crate::model_files::weights_file(path, crate::model_files::Component::Vae, None)?,
+        ];
+        return Ok((vae, cfg, files));
+    }
+    let file = std::sync::Arc::new(TensorFile::open(path)?);
+    let map: Option<Box<dyn KeyMap>> = if file
+        .keys()
+        .iter()
+        .any(|k| k.starts_with("first_stage_model."))
+    {
+        Some(Box::new(VaeMap::new(base_config, "first_stage_model.")))
+    } else if file.contains("encoder.down.0.block.0.conv1.weight") {
+        Some(Box::new(VaeMap::new(base_config, "")))
+    } else if file.contains("encoder.down_blocks.0.resnets.0.conv1.weight") {
+        None
+    } else {
+        return Err(Error::NotASingleFile {
+            path: path.to_path_buf(),
+            reason: "no VAE tensors (neither LDM `encoder.down.0.block.0…` nor diffusers `encoder.down_blocks.0…` names)".into(),
+        });
+    };
+    let full_checkpoint = map.is_some()
+        && file
+            .keys()
+            .iter()
+            .any(|k| k.starts_with("model.diffusion_model."));
+    let w = Weights::of(file, map, device, dtype);
+    let vae = AutoencoderKL::load(&w, base_config)?;
+    if !full_checkpoint {
+        // A VAE file holds the VAE only (LDM VAE files also carry `model_ema.*` copies).
+        w.finish(|k| k.starts_with("model_ema."))?;
+    }
+    Ok((vae, base_config.clone(), vec![path.to_path_buf()]))
 }
 
 /// [`Error::NonFinite`] if `t` holds NaN or Inf.

@@ -68,6 +68,73 @@ fn token_field(cfg: &Value, key: &str) -> Option<String> {
     }
 }
 
+/// A BPE vocabulary: token → id.
+type Vocab = serde_json::Map<String, Value>;
+
+/// GPT-2's byte-to-symbol table, as CLIP builds it: the printable bytes map to themselves,
+/// the rest to code points from 256 up, in byte order.
+fn bytes_to_unicode() -> Vec<char> {
+    let mut printable: Vec<u32> = (u32::from(b'!')..=u32::from(b'~')).collect();
+    printable.extend(0xA1..=0xAC);
+    printable.extend(0xAE..=0xFF);
+    let mut table = vec!['\0'; 256];
+    let mut extra = 0u32;
+    for b in 0..256u32 {
+        let c = if printable.contains(&b) {
+            b
+        } else {
+            extra += 1;
+            255 + extra
+        };
+        table[b as usize] = char::from_u32(c).unwrap_or('\u{FFFD}');
+    }
+    table
+}
+
+/// CLIP's vocabulary (token → id) and merges from the built-in `bpe_simple_vocab_16e6`, exactly
+/// as CLIP builds them: the 256 byte symbols in GPT-2's order, their `</w>` forms, one token per
+/// merge (the first 48894 lines after the header), then the two special tokens.
+fn builtin_vocab() -> Result<(Vocab, Vec<(String, String)>)> {
+    use std::io::Read;
+    static GZ: &[u8] = include_bytes!("clip/bpe_simple_vocab_16e6.txt.gz");
+    let origin = Path::new("<built-in CLIP vocabulary>");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(GZ)
+        .read_to_string(&mut text)
+        .map_err(|e| tok_err(origin, format!("cannot decompress: {e}")))?;
+    let merges: Vec<(String, String)> = text
+        .split('\n')
+        .skip(1)
+        .take(49152 - 256 - 2)
+        .map(|l| {
+            let (a, b) = l.split_once(' ').unwrap_or((l, ""));
+            (a.to_string(), b.to_string())
+        })
+        .collect();
+    // The byte symbols in the order CLIP lists them: printable bytes first, then the rest.
+    let table = bytes_to_unicode();
+    let mut order: Vec<usize> = (0..256).collect();
+    order.sort_by_key(|&b| u32::from(table[b]) >= 256);
+    let mut tokens: Vec<String> = order.iter().map(|&b| table[b].to_string()).collect();
+    let words: Vec<String> = tokens.iter().map(|t| format!("{t}</w>")).collect();
+    tokens.extend(words);
+    tokens.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
+    tokens.push(BOS_TOKEN.into());
+    tokens.push(EOS_TOKEN.into());
+    if tokens.len() != 49408 {
+        return Err(tok_err(
+            origin,
+            format!("built {} tokens, expected 49408", tokens.len()),
+        ));
+    }
+    let vocab = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (t, Value::from(i as u64)))
+        .collect();
+    Ok((vocab, merges))
+}
+
 /// The files [`ClipTokenizer::from_model_dir`] reads for `dir` (those that exist), in a fixed
 /// order, for content fingerprints.
 pub(crate) fn tokenizer_files(dir: &Path) -> Vec<PathBuf> {
@@ -176,6 +243,30 @@ impl ClipTokenizer {
         })
     }
 
+    /// The CLIP tokenizer every SD 1.x/2.x model uses, from the BPE vocabulary built into
+    /// layret (OpenAI CLIP's `bpe_simple_vocab_16e6.txt.gz`, 49408 tokens), for models that
+    /// carry no tokenizer files (single-file checkpoints). `pad_token` is the padding SD 1.x
+    /// (`<|endoftext|>`) or SD 2.x (`!`) uses; 77 tokens.
+    pub fn builtin(pad_token: &str) -> Result<Self> {
+        let origin = Path::new("<built-in CLIP vocabulary>");
+        let (vocab, merges) = builtin_vocab()?;
+        let inner = Self::build(vocab, merges, origin)?;
+        let id = |tok: &str| {
+            inner
+                .token_to_id(tok)
+                .ok_or_else(|| tok_err(origin, format!("token {tok:?} is not in the vocabulary")))
+        };
+        Ok(Self {
+            bos: id(BOS_TOKEN)?,
+            eos: id(EOS_TOKEN)?,
+            pad: id(pad_token)?,
+            inner,
+            path: origin.to_path_buf(),
+            max_len: 77,
+            multi_vector: Vec::new(),
+        })
+    }
+
     /// The transformers CLIP pipeline over a vocab.json / merges.txt pair.
     fn build_from_vocab(vocab_path: &Path, merges_path: &Path) -> Result<Tokenizer> {
         let vocab_text =
@@ -207,8 +298,16 @@ impl ClipTokenizer {
                     ),
                 ));
             }
-            merges.push(json!([parts[0], parts[1]]));
+            merges.push((parts[0].to_string(), parts[1].to_string()));
         }
+        Self::build(vocab, merges, vocab_path)
+    }
+
+    /// The transformers CLIP pipeline over a vocabulary and merges (`origin` names them in
+    /// errors).
+    fn build(vocab: Vocab, merges: Vec<(String, String)>, origin: &Path) -> Result<Tokenizer> {
+        let vocab_path = origin;
+        let merges: Vec<Value> = merges.into_iter().map(|(a, b)| json!([a, b])).collect();
         let mut added = Vec::new();
         for tok in [BOS_TOKEN, EOS_TOKEN] {
             let Some(id) = vocab.get(tok).and_then(Value::as_u64) else {

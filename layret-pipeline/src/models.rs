@@ -31,7 +31,19 @@ pub struct ModelPair {
 impl ModelPair {
     /// Personalize `base` with `p`.
     pub fn new(base: StableDiffusion, p: &Personalization) -> Result<Self> {
-        let personal = p.apply(&base)?;
+        Self::stacked(base, std::slice::from_ref(p))
+    }
+
+    /// Personalize `base` with every item of `stack`, in order (e.g. a textual-inversion token
+    /// then a LoRA; see [`Personalization::apply_onto`]).
+    pub fn stacked(base: StableDiffusion, stack: &[Personalization]) -> Result<Self> {
+        if stack.is_empty() {
+            return Err(Error::invalid(
+                "personalization",
+                "none given: Layout-and-Retouch needs a personalized model beside the base",
+            ));
+        }
+        let personal = Personalization::apply_all(stack, &base)?;
         Ok(Self {
             base,
             personal,

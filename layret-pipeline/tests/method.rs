@@ -361,10 +361,7 @@ fn reference_cache_keys_follow_content_and_recompute_bad_entries() {
     let cache_dir = tmp.join("cache");
     let (settings, phrase, class, prompt) = case("ti");
     let load = |dtype| {
-        let opts = LoadOptions {
-            dtype,
-            variant: None,
-        };
+        let opts = LoadOptions::default().with_dtype(dtype);
         let base = StableDiffusion::load(&model_dir, &Device::flex(), &opts).unwrap();
         ModelPair::new(base, &personalization("ti")).unwrap()
     };

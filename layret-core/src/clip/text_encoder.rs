@@ -149,8 +149,9 @@ pub struct ClipTextEncoder {
 }
 
 impl ClipTextEncoder {
-    /// Load `config.json` and `model.safetensors` (or `model.<variant>.safetensors`, e.g.
-    /// `fp16`) from a `text_encoder/` folder, creating tensors of `dtype` on `device`.
+    /// Load `config.json` and the weights (`model[.variant].safetensors`, or the
+    /// `pytorch_model.bin` pickle) from a `text_encoder/` folder, creating tensors of `dtype`
+    /// on `device`.
     pub fn from_dir(
         dir: &Path,
         device: &Device,
@@ -158,10 +159,11 @@ impl ClipTextEncoder {
         variant: Option<&str>,
     ) -> Result<(Self, ClipTextConfig)> {
         let cfg = ClipTextConfig::from_file(&dir.join("config.json"))?;
-        let file = match variant {
-            Some(v) => dir.join(format!("model.{v}.safetensors")),
-            None => dir.join("model.safetensors"),
-        };
+        let file = crate::model_files::weights_file(
+            dir,
+            crate::model_files::Component::TextEncoder,
+            variant,
+        )?;
         let weights = Weights::open_as(&file, device, dtype)?;
         let model = Self::load(&weights, &cfg)?;
         Ok((model, cfg))

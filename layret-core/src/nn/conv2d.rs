@@ -37,6 +37,16 @@ impl Conv2d {
         })
     }
 
+    /// A copy with `delta` (`[out, in, k, k]`) added to the weight; the original is untouched.
+    pub fn with_weight_delta(&self, delta: Tensor<4>) -> Conv2d {
+        Conv2d {
+            weight: Param::from_tensor(self.weight.val() + delta),
+            bias: self.bias.clone(),
+            stride: self.stride,
+            padding: self.padding,
+        }
+    }
+
     /// # Shapes
     /// `[B, in, H, W]` → `[B, out, H', W']`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {

@@ -1,11 +1,13 @@
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::PersonalModel;
 use crate::clip::ClipTextEncoder;
 use crate::error::{Error, Result};
+use crate::model_files::{Component, weights_file};
 use crate::stable_diffusion::{StableDiffusion, check_model_dir};
 use crate::tokenizer::ClipTokenizer;
-use crate::unet::{UNet2DConditionModel, UNetConfig};
+use crate::unet::UNet2DConditionModel;
+use crate::vae::AutoencoderKL;
 
 /// Whether two files hold the same bytes, compared 1 MiB at a time (the files can be
 /// multi-GB UNets: never read whole).
@@ -34,62 +36,81 @@ fn same_file(a: &Path, b: &Path) -> Result<bool> {
     }
 }
 
-/// The first existing weights file of a component folder.
-fn weights_file(dir: &Path, stem: &str) -> Option<std::path::PathBuf> {
-    [
-        format!("{stem}.safetensors"),
-        format!("{stem}.fp16.safetensors"),
-    ]
-    .into_iter()
-    .map(|f| dir.join(f))
-    .find(|p| p.exists())
+/// The weights file of `component` in the base model's folder, when the base is a folder.
+fn base_file(base: &StableDiffusion, sub: &str, component: Component) -> Option<PathBuf> {
+    base.dir
+        .is_dir()
+        .then(|| weights_file(&base.dir.join(sub), component, None).ok())
+        .flatten()
 }
 
-/// Load a DreamBooth folder beside `base`: its UNet and text encoder (each shared with the
-/// base when byte-identical), its tokenizer; the VAE must be the base's (it is never loaded
-/// twice) and the architecture must match.
-pub fn load_dreambooth(base: &StableDiffusion, dir: &Path) -> Result<PersonalModel> {
+/// Whether `vae` is the base's VAE: the values of its input and output layers (rounded to
+/// f16, so an fp16 copy of the same VAE counts as the same) equal the base's. A fine-tuned
+/// VAE (e.g. ft-MSE, which retrains the decoder) differs there.
+fn same_vae(base: &AutoencoderKL, vae: &AutoencoderKL) -> Result<bool> {
+    let probe = |v: &AutoencoderKL| -> Result<Vec<u16>> {
+        let mut out = Vec::new();
+        for w in [
+            v.encoder.conv_in.weight.val(),
+            v.encoder.conv_out.weight.val(),
+            v.decoder.conv_in.weight.val(),
+            v.decoder.conv_out.weight.val(),
+            v.quant_conv.weight.val(),
+            v.post_quant_conv.weight.val(),
+        ] {
+            let vals = crate::host::to_f32_vec(w, "VAE weight")?;
+            out.extend(vals.into_iter().map(|x| half::f16::from_f32(x).to_bits()));
+        }
+        Ok(out)
+    };
+    Ok(probe(base)? == probe(vae)?)
+}
+
+/// The refusal of a DreamBooth model whose VAE is not the base's.
+fn other_vae(path: &Path, what: String) -> Error {
+    Error::NotADiffusersFolder {
+        path: path.to_path_buf(),
+        reason: format!(
+            "its VAE ({what}) differs from the base model's; layret shares one VAE between the vanilla and personalized models (use `--vae` to pick one for both)"
+        ),
+    }
+}
+
+/// Load a DreamBooth model beside `base`: a diffusers folder (its UNet and text encoder,
+/// each shared with the base when byte-identical, and its tokenizer) or a single-file
+/// checkpoint of the base's architecture (its UNet and text encoder; the base's tokenizer).
+/// The VAE must be the base's (it is never loaded twice) and the architecture must match.
+pub fn load_dreambooth(base: &StableDiffusion, path: &Path) -> Result<PersonalModel> {
+    if path.is_file() {
+        return load_dreambooth_file(base, path);
+    }
+    let dir = path;
     check_model_dir(dir)?;
     let dtype = base.unet.conv_in.weight.val().dtype();
     let device = &base.device;
     // VAE: shared; a different one is refused rather than silently mixed.
-    if let (Some(a), Some(b)) = (
-        weights_file(&dir.join("vae"), "diffusion_pytorch_model"),
-        weights_file(&base.dir.join("vae"), "diffusion_pytorch_model"),
-    ) && !same_file(&a, &b)?
-    {
-        return Err(Error::NotADiffusersFolder {
-            path: dir.to_path_buf(),
-            reason: format!(
-                "its VAE ({}) differs from the base model's ({}); layret shares one VAE between the vanilla and personalized models",
-                a.display(),
-                b.display()
-            ),
-        });
+    if let Ok(a) = weights_file(&dir.join("vae"), Component::Vae, None) {
+        let same = match base_file(base, "vae", Component::Vae) {
+            Some(b) => same_file(&a, &b)?,
+            None => {
+                let (vae, _) = AutoencoderKL::from_dir(&dir.join("vae"), device, dtype, None)?;
+                same_vae(&base.vae, &vae)?
+            }
+        };
+        if !same {
+            return Err(other_vae(dir, a.display().to_string()));
+        }
     }
-    let unet_file = weights_file(&dir.join("unet"), "diffusion_pytorch_model");
-    let base_unet_file = weights_file(&base.dir.join("unet"), "diffusion_pytorch_model");
-    let unet = match (&unet_file, &base_unet_file) {
-        (Some(a), Some(b)) if same_file(a, b)? => None,
+    let unet_file = weights_file(&dir.join("unet"), Component::Unet, None)
+        .or_else(|_| weights_file(&dir.join("unet"), Component::Unet, Some("fp16")))
+        .ok();
+    let unet = match (&unet_file, base_file(base, "unet", Component::Unet)) {
+        (Some(a), Some(b)) if same_file(a, &b)? => None,
         (None, _) => None,
-        (Some(_), _) => {
-            let (unet, cfg): (UNet2DConditionModel, UNetConfig) = UNet2DConditionModel::from_dir(
-                &dir.join("unet"),
-                device,
-                dtype,
-                None,
-            )
-            .or_else(|e| {
-                // Only an fp16 variant in the folder.
-                if dir
-                    .join("unet/diffusion_pytorch_model.fp16.safetensors")
-                    .exists()
-                {
-                    UNet2DConditionModel::from_dir(&dir.join("unet"), device, dtype, Some("fp16"))
-                } else {
-                    Err(e)
-                }
-            })?;
+        (Some(f), _) => {
+            let variant = f.to_string_lossy().contains(".fp16.").then_some("fp16");
+            let (unet, cfg) =
+                UNet2DConditionModel::from_dir(&dir.join("unet"), device, dtype, variant)?;
             if cfg.block_out_channels != base.unet_config.block_out_channels
                 || cfg.cross_attention_dim != base.unet_config.cross_attention_dim
             {
@@ -102,18 +123,17 @@ pub fn load_dreambooth(base: &StableDiffusion, dir: &Path) -> Result<PersonalMod
         }
     };
     let te_dir = dir.join("text_encoder");
+    let te_file = weights_file(&te_dir, Component::TextEncoder, None)
+        .or_else(|_| weights_file(&te_dir, Component::TextEncoder, Some("fp16")))
+        .ok();
     let text_encoder = match (
-        weights_file(&te_dir, "model"),
-        weights_file(&base.dir.join("text_encoder"), "model"),
+        &te_file,
+        base_file(base, "text_encoder", Component::TextEncoder),
     ) {
-        (Some(a), Some(b)) if same_file(&a, &b)? => base.text_encoder.clone(),
+        (Some(a), Some(b)) if same_file(a, &b)? => base.text_encoder.clone(),
         (None, _) => base.text_encoder.clone(),
-        (Some(_), _) => {
-            let variant = if te_dir.join("model.safetensors").exists() {
-                None
-            } else {
-                Some("fp16")
-            };
+        (Some(f), _) => {
+            let variant = f.to_string_lossy().contains(".fp16.").then_some("fp16");
             ClipTextEncoder::from_dir(&te_dir, device, dtype, variant)?.0
         }
     };
@@ -129,12 +149,27 @@ pub fn load_dreambooth(base: &StableDiffusion, dir: &Path) -> Result<PersonalMod
         });
     }
     let mut sources = crate::tokenizer::tokenizer_files(dir);
-    sources.extend(unet_file.into_iter().chain(weights_file(&te_dir, "model")));
+    sources.extend(unet_file.into_iter().chain(te_file));
     Ok(PersonalModel {
         tokenizer,
         text_encoder,
         unet,
         sources,
+        label: "dreambooth".into(),
+    })
+}
+
+/// A DreamBooth single file (a trainer's `model.ckpt`): read with the base's configs.
+fn load_dreambooth_file(base: &StableDiffusion, path: &Path) -> Result<PersonalModel> {
+    let db = StableDiffusion::load_single_file_like(path, base)?;
+    if !same_vae(&base.vae, &db.vae)? {
+        return Err(other_vae(path, "first_stage_model.* of the file".into()));
+    }
+    Ok(PersonalModel {
+        tokenizer: base.tokenizer.clone(),
+        text_encoder: db.text_encoder,
+        unet: Some(db.unet),
+        sources: vec![path.to_path_buf()],
         label: "dreambooth".into(),
     })
 }

@@ -39,9 +39,10 @@ pub enum Personalization {
         /// The placeholder token, if the file does not name it (or to rename it).
         token: Option<String>,
     },
-    /// A fine-tuned model folder (diffusers layout).
+    /// A fine-tuned model: a diffusers folder, or a single-file checkpoint (`model.ckpt`,
+    /// `.safetensors`) of the base's architecture.
     DreamBooth {
-        /// The folder.
+        /// The folder or file.
         dir: PathBuf,
     },
     /// Custom Diffusion attention weights; the other `.safetensors` files beside it are its
@@ -117,26 +118,62 @@ impl Personalization {
 
     /// Build the personalized model ε* beside `base` (the vanilla model).
     pub fn apply(&self, base: &StableDiffusion) -> Result<PersonalModel> {
+        self.apply_onto(base, PersonalModel::of_base(base))
+    }
+
+    /// Apply on top of `current` (the result of earlier personalizations of `base`): a
+    /// textual-inversion token added to its tokenizer and text encoder, a LoRA or Custom
+    /// Diffusion merged into its UNet (and text encoder). A DreamBooth model replaces the
+    /// UNet and text encoder, so it must come first.
+    pub fn apply_onto(
+        &self,
+        base: &StableDiffusion,
+        current: PersonalModel,
+    ) -> Result<PersonalModel> {
         let device = &base.device;
+        let PersonalModel {
+            mut tokenizer,
+            text_encoder,
+            unet,
+            mut sources,
+            label,
+        } = current;
+        let stacked = |l: &str| {
+            if label.is_empty() {
+                l.to_string()
+            } else {
+                format!("{label} | {l}")
+            }
+        };
         match self {
             Personalization::TextualInversion { path, token } => {
                 let ti = TextualInversion::load(path, token.as_deref(), device)?;
-                let mut tokenizer = base.tokenizer.clone();
-                let text_encoder = ti.apply(&mut tokenizer, &base.text_encoder)?;
+                let text_encoder = ti.apply(&mut tokenizer, &text_encoder)?;
+                sources.push(path.clone());
                 Ok(PersonalModel {
                     tokenizer,
                     text_encoder,
-                    unet: None,
-                    sources: vec![path.clone()],
-                    label: format!("ti token={}", ti.token),
+                    unet,
+                    sources,
+                    label: stacked(&format!("ti token={}", ti.token)),
                 })
             }
-            Personalization::DreamBooth { dir } => load_dreambooth(base, dir),
+            Personalization::DreamBooth { dir } => {
+                if !sources.is_empty() {
+                    return Err(Error::invalid(
+                        "personalization",
+                        format!(
+                            "dreambooth:{} replaces the UNet and text encoder, so it must come first in a stack (before {label})",
+                            dir.display()
+                        ),
+                    ));
+                }
+                load_dreambooth(base, dir)
+            }
             Personalization::CustomDiffusion { path } => {
-                let unet = apply_custom_diffusion(&base.unet, path)?;
-                let mut tokenizer = base.tokenizer.clone();
-                let mut text_encoder = base.text_encoder.clone();
-                let mut sources = vec![path.clone()];
+                let merged = apply_custom_diffusion(unet.as_ref().unwrap_or(&base.unet), path)?;
+                let mut text_encoder = text_encoder;
+                sources.push(path.clone());
                 for f in modifier_token_files(path)? {
                     let ti = TextualInversion::load(&f, None, device)?;
                     text_encoder = ti.apply(&mut tokenizer, &text_encoder)?;
@@ -145,32 +182,42 @@ impl Personalization {
                 Ok(PersonalModel {
                     tokenizer,
                     text_encoder,
-                    unet: Some(unet),
+                    unet: Some(merged),
                     sources,
-                    label: "custom-diffusion".into(),
+                    label: stacked("custom-diffusion"),
                 })
             }
             Personalization::Lora { path, scale } => {
                 let lora = Lora::load(path, device)?;
                 let unet = if lora.targets(LoraTarget::Unet) {
-                    Some(lora.merge_into_unet(&base.unet, *scale)?)
+                    Some(lora.merge_into_unet(unet.as_ref().unwrap_or(&base.unet), *scale)?)
                 } else {
-                    None
+                    unet
                 };
                 let text_encoder = if lora.targets(LoraTarget::TextEncoder) {
-                    lora.merge_into_text_encoder(&base.text_encoder, *scale)?
+                    lora.merge_into_text_encoder(&text_encoder, *scale)?
                 } else {
-                    base.text_encoder.clone()
+                    text_encoder
                 };
+                sources.push(path.clone());
                 Ok(PersonalModel {
-                    tokenizer: base.tokenizer.clone(),
+                    tokenizer,
                     text_encoder,
                     unet,
-                    sources: vec![path.clone()],
-                    label: format!("lora scale={:#x}", scale.to_bits()),
+                    sources,
+                    label: stacked(&format!("lora scale={:#x}", scale.to_bits())),
                 })
             }
         }
+    }
+
+    /// Apply `list` in order onto `base` (see [`apply_onto`](Self::apply_onto)); an empty
+    /// list is the base itself.
+    pub fn apply_all(list: &[Personalization], base: &StableDiffusion) -> Result<PersonalModel> {
+        list.iter()
+            .try_fold(PersonalModel::of_base(base), |current, p| {
+                p.apply_onto(base, current)
+            })
     }
 }
 
@@ -211,6 +258,30 @@ pub struct PersonalModel {
 }
 
 impl PersonalModel {
+    /// The base model unchanged: the start of a stack of personalizations.
+    pub fn of_base(base: &StableDiffusion) -> Self {
+        Self {
+            tokenizer: base.tokenizer.clone(),
+            text_encoder: base.text_encoder.clone(),
+            unet: None,
+            sources: Vec::new(),
+            label: String::new(),
+        }
+    }
+
+    /// The personalized model as a [`StableDiffusion`] of its own (its tokenizer, text
+    /// encoder and UNet; the base's VAE and scheduler), sharing every tensor with `base`: for
+    /// text-to-image with the personalized model alone.
+    pub fn to_model(&self, base: &StableDiffusion) -> StableDiffusion {
+        base.with_personal_parts(
+            self.tokenizer.clone(),
+            self.text_encoder.clone(),
+            self.unet(base).clone(),
+            &self.sources,
+            &self.label,
+        )
+    }
+
     /// The content identity of the personalization applied (its kind, settings and every
     /// source file's content), for cache keys; reads the files.
     pub fn fingerprint(&self) -> Result<u64> {

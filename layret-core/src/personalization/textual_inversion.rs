@@ -19,9 +19,11 @@ pub struct TextualInversion {
 }
 
 impl TextualInversion {
-    /// Read an embedding file: diffusers' format (`{token: [dim]}` or `{token: [n, dim]}`) or
+    /// Read an embedding file — `.safetensors`, or a pickle (`learned_embeds.bin`, A1111's
+    /// `.pt`) read as data: diffusers' format (`{token: [dim]}` or `{token: [n, dim]}`) or
     /// A1111/kohya's (`emb_params` or `string_to_param.*`: `[n, dim]`, no token name). `token`
-    /// names the placeholder (required for A1111 files; overrides the diffusers key).
+    /// names the placeholder; without it an A1111 file's token is its file stem, as A1111
+    /// names embeddings (`my-style.pt` → `my-style`), and a diffusers file's its key.
     pub fn load(path: &Path, token: Option<&str>, device: &Device) -> Result<Self> {
         let w = Weights::open(path, device)?;
         let keys = w.keys();
@@ -45,14 +47,14 @@ impl TextualInversion {
                 keys.iter().take(4).cloned().collect::<Vec<_>>().join(", ")
             )));
         };
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let token = match (token, file_token) {
             (Some(t), _) => t.to_string(),
             (None, Some(t)) => t,
-            (None, None) => {
-                return Err(invalid(
-                    "an A1111-style embedding has no token name; give one (e.g. `--token <my-tok>`)".into(),
-                ));
-            }
+            (None, None) => stem,
         };
         if token.trim().is_empty() {
             return Err(invalid("the token is empty".into()));

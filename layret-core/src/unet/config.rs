@@ -1,4 +1,4 @@
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -241,6 +241,23 @@ impl UNetConfig {
             .collect()
     }
 
+    /// The block plan: ResNets per level and which levels attend.
+    pub(crate) fn plan(&self) -> super::UNetPlan {
+        super::UNetPlan {
+            layers_per_block: self.layers_per_block,
+            down_attention: self
+                .down_types()
+                .into_iter()
+                .map(|t| t == DownBlockType::CrossAttn)
+                .collect(),
+            up_attention: self
+                .up_types()
+                .into_iter()
+                .map(|t| t == UpBlockType::CrossAttn)
+                .collect(),
+        }
+    }
+
     /// Channels and heads of each level, in down-block order.
     pub fn levels(&self) -> Vec<LevelPlan> {
         let n = self.block_out_channels.len();
@@ -378,13 +395,5 @@ impl UNetConfig {
             IGNORED,
             "unknown UNet setting; layret supports the SD 1.x/2.x UNet2DConditionModel",
         )
-    }
-
-    /// The file name of this config's weights inside `unet/`.
-    pub fn weights_file(dir: &Path, variant: Option<&str>) -> PathBuf {
-        match variant {
-            Some(v) => dir.join(format!("diffusion_pytorch_model.{v}.safetensors")),
-            None => dir.join("diffusion_pytorch_model.safetensors"),
-        }
     }
 }

@@ -15,4 +15,5 @@ pub use resnet::ResnetBlock2D;
 pub use transformer::{
     Attention, BasicTransformerBlock, FeedForward, GeGlu, Projection, ToOut, Transformer2D,
 };
-pub use unet_2d::{SiteInfo, UNet2DConditionModel};
+pub(crate) use unet_2d::UNetPlan;
+pub use unet_2d::{ModuleMut, SiteInfo, UNet2DConditionModel};

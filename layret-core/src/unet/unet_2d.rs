@@ -13,6 +13,26 @@ use crate::error::{Error, Result};
 use crate::nn::{Conv2d, GroupNorm};
 use crate::weights::Weights;
 
+/// A mutable reference to one parameterized layer of the UNet (see
+/// [`UNet2DConditionModel::for_each_module_mut`]).
+pub enum ModuleMut<'a> {
+    /// A linear layer.
+    Linear(&'a mut crate::nn::Linear),
+    /// A convolution.
+    Conv(&'a mut Conv2d),
+}
+
+/// The block structure of a UNet: ResNets per down level and which levels have attention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UNetPlan {
+    /// ResNets per down block (up blocks have one more).
+    pub layers_per_block: usize,
+    /// Per down level, whether it has transformers.
+    pub down_attention: Vec<bool>,
+    /// Per up level, whether it has transformers.
+    pub up_attention: Vec<bool>,
+}
+
 /// The static description of one attention site (for listing; see [`UNet2DConditionModel::sites`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SiteInfo {
@@ -68,8 +88,8 @@ pub struct UNet2DConditionModel {
 }
 
 impl UNet2DConditionModel {
-    /// Load `config.json` and `diffusion_pytorch_model[.variant].safetensors` from a `unet/`
-    /// folder.
+    /// Load `config.json` and the weights (`diffusion_pytorch_model[.variant].safetensors`, or
+    /// the `.bin` pickle) from a `unet/` folder.
     pub fn from_dir(
         dir: &Path,
         device: &Device,
@@ -77,7 +97,9 @@ impl UNet2DConditionModel {
         variant: Option<&str>,
     ) -> Result<(Self, UNetConfig)> {
         let cfg = UNetConfig::from_file(&dir.join("config.json"))?;
-        let weights = Weights::open_as(UNetConfig::weights_file(dir, variant), device, dtype)?;
+        let file =
+            crate::model_files::weights_file(dir, crate::model_files::Component::Unet, variant)?;
+        let weights = Weights::open_as(file, device, dtype)?;
         let unet = Self::load(&weights, &cfg)?;
         weights.finish(|_| false)?;
         Ok((unet, cfg))
@@ -227,46 +249,137 @@ impl UNet2DConditionModel {
         self.conv_out.forward(self.conv_norm_out.forward_silu(x))
     }
 
-    /// Every transformer's Linear layers with their checkpoint paths (`…attn2.to_k`,
-    /// `…ff.net.2`, `…proj_in` when linear), for personalization (LoRA, Custom Diffusion).
-    pub fn for_each_linear_mut(&mut self, f: &mut dyn FnMut(&str, &mut crate::nn::Linear)) {
+    /// Every Linear and Conv2d layer with its checkpoint path (`time_embedding.linear_1`,
+    /// `down_blocks.0.resnets.1.conv1`, `…attn2.to_k`, `…ff.net.2`, `…proj_in`,
+    /// `…downsamplers.0.conv`, …), in checkpoint order: what personalization (LoRA, LoCon,
+    /// Custom Diffusion) can update.
+    pub fn for_each_module_mut(&mut self, f: &mut dyn FnMut(&str, ModuleMut)) {
+        use super::resnet::ResnetBlock2D;
         use super::transformer::{Projection, Transformer2D};
-        fn visit(
-            t: &mut Transformer2D,
-            prefix: &str,
-            f: &mut dyn FnMut(&str, &mut crate::nn::Linear),
-        ) {
-            if let Projection::Linear(l) = &mut t.proj_in {
-                f(&format!("{prefix}.proj_in"), l);
+        fn resnet(r: &mut ResnetBlock2D, p: &str, f: &mut dyn FnMut(&str, ModuleMut)) {
+            f(&format!("{p}.conv1"), ModuleMut::Conv(&mut r.conv1));
+            if let Some(l) = &mut r.time_emb_proj {
+                f(&format!("{p}.time_emb_proj"), ModuleMut::Linear(l));
             }
+            f(&format!("{p}.conv2"), ModuleMut::Conv(&mut r.conv2));
+            if let Some(c) = &mut r.conv_shortcut {
+                f(&format!("{p}.conv_shortcut"), ModuleMut::Conv(c));
+            }
+        }
+        fn projection(pr: &mut Projection, p: &str, f: &mut dyn FnMut(&str, ModuleMut)) {
+            match pr {
+                Projection::Linear(l) => f(p, ModuleMut::Linear(l)),
+                Projection::Conv(c) => f(p, ModuleMut::Conv(c)),
+            }
+        }
+        fn transformer(t: &mut Transformer2D, prefix: &str, f: &mut dyn FnMut(&str, ModuleMut)) {
+            projection(&mut t.proj_in, &format!("{prefix}.proj_in"), f);
             for (i, b) in t.transformer_blocks.iter_mut().enumerate() {
                 let p = format!("{prefix}.transformer_blocks.{i}");
                 for (name, a) in [("attn1", &mut b.attn1), ("attn2", &mut b.attn2)] {
-                    f(&format!("{p}.{name}.to_q"), &mut a.to_q);
-                    f(&format!("{p}.{name}.to_k"), &mut a.to_k);
-                    f(&format!("{p}.{name}.to_v"), &mut a.to_v);
-                    f(&format!("{p}.{name}.to_out.0"), &mut a.to_out.linear);
+                    f(&format!("{p}.{name}.to_q"), ModuleMut::Linear(&mut a.to_q));
+                    f(&format!("{p}.{name}.to_k"), ModuleMut::Linear(&mut a.to_k));
+                    f(&format!("{p}.{name}.to_v"), ModuleMut::Linear(&mut a.to_v));
+                    f(
+                        &format!("{p}.{name}.to_out.0"),
+                        ModuleMut::Linear(&mut a.to_out.linear),
+                    );
                 }
-                f(&format!("{p}.ff.net.0.proj"), &mut b.ff.geglu.proj);
-                f(&format!("{p}.ff.net.2"), &mut b.ff.out);
+                f(
+                    &format!("{p}.ff.net.0.proj"),
+                    ModuleMut::Linear(&mut b.ff.geglu.proj),
+                );
+                f(&format!("{p}.ff.net.2"), ModuleMut::Linear(&mut b.ff.out));
             }
-            if let Projection::Linear(l) = &mut t.proj_out {
-                f(&format!("{prefix}.proj_out"), l);
+            projection(&mut t.proj_out, &format!("{prefix}.proj_out"), f);
+        }
+        f(
+            "time_embedding.linear_1",
+            ModuleMut::Linear(&mut self.time_embedding.linear_1),
+        );
+        f(
+            "time_embedding.linear_2",
+            ModuleMut::Linear(&mut self.time_embedding.linear_2),
+        );
+        f("conv_in", ModuleMut::Conv(&mut self.conv_in));
+        for (i, block) in self.down_blocks.iter_mut().enumerate() {
+            for (j, r) in block.resnets.iter_mut().enumerate() {
+                resnet(r, &format!("down_blocks.{i}.resnets.{j}"), f);
+            }
+            for (j, t) in block.attentions.iter_mut().enumerate() {
+                transformer(t, &format!("down_blocks.{i}.attentions.{j}"), f);
+            }
+            if let Some(d) = &mut block.downsamplers {
+                f(
+                    &format!("down_blocks.{i}.downsamplers.0.conv"),
+                    ModuleMut::Conv(&mut d.conv),
+                );
             }
         }
-        for (i, block) in self.down_blocks.iter_mut().enumerate() {
-            for (j, t) in block.attentions.iter_mut().enumerate() {
-                visit(t, &format!("down_blocks.{i}.attentions.{j}"), f);
-            }
+        for (j, r) in self.mid_block.resnets.iter_mut().enumerate() {
+            resnet(r, &format!("mid_block.resnets.{j}"), f);
         }
         for (j, t) in self.mid_block.attentions.iter_mut().enumerate() {
-            visit(t, &format!("mid_block.attentions.{j}"), f);
+            transformer(t, &format!("mid_block.attentions.{j}"), f);
         }
         for (i, block) in self.up_blocks.iter_mut().enumerate() {
+            for (j, r) in block.resnets.iter_mut().enumerate() {
+                resnet(r, &format!("up_blocks.{i}.resnets.{j}"), f);
+            }
             for (j, t) in block.attentions.iter_mut().enumerate() {
-                visit(t, &format!("up_blocks.{i}.attentions.{j}"), f);
+                transformer(t, &format!("up_blocks.{i}.attentions.{j}"), f);
+            }
+            if let Some(u) = &mut block.upsamplers {
+                f(
+                    &format!("up_blocks.{i}.upsamplers.0.conv"),
+                    ModuleMut::Conv(&mut u.conv),
+                );
             }
         }
+        f("conv_out", ModuleMut::Conv(&mut self.conv_out));
+    }
+
+    /// Every Linear layer with its checkpoint path (see
+    /// [`for_each_module_mut`](Self::for_each_module_mut)).
+    pub fn for_each_linear_mut(&mut self, f: &mut dyn FnMut(&str, &mut crate::nn::Linear)) {
+        self.for_each_module_mut(&mut |p, m| {
+            if let ModuleMut::Linear(l) = m {
+                f(p, l)
+            }
+        });
+    }
+
+    /// The block plan of this UNet (levels, ResNets per level, which levels attend).
+    pub(crate) fn plan(&self) -> UNetPlan {
+        UNetPlan {
+            layers_per_block: self.down_blocks.first().map_or(0, |b| b.resnets.len()),
+            down_attention: self
+                .down_blocks
+                .iter()
+                .map(|b| !b.attentions.is_empty())
+                .collect(),
+            up_attention: self
+                .up_blocks
+                .iter()
+                .map(|b| !b.attentions.is_empty())
+                .collect(),
+        }
+    }
+
+    /// The original LDM (single-file) name of each module path of
+    /// [`for_each_module_mut`](Self::for_each_module_mut), e.g. `down_blocks.0.resnets.0.conv1`
+    /// → `input_blocks.1.0.in_layers.2` (kohya LoRA files may use either).
+    pub fn ldm_module_names(&self) -> std::collections::HashMap<String, String> {
+        use crate::weights::KeyMap;
+        let map = crate::single_file::UnetMap::from_plan(&self.plan());
+        let mut out = std::collections::HashMap::new();
+        self.clone().for_each_module_mut(&mut |p, _| {
+            if let Some(m) = map.map(&format!("{p}.weight")) {
+                let key = m.key.trim_start_matches("model.diffusion_model.");
+                out.insert(p.to_string(), key.trim_end_matches(".weight").to_string());
+            }
+        });
+        out
     }
 
     /// Every attention site in execution order, with its size for a `height × width` latent.

@@ -181,7 +181,8 @@ pub struct AutoencoderKL {
 }
 
 impl AutoencoderKL {
-    /// Load `config.json` and `diffusion_pytorch_model[.variant].safetensors` from `vae/`.
+    /// Load `config.json` and the weights (`diffusion_pytorch_model[.variant].safetensors`, or
+    /// the `.bin` pickle) from `vae/`.
     pub fn from_dir(
         dir: &Path,
         device: &Device,
@@ -189,10 +190,8 @@ impl AutoencoderKL {
         variant: Option<&str>,
     ) -> Result<(Self, VaeConfig)> {
         let cfg = VaeConfig::from_file(&dir.join("config.json"))?;
-        let file = match variant {
-            Some(v) => dir.join(format!("diffusion_pytorch_model.{v}.safetensors")),
-            None => dir.join("diffusion_pytorch_model.safetensors"),
-        };
+        let file =
+            crate::model_files::weights_file(dir, crate::model_files::Component::Vae, variant)?;
         let weights = Weights::open_as(file, device, dtype)?;
         let vae = Self::load(&weights, &cfg)?;
         weights.finish(|_| false)?;

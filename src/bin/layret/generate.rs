@@ -6,8 +6,9 @@ use layret::burn::tensor::Tensor;
 use layret::core::image_io::save_png;
 use layret::core::noise::{load_tensor, save_tensors};
 use layret::core::personalization::Personalization;
-use layret::core::stable_diffusion::{LoadOptions, NoiseSource, StableDiffusion};
-use layret::device::{parse_device, parse_dtype};
+use layret::core::stable_diffusion::NoiseSource;
+
+use crate::model_args::ModelArgs;
 use layret::pipeline::{
     Blend, GenerateRequest, LayoutAndRetouch, MethodSettings, ModelPair, Subject,
     load_reference_tensor,
@@ -30,13 +31,15 @@ use crate::progress::Bars;
 ///     --prompt "a <cat-toy> on the beach" --steps 10 --width 128 --height 128 --out out
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The base (vanilla) model: a diffusers folder, or a Hugging Face repo id in the local cache.
-    #[arg(long)]
-    model: String,
-    /// KIND:PATH with KIND ti (embedding file; ti:PATH#TOKEN names the token), dreambooth
-    /// (model folder), custom-diffusion (weights file), lora (file; lora:PATH@SCALE).
-    #[arg(long)]
-    personalization: String,
+    /// The base (vanilla) model and how to load it.
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The personalization (repeatable, applied in order, e.g. a token then a LoRA): KIND:PATH
+    /// with KIND ti (embedding: .safetensors, .bin, A1111 .pt; ti:PATH#TOKEN names the token,
+    /// default the file's own or its stem), dreambooth (folder or single file),
+    /// custom-diffusion (weights file), lora (kohya, diffusers or PEFT file; lora:PATH@SCALE).
+    #[arg(long, required = true)]
+    personalization: Vec<String>,
     /// The personal phrase P as the personalized model knows it ("sks dog", "<cat-toy>").
     #[arg(long)]
     phrase: String,
@@ -117,12 +120,6 @@ pub struct Args {
     /// Output folder.
     #[arg(long, default_value = "out")]
     out: PathBuf,
-    /// cpu, wgpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Weights dtype: f32, f16 or bf16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
 }
 
 fn settings(a: &Args) -> Result<MethodSettings> {
@@ -164,9 +161,12 @@ fn settings(a: &Args) -> Result<MethodSettings> {
 pub fn run(a: Args, quiet: bool) -> Result<()> {
     let settings = settings(&a)?;
     settings.validate()?;
-    let personalization = Personalization::parse(&a.personalization)?;
-    let device = parse_device(&a.device)?;
-    let dtype = parse_dtype(&a.dtype)?;
+    let stack = a
+        .personalization
+        .iter()
+        .map(|s| Personalization::parse(s))
+        .collect::<Result<Vec<_>>>()?;
+    let device = a.model.device()?;
     std::fs::create_dir_all(&a.out).map_err(|e| Error::io("creating", &a.out, e))?;
     let probe = a.out.join(".layret-write-test");
     std::fs::write(&probe, b"").map_err(|e| Error::io("writing to", &a.out, e))?;
@@ -174,20 +174,15 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
 
     let mut bars = Bars::new(quiet);
     let t0 = Instant::now();
-    let dir = layret::model_path::resolve_model(&a.model)?;
-    let base = StableDiffusion::load(
-        &dir,
-        &device,
-        &LoadOptions {
-            dtype,
-            variant: None,
-        },
-    )?;
-    let models = ModelPair::new(base, &personalization)?;
+    let (dir, base) = a.model.load(&device)?;
+    let models = ModelPair::stacked(base, &stack)?;
     bars.note(&format!(
-        "loaded {} + {} in {:.1}s",
+        "loaded {}{} in {:.1}s",
         dir.display(),
-        personalization.kind(),
+        stack
+            .iter()
+            .map(|p| format!(" + {}", p.kind()))
+            .collect::<String>(),
         t0.elapsed().as_secs_f64()
     ));
     let size = models.base.default_size();
@@ -265,7 +260,7 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
             ("phrase", a.phrase.clone()),
             ("class", a.class_phrase.clone()),
             ("reference", a.reference[*r].display().to_string()),
-            ("personalization", a.personalization.clone()),
+            ("personalization", a.personalization.join(" ")),
             ("seed", seed_text.clone()),
             ("sample", s.to_string()),
             ("steps", a.steps.to_string()),
@@ -282,7 +277,7 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
                     a.mode
                 ),
             ),
-            ("model", a.model.clone()),
+            ("model", a.model.model.clone()),
             ("software", format!("layret {}", env!("CARGO_PKG_VERSION"))),
         ];
         let name = format!("p{p}_s{s}");
@@ -348,7 +343,7 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
     }
     let manifest = json!({
         "software": format!("layret {}", env!("CARGO_PKG_VERSION")),
-        "model": a.model,
+        "model": a.model.model,
         "personalization": a.personalization,
         "phrase": a.phrase,
         "class": a.class_phrase,

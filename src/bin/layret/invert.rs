@@ -3,8 +3,8 @@ use std::path::PathBuf;
 use layret::burn::tensor::Tensor;
 use layret::core::attention::DefaultAttention;
 use layret::core::noise::save_tensors;
-use layret::core::stable_diffusion::{LoadOptions, StableDiffusion};
-use layret::device::{parse_device, parse_dtype};
+
+use crate::model_args::ModelArgs;
 use layret::pipeline::load_reference_tensor;
 
 use crate::progress::Bars;
@@ -17,9 +17,8 @@ use crate::progress::Bars;
 ///          --steps 10 --width 128 --height 128 --out noise.safetensors
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A diffusers folder or a Hugging Face repo id in the local cache.
-    #[arg(long)]
-    model: String,
+    #[command(flatten)]
+    model: ModelArgs,
     /// The image (8-bit RGB; center-cropped and resized to the size).
     #[arg(long)]
     image: PathBuf,
@@ -38,25 +37,11 @@ pub struct Args {
     /// Output safetensors file.
     #[arg(long, default_value = "noise.safetensors")]
     out: PathBuf,
-    /// cpu, wgpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Weights dtype.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
 }
 
 pub fn run(a: Args, quiet: bool) -> layret::Result<()> {
-    let device = parse_device(&a.device)?;
-    let dir = layret::model_path::resolve_model(&a.model)?;
-    let sd = StableDiffusion::load(
-        &dir,
-        &device,
-        &LoadOptions {
-            dtype: parse_dtype(&a.dtype)?,
-            variant: None,
-        },
-    )?;
+    let device = a.model.device()?;
+    let (_, sd) = a.model.load(&device)?;
     let size = sd.default_size();
     let (w, h) = (a.width.unwrap_or(size), a.height.unwrap_or(size));
     sd.latent_size(w, h)?;

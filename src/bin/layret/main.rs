@@ -3,6 +3,7 @@
 mod generate;
 mod inspect;
 mod invert;
+mod model_args;
 mod progress;
 mod sites;
 mod tokenize;

@@ -4,8 +4,10 @@ use std::time::Instant;
 use layret::burn::tensor::Tensor;
 use layret::core::image_io::save_png;
 use layret::core::noise::{load_tensor, save_tensors};
-use layret::core::stable_diffusion::{LoadOptions, NoiseSource, StableDiffusion, Txt2ImgRequest};
-use layret::device::{parse_device, parse_dtype};
+use layret::core::personalization::Personalization;
+use layret::core::stable_diffusion::{NoiseSource, Txt2ImgRequest};
+
+use crate::model_args::ModelArgs;
 
 use crate::progress::Bars;
 
@@ -17,9 +19,14 @@ use crate::progress::Bars;
 ///   layret txt2img --model ~/models/stable-diffusion-v1-5 --prompt "a red fox in snow" --seed 7 --out fox.png
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A diffusers model folder, or a Hugging Face repo id found in the local cache.
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Personalize the model first (repeatable, applied in order): KIND:PATH with KIND ti
+    /// (embedding: .safetensors, .bin, A1111 .pt; ti:PATH#TOKEN), dreambooth (folder or
+    /// single file), custom-diffusion, lora (lora:PATH@SCALE). The personalized model alone:
+    /// the baseline Layout-and-Retouch is compared against.
     #[arg(long)]
-    model: String,
+    personalization: Vec<String>,
     /// The prompt.
     #[arg(long)]
     prompt: String,
@@ -56,15 +63,6 @@ pub struct Args {
     /// Also write the final latents (key `latents`, before VAE decoding) to this safetensors file.
     #[arg(long)]
     save_latents: Option<PathBuf>,
-    /// cpu, wgpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Weights dtype: f32, f16 or bf16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
-    /// Prefer `*.<variant>.safetensors` weights, e.g. fp16.
-    #[arg(long)]
-    variant: Option<String>,
 }
 
 /// `out.png` → `out-3.png`.
@@ -84,22 +82,27 @@ pub fn numbered(path: &Path, i: usize, n: usize) -> PathBuf {
 }
 
 pub fn run(a: Args, quiet: bool) -> layret::Result<()> {
-    let device = parse_device(&a.device)?;
-    let dtype = parse_dtype(&a.dtype)?;
+    let device = a.model.device()?;
     let mut bars = Bars::new(quiet);
     let t0 = Instant::now();
-    let dir = layret::model_path::resolve_model(&a.model)?;
-    let sd = StableDiffusion::load(
-        &dir,
-        &device,
-        &LoadOptions {
-            dtype,
-            variant: a.variant.clone(),
-        },
-    )?;
+    let (dir, base) = a.model.load(&device)?;
+    let stack = a
+        .personalization
+        .iter()
+        .map(|s| Personalization::parse(s))
+        .collect::<layret::Result<Vec<_>>>()?;
+    let sd = if stack.is_empty() {
+        base
+    } else {
+        Personalization::apply_all(&stack, &base)?.to_model(&base)
+    };
     bars.note(&format!(
-        "loaded {} in {:.1}s",
+        "loaded {}{} in {:.1}s",
         dir.display(),
+        stack
+            .iter()
+            .map(|p| format!(" + {}", p.kind()))
+            .collect::<String>(),
         t0.elapsed().as_secs_f64()
     ));
     let size = sd.default_size();
@@ -152,7 +155,8 @@ pub fn run(a: Args, quiet: bool) -> layret::Result<()> {
         ("guidance", a.guidance.to_string()),
         ("eta", a.eta.to_string()),
         ("size", format!("{width}x{height}")),
-        ("model", a.model.clone()),
+        ("model", a.model.model.clone()),
+        ("personalization", a.personalization.join(" ")),
         ("sampler", "DDIM".to_string()),
         ("software", format!("layret {}", env!("CARGO_PKG_VERSION"))),
     ];
