@@ -536,3 +536,126 @@ fn every_subcommand_has_help_with_an_example() {
         );
     }
 }
+
+/// The latents `txt2img` saves for `model_args`, as bytes.
+fn txt2img_latents(dir: &std::path::Path, name: &str, model_args: &[&str]) -> Vec<u8> {
+    let lat = dir.join(format!("{name}.safetensors"));
+    let out = bin()
+        .arg("txt2img")
+        .args(model_args)
+        .args(["--prompt", "a <cat-toy> dog", "--steps", "2"])
+        .args(["--width", "64", "--height", "64", "--seed", "3", "-q"])
+        .arg("--out")
+        .arg(dir.join(format!("{name}.png")))
+        .arg("--save-latents")
+        .arg(&lat)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(lat).unwrap()
+}
+
+#[test]
+fn single_files_vaes_and_stacked_personalizations_from_the_command_line() {
+    let dir = tempdir();
+    let folder = txt2img_latents(&dir, "folder", &["--model", &fixture("sd1-tiny")]);
+    // The same model as an LDM single file (.safetensors and .ckpt): the same latents.
+    for f in [
+        "formats/sd1-tiny-ldm.safetensors",
+        "formats/sd1-tiny-ldm.ckpt",
+    ] {
+        let single = txt2img_latents(
+            &dir,
+            "single",
+            &["--model", &fixture(f), "--config", &fixture("sd1-tiny")],
+        );
+        assert_eq!(folder, single, "{f}");
+    }
+    // The personalized model alone (txt2img --personalization): a token then a LoRA.
+    let ti = format!("ti:{}", fixture("formats/learned_embeds.bin"));
+    let lora = format!(
+        "lora:{}@0.5",
+        fixture("formats/lora_peft_alpha.safetensors")
+    );
+    let only_ti = txt2img_latents(
+        &dir,
+        "ti",
+        &["--model", &fixture("sd1-tiny"), "--personalization", &ti],
+    );
+    let both = txt2img_latents(
+        &dir,
+        "both",
+        &[
+            "--model",
+            &fixture("sd1-tiny"),
+            "--personalization",
+            &ti,
+            "--personalization",
+            &lora,
+        ],
+    );
+    assert_ne!(folder, only_ti, "the token changes the conditioning");
+    assert_ne!(only_ti, both, "the LoRA changes the model");
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(dir.join("both.png")).unwrap(),
+    ));
+    let reader = decoder.read_info().unwrap();
+    let text = &reader.info().uncompressed_latin1_text;
+    assert!(
+        text.iter()
+            .any(|t| t.keyword == "personalization" && t.text.contains("lora_peft_alpha")),
+        "{text:?}"
+    );
+    // Another VAE changes only the decoding: identical latents.
+    let vae = txt2img_latents(
+        &dir,
+        "vae",
+        &[
+            "--model",
+            &fixture("sd1-tiny"),
+            "--vae",
+            &fixture("sd2-tiny/vae"),
+        ],
+    );
+    assert_eq!(folder, vae);
+    assert_ne!(
+        std::fs::read(dir.join("folder.png")).unwrap(),
+        std::fs::read(dir.join("vae.png")).unwrap(),
+        "another VAE decodes differently"
+    );
+}
+
+#[test]
+fn inspect_says_what_a_single_file_is() {
+    let out = bin()
+        .args([
+            "inspect",
+            "--model",
+            &fixture("formats/sd2-tiny-ldm.safetensors"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("SD 2.x single-file checkpoint"), "{text}");
+    assert!(text.contains("4 resblocks"), "{text}");
+    assert!(
+        text.contains("--config"),
+        "the tiny shapes need --config: {text}"
+    );
+    let out = bin()
+        .args(["inspect", "--model", &fixture("formats/bad/code_global.pt")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("posix.system"), "{err}");
+}

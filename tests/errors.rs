@@ -795,3 +795,183 @@ fn determinism_same_seed_same_pngs() {
         "same seed, same settings: bit-identical PNGs"
     );
 }
+
+#[test]
+fn r43_pickle_referencing_code() {
+    let f = fx("formats/bad/code_global.pt");
+    let e = layret::core::weights::TensorFile::open(&f).unwrap_err();
+    assert!(
+        matches!(&e, Error::Pickle { file, message } if file == &f && message.contains("`posix.system`") && message.contains("`payload`")),
+        "{e}"
+    );
+}
+
+#[test]
+fn r44_truncated_pickle() {
+    let d = tmp();
+    let f = d.join("model.ckpt");
+    let b = std::fs::read(fx("formats/sd1-tiny-ldm.ckpt")).unwrap();
+    std::fs::write(&f, &b[..b.len() / 3]).unwrap();
+    let e = load(&f).unwrap_err();
+    assert!(
+        matches!(&e, Error::Pickle { file, .. } if file == &f),
+        "{e}"
+    );
+}
+
+/// A safetensors file with zero-filled f32 tensors of these keys and shapes.
+fn tensors_file(path: &Path, items: &[(&str, Vec<usize>)]) {
+    let bufs: Vec<Vec<u8>> = items
+        .iter()
+        .map(|(_, s)| vec![0u8; 4 * s.iter().product::<usize>()])
+        .collect();
+    let views: Vec<_> = items
+        .iter()
+        .zip(&bufs)
+        .map(|((k, s), b)| {
+            (
+                k.to_string(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+#[test]
+fn r45_single_file_not_sd1_or_sd2() {
+    let d = tmp();
+    let f = d.join("sdxl.safetensors");
+    tensors_file(
+        &f,
+        &[
+            ("conditioner.embedders.1.model.ln_final.weight", vec![4]),
+            (
+                "model.diffusion_model.input_blocks.0.0.weight",
+                vec![4, 4, 3, 3],
+            ),
+        ],
+    );
+    let e = load(&f).unwrap_err();
+    assert!(
+        matches!(&e, Error::NotASingleFile { path, reason } if path == &f && reason.contains("SDXL")),
+        "{e}"
+    );
+    let g = d.join("inpaint.safetensors");
+    tensors_file(
+        &g,
+        &[(
+            "model.diffusion_model.input_blocks.0.0.weight",
+            vec![320, 9, 3, 3],
+        )],
+    );
+    let e = load(&g).unwrap_err();
+    assert!(
+        matches!(&e, Error::NotASingleFile { reason, .. } if reason.contains("9 input channels") && reason.contains("inpainting")),
+        "{e}"
+    );
+}
+
+#[test]
+fn r46_single_file_of_a_non_standard_architecture() {
+    let f = fx("formats/sd1-tiny-ldm.safetensors");
+    let e = load(&f).unwrap_err();
+    assert!(
+        matches!(&e, Error::NotASingleFile { path, reason } if path == &f && reason.contains("cross-attention width 16") && reason.contains("768")),
+        "{e}"
+    );
+}
+
+#[test]
+fn r47_single_file_with_unknown_tensors() {
+    let d = tmp();
+    let f = d.join("extra.safetensors");
+    let b = std::fs::read(fx("formats/sd1-tiny-ldm.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&b).unwrap();
+    let mut views: Vec<(String, safetensors::tensor::TensorView)> =
+        st.tensors().into_iter().collect();
+    let extra = vec![0u8; 4];
+    views.push((
+        "cond_stage_model.hypernetwork.weight".into(),
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &extra).unwrap(),
+    ));
+    safetensors::serialize_to_file(views, None, &f).unwrap();
+    let e = StableDiffusion::load(
+        &f,
+        &dev(),
+        &LoadOptions::default().with_config(fx("sd1-tiny")),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, Error::UnexpectedTensors { file, keys, .. } if file == &f && keys == &vec!["cond_stage_model.hypernetwork.weight".to_string()]),
+        "{e}"
+    );
+}
+
+#[test]
+fn r48_lora_rank_mismatch() {
+    let d = tmp();
+    let f = d.join("l.safetensors");
+    let m = "lora_unet_down_blocks_0_attentions_0_proj_in";
+    tensors_file(
+        &f,
+        &[
+            (&format!("{m}.lora_down.weight"), vec![4, 16, 1, 1]),
+            (&format!("{m}.lora_up.weight"), vec![16, 8, 1, 1]),
+        ],
+    );
+    let e = Lora::load(&f, &dev()).unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument { message, .. } if message.contains("rank mismatch") && message.contains("[4, 16, 1, 1]") && message.contains("[16, 8, 1, 1]") && message.contains("l.safetensors")),
+        "{e}"
+    );
+}
+
+#[test]
+fn r49_lora_of_an_unsupported_algorithm() {
+    let d = tmp();
+    let f = d.join("lokr.safetensors");
+    tensors_file(
+        &f,
+        &[(
+            "lora_unet_down_blocks_0_attentions_0_proj_in.lokr_w1",
+            vec![4, 4],
+        )],
+    );
+    let e = Lora::load(&f, &dev()).unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument { message, .. } if message.contains("LoKr") && message.contains("lokr_w1")),
+        "{e}"
+    );
+}
+
+#[test]
+fn r50_dreambooth_after_another_personalization() {
+    let ti = Personalization::TextualInversion {
+        path: fx("personalization/ti_cat_toy.safetensors"),
+        token: None,
+    };
+    let db = Personalization::DreamBooth {
+        dir: fx("sd1-tiny-dreambooth"),
+    };
+    let e = Personalization::apply_all(&[ti, db], &sd1()).unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument { name, message } if name == "personalization" && message.contains("must come first") && message.contains("sd1-tiny-dreambooth")),
+        "{e}"
+    );
+}
+
+#[test]
+fn r51_sharded_weights() {
+    let d = tmp();
+    copy_dir(&fx("sd1-tiny"), &d);
+    std::fs::remove_file(d.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
+    let index = d.join("unet/diffusion_pytorch_model.safetensors.index.json");
+    std::fs::write(&index, r#"{"weight_map": {}}"#).unwrap();
+    let e = load(&d).unwrap_err();
+    assert!(
+        matches!(&e, Error::UnsupportedConfig { file, value, .. } if file == &index && value.contains("sharded")),
+        "{e}"
+    );
+}

@@ -955,6 +955,32 @@ def write_kohya(spec: LoraSpec, path: Path, dtype, metadata: dict):
         spec.layers[key] = (down.to(dtype).float(), up.to(dtype).float(), float(torch.tensor(alpha).to(dtype)))
 
 
+def write_kohya_ldm_names(spec: LoraSpec, path: Path, dtype, metadata: dict, unet_cfg: dict):
+    """The same kohya LoRA with the UNet modules named as in the original LDM checkpoint
+    (lora_unet_input_blocks_1_0_in_layers_2, ..., as LoRAs trained on single-file checkpoints
+    by kohya's older scripts and other trainers name them), via this script's own diffusers->LDM
+    module map (unet_to_ldm's); text-encoder names unchanged."""
+    mm = _unet_module_map(unet_cfg)
+    sd = {}
+    for (comp, p), (down, up, alpha) in spec.layers.items():
+        if comp == "unet":
+            ldm, rest, prefix = _rename(p + ".weight", mm)
+            rest = rest[: -len(".weight")] if rest.endswith(".weight") else ""
+            if ".resnets." in prefix and rest:
+                head, _, tail = rest.partition(".")
+                rest = _UNET_RESNET[head] + (f".{tail}" if tail else "")
+            module = f"{ldm}.{rest}" if rest else ldm
+            name = "lora_unet_" + module.replace(".", "_")
+        else:
+            name = "lora_te_" + p.replace(".", "_")
+        assert f"{name}.lora_down.weight" not in sd, name
+        sd[f"{name}.lora_down.weight"] = down.to(dtype).contiguous()
+        sd[f"{name}.lora_up.weight"] = up.to(dtype).contiguous()
+        sd[f"{name}.alpha"] = torch.tensor(alpha).to(dtype)
+    save_file(sd, str(path), metadata=metadata)
+    canonical_metadata_order(path)
+
+
 def make_old_diffusers_spec(unet, te, seed: int) -> LoraSpec:
     """diffusers ~0.19-0.24 (LoRACompatibleLinear/Conv, PatchedLoraProjection) save_lora_weights:
     attention projections, ff.net.0.proj and proj_in; text-encoder q/k/v/out_proj. No alphas
@@ -1209,6 +1235,16 @@ def make_lora_files():
                      "lora_kohya",
                      "kohya-ss networks.lora with conv_dim (LoCon), saved fp16 (alpha too); SD 1.x proj_in/out "
                      "are 1x1 convs; per-layer ranks/alphas; kohya metadata (ss_*, modelspec.*)", fold_check=True)
+    # The same layers under their LDM module names: the goldens of kohya_locon apply.
+    p_ldm = FORMATS / "lora_kohya_ldm_names.safetensors"
+    write_kohya_ldm_names(spec, p_ldm, torch.float16, kohya_metadata(False, spec, p_ldm.stem),
+                          json.loads((SD1 / "unet" / "config.json").read_text()))
+    entry = dict(CASES[-1])
+    entry.update(case="kohya_ldm_names", file=rel(p_ldm),
+                 notes="lora_kohya_locon's layers with the UNet modules named as in the LDM checkpoint "
+                       "(lora_unet_input_blocks_1_0_in_layers_2 ...), by this script's diffusers->LDM module "
+                       "map; same weights, so kohya_locon's goldens apply")
+    CASES.append(entry)
 
     spec = make_kohya_spec(unet2, te2, 7100, sd2=True)
     p = FORMATS / "lora_kohya_sd2.safetensors"
