@@ -10,7 +10,7 @@ use layret::burn::tensor::{Device, Tensor};
 use layret::core::attention::DefaultAttention;
 use layret::core::image_io::{from_rgb8, save_png};
 use layret::core::personalization::Personalization;
-use layret::core::stable_diffusion::{LoadOptions, NoiseSource, Progress, StableDiffusion};
+use layret::core::stable_diffusion::{LoadOptions, NoiseSource, StableDiffusion};
 use layret::pipeline::*;
 
 /// Uses `image` (`[1, 3, H, W]`) as the layout of every sample.
@@ -23,7 +23,7 @@ impl LayoutStage for GivenContext {
         &mut self,
         models: &ModelPair,
         request: &LayoutRequest,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut ProgressFn,
     ) -> layret::Result<LayoutResult> {
         let s = &request.settings;
         let n = request.noise.dims()[0];
@@ -98,7 +98,12 @@ fn main() -> layret::Result<()> {
         },
         MultiSourceRetouch::new(),
     );
-    let out = pipe.generate(&models, &subject, &request, &mut |_| {})?;
+    let out = pipe.generate(
+        &models,
+        &subject,
+        &request,
+        &mut layret::core::ignore_progress,
+    )?;
     save_png(&out[0].image, "custom_layout.png".as_ref(), &[])?;
     println!("custom_layout.png");
     Ok(())

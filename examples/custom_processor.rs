@@ -56,7 +56,7 @@ fn main() -> layret::Result<()> {
                 .kind(AttentionKind::SelfAttention),
             &mut temperature,
         );
-        sd.txt2img_latents(&req, &mut router, &mut |_| {})?
+        sd.txt2img_latents(&req, &mut router, &mut layret::core::ignore_progress)?
     };
     let img = &sd.decode_to_rgb8(latents)?[0];
     save_png(

@@ -79,9 +79,10 @@ fn main() -> layret::Result<()> {
     };
     let out = LayoutAndRetouch::default().generate(&models, &subject, &request, &mut |p| {
         eprint!(
-            "\r{:>9} {}/{}   ",
-            p.stage.stage, p.stage.step, p.stage.total
-        )
+            "\r{:>9} {}/{}  (request {}/{})   ",
+            p.stage.stage, p.stage.step, p.stage.total, p.done, p.total
+        );
+        std::ops::ControlFlow::Continue(())
     })?;
     eprintln!();
     for g in &out {

@@ -24,7 +24,8 @@ fn main() -> layret::Result<()> {
     }
     req.noise = NoiseSource::Seed(42);
     let out = sd.txt2img(&req, &mut |p| {
-        eprint!("\r{} {}/{}", p.stage, p.step, p.total)
+        eprint!("\r{} {}/{}", p.stage, p.step, p.total);
+        std::ops::ControlFlow::Continue(())
     })?;
     eprintln!();
     save_png(

@@ -365,10 +365,15 @@ fn generate_rejects_bad_inputs_with_one_line() {
     let dir = tempdir();
     let good = dir.join("ref.png");
     write_reference(&good, 128, 128);
-    let gray = dir.join("gray.png");
-    image::GrayImage::from_pixel(128, 128, image::Luma([128]))
-        .save(&gray)
+    let truncated = dir.join("cut.jpg");
+    let mut jpeg = Vec::new();
+    image::RgbImage::from_pixel(128, 128, image::Rgb([10, 200, 30]))
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
         .unwrap();
+    std::fs::write(&truncated, &jpeg[..jpeg.len() * 2 / 3]).unwrap();
     let garbage = dir.join("garbage.png");
     std::fs::write(&garbage, b"not a png").unwrap();
     let base = |reference: &std::path::Path, prompt: &str, pers: &str| {
@@ -397,7 +402,7 @@ fn generate_rejects_bad_inputs_with_one_line() {
     };
     let ti = format!("ti:{}", fixture("personalization/ti_cat_toy.safetensors"));
     let cases: Vec<(Command, &str)> = vec![
-        (base(&gray, "a <cat-toy>", &ti), "8-bit RGB"),
+        (base(&truncated, "a <cat-toy>", &ti), "truncated"),
         (base(&garbage, "a <cat-toy>", &ti), "cannot decode"),
         (
             base(&dir.join("missing.png"), "a <cat-toy>", &ti),

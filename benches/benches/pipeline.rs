@@ -44,14 +44,14 @@ fn pipeline(c: &mut Criterion) {
         let mut pipe = LayoutAndRetouch::default();
         g.bench_function(format!("{name}_cached_reference"), |b| {
             b.iter(|| {
-                pipe.generate(&models, &subject, &req, &mut |_| {})
+                pipe.generate(&models, &subject, &req, &mut layret::core::ignore_progress)
                     .expect("generate")
             })
         });
         g.bench_function(format!("{name}_uncached"), |b| {
             b.iter(|| {
                 LayoutAndRetouch::default()
-                    .generate(&models, &subject, &req, &mut |_| {})
+                    .generate(&models, &subject, &req, &mut layret::core::ignore_progress)
                     .expect("generate")
             })
         });
@@ -79,7 +79,7 @@ fn pipeline_sd15(c: &mut Criterion) {
         let mut pipe = LayoutAndRetouch::default();
         g.bench_function(format!("{name}_128x128_2_steps_cached_reference"), |b| {
             b.iter(|| {
-                pipe.generate(&models, &subject, &req, &mut |_| {})
+                pipe.generate(&models, &subject, &req, &mut layret::core::ignore_progress)
                     .expect("generate")
             })
         });

@@ -58,6 +58,24 @@ impl KvStore {
             })
     }
 
+    /// The entries of `step` only (sharing their tensors), as a store of its own.
+    pub fn at_step(&self, step: usize) -> KvStore {
+        KvStore {
+            policy: self.policy,
+            entries: self
+                .entries
+                .iter()
+                .filter(|((_, s), _)| *s == step)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+
+    /// Move every entry of `other` into this store.
+    pub fn extend(&mut self, other: KvStore) {
+        self.entries.extend(other.entries);
+    }
+
     /// Every entry as (site path, step, keys, values), in no particular order (keys/values as
     /// stored: f16 under [`KvPolicy::KeepF16`]).
     pub fn entries(&self) -> impl Iterator<Item = (&str, usize, &Tensor<4>, &Tensor<4>)> {

@@ -216,6 +216,18 @@ pub enum Error {
         message: String,
     },
 
+    /// The caller asked to stop (its progress callback answered `ControlFlow::Break`, e.g. on
+    /// Ctrl-C); the work finished before is kept by the caller.
+    #[error("cancelled at {stage} step {step}/{total}")]
+    Cancelled {
+        /// The stage that was running.
+        stage: String,
+        /// Its last finished step.
+        step: usize,
+        /// Its steps in all.
+        total: usize,
+    },
+
     /// Sampling produced non-finite values.
     #[error("non-finite values (NaN/Inf) in {what} at step {step}; {suggestion}")]
     NonFinite {

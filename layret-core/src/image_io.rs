@@ -60,25 +60,124 @@ pub fn from_rgb8(images: &[RgbImage], device: &Device) -> Result<Tensor<4>> {
     ))
 }
 
-/// Save an RGB image as PNG with `text` as `tEXt` chunks (keyword, value), e.g. the
-/// generation parameters.
+/// Save an RGB image as PNG with `text` as text chunks (keyword, value), e.g. the generation
+/// parameters: `tEXt` when the value is Latin-1, `iTXt` (UTF-8) otherwise, so any prompt
+/// round-trips. Written atomically: a temporary file beside `path`, renamed over it once
+/// complete — an error (or a kill) never leaves a partial PNG under `path`.
 pub fn save_png(image: &RgbImage, path: &Path, text: &[(&str, String)]) -> Result<()> {
-    let file = std::fs::File::create(path).map_err(|e| Error::io("creating", path, e))?;
+    save_png_as(
+        image.as_raw(),
+        image.width(),
+        image.height(),
+        png::ColorType::Rgb,
+        path,
+        text,
+    )
+}
+
+/// [`save_png`] for an 8-bit grayscale image (masks).
+pub fn save_gray_png(image: &image::GrayImage, path: &Path, text: &[(&str, String)]) -> Result<()> {
+    save_png_as(
+        image.as_raw(),
+        image.width(),
+        image.height(),
+        png::ColorType::Grayscale,
+        path,
+        text,
+    )
+}
+
+fn save_png_as(
+    raw: &[u8],
+    width: u32,
+    height: u32,
+    color: png::ColorType,
+    path: &Path,
+    text: &[(&str, String)],
+) -> Result<()> {
     let png_err = |e: png::EncodingError| match e {
-        png::EncodingError::IoError(io) => Error::io("writing", path, io),
-        other => Error::Image {
-            path: path.to_path_buf(),
-            message: other.to_string(),
-        },
+        png::EncodingError::IoError(io) => io,
+        other => std::io::Error::other(other.to_string()),
     };
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), image.width(), image.height());
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    for (k, v) in text {
-        enc.add_text_chunk(k.to_string(), v.clone())
+    crate::atomic::write_with(path, |file| {
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(&mut *file), width, height);
+        enc.set_color(color);
+        enc.set_depth(png::BitDepth::Eight);
+        for (k, v) in text {
+            let latin1 = v.chars().all(|c| (c as u32) < 256);
+            if latin1 {
+                enc.add_text_chunk(k.to_string(), v.clone())
+            } else {
+                enc.add_itxt_chunk(k.to_string(), v.clone())
+            }
             .map_err(png_err)?;
+        }
+        let mut writer = enc.write_header().map_err(png_err)?;
+        writer.write_image_data(raw).map_err(png_err)?;
+        writer.finish().map_err(png_err)
+    })
+}
+
+/// The text chunks of a PNG file (tEXt, zTXt and iTXt), as (keyword, value) pairs in file
+/// order, and whether the image data is complete and its checksums hold.
+pub fn read_png_text(path: &Path) -> Result<Vec<(String, String)>> {
+    let err = |m: String| Error::Image {
+        path: path.to_path_buf(),
+        message: m,
+    };
+    let file = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    let decoder = png::Decoder::new(std::io::BufReader::new(file));
+    let mut reader = decoder
+        .read_info()
+        .map_err(|e| err(format!("not a readable PNG: {e}")))?;
+    let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
+    reader
+        .next_frame(&mut buf)
+        .map_err(|e| err(format!("incomplete image data: {e}")))?;
+    reader
+        .finish()
+        .map_err(|e| err(format!("incomplete PNG: {e}")))?;
+    let info = reader.info();
+    let mut out: Vec<(String, String)> = info
+        .uncompressed_latin1_text
+        .iter()
+        .map(|t| (t.keyword.clone(), t.text.clone()))
+        .collect();
+    for t in &info.compressed_latin1_text {
+        out.push((t.keyword.clone(), t.get_text().unwrap_or_default()));
     }
-    let mut writer = enc.write_header().map_err(png_err)?;
-    writer.write_image_data(image.as_raw()).map_err(png_err)?;
-    writer.finish().map_err(png_err)
+    for t in &info.utf8_text {
+        out.push((t.keyword.clone(), t.get_text().unwrap_or_default()));
+    }
+    Ok(out)
+}
+
+/// The generation parameters in AUTOMATIC1111's `parameters` text (which A1111's PNG Info,
+/// ComfyUI, InvokeAI and image browsers read): the prompt, `Negative prompt: …` when there is
+/// one, then `Key: value` pairs (values with `,`, `:` or `"` quoted as A1111 quotes them).
+pub fn a1111_parameters(prompt: &str, negative: &str, fields: &[(&str, String)]) -> String {
+    let quote = |v: &str| {
+        if v.contains(',') || v.contains(':') || v.contains('"') || v.contains('\n') {
+            format!(
+                "\"{}\"",
+                v.replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n")
+            )
+        } else {
+            v.to_string()
+        }
+    };
+    let mut out = prompt.to_string();
+    if !negative.is_empty() {
+        out.push_str("\nNegative prompt: ");
+        out.push_str(negative);
+    }
+    let pairs: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("{k}: {}", quote(v)))
+        .collect();
+    out.push('\n');
+    out.push_str(&pairs.join(", "));
+    out
 }

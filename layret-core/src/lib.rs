@@ -41,6 +41,7 @@ pub mod model_files;
 pub mod nn;
 pub mod noise;
 pub mod personalization;
+pub mod safetensors_writer;
 pub mod scheduler;
 pub mod single_file;
 pub mod stable_diffusion;
@@ -50,3 +51,4 @@ pub mod vae;
 pub mod weights;
 
 pub use error::{Error, Result};
+pub use stable_diffusion::ignore_progress;

@@ -1,5 +1,6 @@
 //! A Stable Diffusion 1.x/2.x model folder (diffusers layout) and text-to-image sampling.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, Device, Tensor};
@@ -145,7 +146,9 @@ pub struct Txt2ImgOutput {
     pub images: Vec<RgbImage>,
 }
 
-/// Progress of a long operation, for progress bars.
+/// Progress of a long operation, for progress bars. The callback that receives it answers
+/// [`ControlFlow::Break`] to stop the operation at the next step boundary (it then returns
+/// [`Error::Cancelled`]); [`ignore_progress`] continues silently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
     /// What is running ("denoise", "invert", "decode", ...).
@@ -186,6 +189,23 @@ pub struct ModelParts {
     /// What else tells this model apart from others (e.g. `"random sd15 seeds 1 2 3"` for
     /// random weights), folded into the fingerprint.
     pub label: String,
+}
+
+/// A progress callback that reports nothing and never stops: `&mut ignore_progress`.
+pub fn ignore_progress<T>(_: T) -> ControlFlow<()> {
+    ControlFlow::Continue(())
+}
+
+/// Report `p` to `progress`; [`Error::Cancelled`] if it asks to stop.
+pub fn report(progress: &mut dyn FnMut(Progress) -> ControlFlow<()>, p: Progress) -> Result<()> {
+    match progress(p) {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(()) => Err(Error::Cancelled {
+            stage: p.stage.to_string(),
+            step: p.step,
+            total: p.total,
+        }),
+    }
 }
 
 /// A loaded Stable Diffusion model: tokenizer, text encoder, UNet, VAE and scheduler config.
@@ -661,15 +681,18 @@ impl StableDiffusion {
     pub fn txt2img(
         &self,
         req: &Txt2ImgRequest,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
     ) -> Result<Txt2ImgOutput> {
         let latents = self.txt2img_latents(req, &mut DefaultAttention, progress)?;
         let images = self.decode_to_rgb8(latents.clone())?;
-        progress(Progress {
-            stage: "decode",
-            step: 1,
-            total: 1,
-        });
+        report(
+            progress,
+            Progress {
+                stage: "decode",
+                step: 1,
+                total: 1,
+            },
+        )?;
         Ok(Txt2ImgOutput { latents, images })
     }
 
@@ -679,7 +702,7 @@ impl StableDiffusion {
         &self,
         req: &Txt2ImgRequest,
         processor: &mut dyn AttentionProcessor,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
     ) -> Result<Tensor<4>> {
         if !req.guidance.is_finite() {
             return Err(Error::invalid(
@@ -723,11 +746,14 @@ impl StableDiffusion {
             };
             latents = sched.step(eps, k, latents, noise)?;
             check_finite(&latents, "latents", k)?;
-            progress(Progress {
-                stage: "denoise",
-                step: k + 1,
-                total,
-            });
+            report(
+                progress,
+                Progress {
+                    stage: "denoise",
+                    step: k + 1,
+                    total,
+                },
+            )?;
         }
         Ok(latents)
     }
@@ -770,7 +796,7 @@ impl StableDiffusion {
         prompt: &str,
         steps: usize,
         processor: &mut dyn AttentionProcessor,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
     ) -> Result<Vec<(usize, Tensor<4>)>> {
         let sched = self.ddim(steps, 0.0)?;
         let b = latents.dims()[0];
@@ -791,11 +817,14 @@ impl StableDiffusion {
             x = sched.inversion_step(eps, t, x);
             check_finite(&x, "inverted latents", j)?;
             out.push((t, x.clone()));
-            progress(Progress {
-                stage: "invert",
-                step: j + 1,
-                total: ts.len(),
-            });
+            report(
+                progress,
+                Progress {
+                    stage: "invert",
+                    step: j + 1,
+                    total: ts.len(),
+                },
+            )?;
         }
         Ok(out)
     }

@@ -92,7 +92,7 @@ fn check_model(sd: &StableDiffusion, model: &str, what: &str) {
         noise: NoiseSource::Tensor(common::golden_tensor(&file, "noise")),
         eta: 0.0,
     };
-    let out = sd.txt2img(&req, &mut |_| {}).unwrap();
+    let out = sd.txt2img(&req, &mut layret_core::ignore_progress).unwrap();
     let err = common::max_abs_diff(out.latents, &common::golden(&file, "latents"));
     assert!(err <= 1e-4, "{what}: txt2img latents {err}");
 }

@@ -53,7 +53,7 @@ fn check_txt2img(name: &str) {
     }
 
     // The whole pipeline.
-    let out = sd.txt2img(&req, &mut |_| {}).unwrap();
+    let out = sd.txt2img(&req, &mut layret_core::ignore_progress).unwrap();
     let err = common::max_abs_diff(out.latents.clone(), &common::golden(&file, "latents"));
     assert!(err <= 1e-4, "{name} final latents: {err}");
     let common::Golden {
@@ -94,7 +94,7 @@ fn check_inversion(name: &str) {
             "a photo of a sks dog",
             5,
             &mut DefaultAttention,
-            &mut |_| {},
+            &mut layret_core::ignore_progress,
         )
         .unwrap();
     let ts: Vec<usize> = traj.iter().map(|(t, _)| *t).collect();
@@ -121,11 +121,11 @@ fn seeded_runs_are_deterministic_and_seeds_differ() {
     let mut req = Txt2ImgRequest::new("a dog");
     (req.steps, req.width, req.height) = (2, 64, 64);
     req.noise = NoiseSource::Seed(42);
-    let a = sd.txt2img(&req, &mut |_| {}).unwrap();
-    let b = sd.txt2img(&req, &mut |_| {}).unwrap();
+    let a = sd.txt2img(&req, &mut layret_core::ignore_progress).unwrap();
+    let b = sd.txt2img(&req, &mut layret_core::ignore_progress).unwrap();
     assert_eq!(a.images[0].as_raw(), b.images[0].as_raw());
     req.noise = NoiseSource::Seed(43);
-    let c = sd.txt2img(&req, &mut |_| {}).unwrap();
+    let c = sd.txt2img(&req, &mut layret_core::ignore_progress).unwrap();
     assert_ne!(a.images[0].as_raw(), c.images[0].as_raw());
     assert_eq!(
         image_io::to_rgb8(sd.decode(a.latents).unwrap()).unwrap()[0].as_raw(),
@@ -144,28 +144,28 @@ fn bad_requests_are_errors() {
     let mut r = base();
     r.width = 60;
     assert!(
-        matches!(sd.txt2img(&r, &mut |_| {}), Err(Error::InvalidArgument { name, .. }) if name == "width")
+        matches!(sd.txt2img(&r, &mut layret_core::ignore_progress), Err(Error::InvalidArgument { name, .. }) if name == "width")
     );
     let mut r = base();
     r.steps = 0;
     assert!(
-        matches!(sd.txt2img(&r, &mut |_| {}), Err(Error::InvalidArgument { name, .. }) if name == "steps")
+        matches!(sd.txt2img(&r, &mut layret_core::ignore_progress), Err(Error::InvalidArgument { name, .. }) if name == "steps")
     );
     let mut r = base();
     r.guidance = f64::NAN;
     assert!(
-        matches!(sd.txt2img(&r, &mut |_| {}), Err(Error::InvalidArgument { name, .. }) if name == "guidance")
+        matches!(sd.txt2img(&r, &mut layret_core::ignore_progress), Err(Error::InvalidArgument { name, .. }) if name == "guidance")
     );
     let mut r = base();
     r.noise = NoiseSource::Tensor(Tensor::zeros([1, 4, 9, 8], &common::device()));
     assert!(matches!(
-        sd.txt2img(&r, &mut |_| {}),
+        sd.txt2img(&r, &mut layret_core::ignore_progress),
         Err(Error::Shape { .. })
     ));
     let mut r = base();
     r.prompt = "a ".repeat(80);
     assert!(matches!(
-        sd.txt2img(&r, &mut |_| {}),
+        sd.txt2img(&r, &mut layret_core::ignore_progress),
         Err(Error::PromptTooLong { tokens: 82, .. })
     ));
 }
@@ -203,7 +203,13 @@ fn inversion_then_sampling_reconstructs_the_image() {
     let prompt = "a photo of a sks dog";
     let steps = 50;
     let traj = sd
-        .invert(x.clone(), prompt, steps, &mut DefaultAttention, &mut |_| {})
+        .invert(
+            x.clone(),
+            prompt,
+            steps,
+            &mut DefaultAttention,
+            &mut layret_core::ignore_progress,
+        )
         .unwrap();
     let sched = sd.ddim(steps, 0.0).unwrap();
     let cond = sd.encode_prompts(&[prompt]).unwrap();
@@ -247,8 +253,12 @@ fn inversion_then_sampling_reconstructs_the_image() {
         let mut req = request(noise);
         (req.prompt, req.negative_prompt) = (prompt.into(), String::new());
         (req.guidance, req.steps, req.num_images) = (1.0, steps, 1);
-        sd.txt2img_latents(&req, &mut DefaultAttention, &mut |_| {})
-            .unwrap()
+        sd.txt2img_latents(
+            &req,
+            &mut DefaultAttention,
+            &mut layret_core::ignore_progress,
+        )
+        .unwrap()
     };
     let err = common::max_abs_diff_tensors(sample(traj.last().unwrap().1.clone()), x.clone());
     let control = common::max_abs_diff_tensors(

@@ -24,7 +24,8 @@
 //!     settings: MethodSettings::default(),
 //!     return_masks: false,
 //! };
-//! let images = LayoutAndRetouch::default().generate(&models, &subject, &request, &mut |_| {})?;
+//! let images = LayoutAndRetouch::default()
+//!     .generate(&models, &subject, &request, &mut layret_core::ignore_progress)?;
 //! # Ok(()) }
 //! ```
 
@@ -56,9 +57,11 @@ pub use pipeline::{
 pub use prompts::{SubjectPrompts, subject_tokens};
 pub use reference::{
     ReferenceCache, ReferenceData, ReferenceKey, compute_reference, load_reference_data,
-    save_reference_data,
 };
-pub use reference_image::{load_reference, load_reference_tensor};
+pub use reference_image::{load_reference, load_reference_tensor, read_rgb};
 pub use retouch::MultiSourceRetouch;
 pub use settings::{Blend, MethodSettings};
-pub use stage::{LayoutRequest, LayoutResult, LayoutStage, RetouchResult, RetouchStage, StepMasks};
+pub use stage::{
+    ContextStep, LayoutRequest, LayoutResult, LayoutStage, ProgressFn, RetouchResult, RetouchStage,
+    StepMasks,
+};

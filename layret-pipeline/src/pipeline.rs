@@ -1,5 +1,7 @@
 //! `LayoutAndRetouch`: the two stages composed over prompts and samples.
 
+use std::ops::ControlFlow;
+
 use burn::tensor::Tensor;
 use image::RgbImage;
 use layret_core::stable_diffusion::{NoiseSource, Progress};
@@ -98,7 +100,9 @@ pub struct Generated {
     pub masks: Option<MaskImages>,
 }
 
-/// Progress of the whole pipeline: which prompt, and the stage's own progress.
+/// Progress of the whole pipeline: which prompt, the stage's own progress, and the steps of
+/// the whole request done so far out of its total (known up front: every layout, retouch,
+/// reference and decode step of every prompt).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PipelineProgress {
     /// Prompt index.
@@ -107,6 +111,10 @@ pub struct PipelineProgress {
     pub prompts: usize,
     /// Progress of the current stage.
     pub stage: Progress,
+    /// Steps of the whole request done.
+    pub done: usize,
+    /// Steps of the whole request in all.
+    pub total: usize,
 }
 
 /// The Layout-and-Retouch pipeline: a [`LayoutStage`] then a [`RetouchStage`] (by default
@@ -155,95 +163,89 @@ impl<L: LayoutStage, R: RetouchStage> LayoutAndRetouch<L, R> {
         Self { layout, retouch }
     }
 
-    /// Run both stages for every prompt of `request`.
+    /// Run both stages for every prompt of `request`; the images in prompt, then sample order.
+    /// The progress callback answers [`ControlFlow::Break`] to stop (at the next step
+    /// boundary): the result is then [`Error::Cancelled`] — use
+    /// [`generate_each`](Self::generate_each) to keep what finished before.
     pub fn generate(
         &mut self,
         models: &ModelPair,
         subject: &Subject,
         request: &GenerateRequest,
-        progress: &mut dyn FnMut(PipelineProgress),
+        progress: &mut dyn FnMut(PipelineProgress) -> ControlFlow<()>,
     ) -> Result<Vec<Generated>> {
-        request.settings.validate()?;
-        if request.prompts.is_empty() {
-            return Err(Error::invalid("prompts", "no prompt given"));
-        }
-        if request.num_samples == 0 {
-            return Err(Error::invalid("num_samples", "0; must be at least 1"));
-        }
-        let base = &models.base;
-        let (h, w) = base.latent_size(request.width, request.height)?;
-        request.settings.mask_level(h, w)?;
-        let noise = base.initial_noise(&request.noise, request.num_samples, h, w)?;
-        // Check every prompt before any work.
-        let prompts = request
-            .prompts
-            .iter()
-            .map(|p| {
-                SubjectPrompts::new(
-                    p,
-                    &subject.phrase,
-                    &subject.class_phrase,
-                    &request.settings.reference_prefix,
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
-        // Every reference, before any work: the generation size, one image each.
-        if subject.references.is_empty() {
-            return Err(Error::invalid("references", "no reference image given"));
-        }
-        for (i, r) in subject.references.iter().enumerate() {
-            let want = [1, 3, request.height, request.width];
-            if r.dims() != want {
-                return Err(Error::Shape {
-                    what: format!("reference image {i}"),
-                    expected: format!("{want:?} (one image at the generation size)"),
-                    got: r.dims().to_vec(),
-                });
-            }
-        }
-        // Samples grouped by the reference they use (k mod R); each group runs both stages.
-        let groups: Vec<(usize, Vec<usize>)> = (0..subject.references.len())
-            .map(|r| {
-                let rows = (0..request.num_samples)
-                    .filter(|&k| subject.reference_of(k) == r)
-                    .collect::<Vec<_>>();
-                (r, rows)
-            })
-            .filter(|(_, rows)| !rows.is_empty())
-            .collect();
-        let n_prompts = prompts.len();
         let mut out = Vec::new();
-        for (pi, prompts) in prompts.into_iter().enumerate() {
-            let mut report = |stage: Progress| {
-                progress(PipelineProgress {
-                    prompt: pi,
-                    prompts: n_prompts,
-                    stage,
-                })
-            };
+        self.generate_each(models, subject, request, progress, &mut |g| {
+            out.push(g);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// [`generate`](Self::generate), handing each prompt's images to `done` as soon as they
+    /// are finished (to save them right away), in sample order. Everything is checked before
+    /// any work starts. If `done` fails or `progress` asks to stop, the run ends there with
+    /// that error; the images handed over before are the caller's.
+    pub fn generate_each(
+        &mut self,
+        models: &ModelPair,
+        subject: &Subject,
+        request: &GenerateRequest,
+        progress: &mut dyn FnMut(PipelineProgress) -> ControlFlow<()>,
+        done: &mut dyn FnMut(Generated) -> Result<()>,
+    ) -> Result<()> {
+        let checked = self.check(models, subject, request)?;
+        let base = &models.base;
+        let n = request.settings.steps;
+        // The whole request's steps, up front: per prompt and reference group, the layout and
+        // retouch passes and a decode; per reference not yet cached, its inversion and passes.
+        let groups = &checked.groups;
+        let mut total = checked.prompts.len() * groups.len() * (2 * n + 1);
+        if let Some(keys) = &checked.reference_keys {
+            total += keys.iter().filter(|k| !self.retouch_caches(k)).count() * 2 * n;
+        }
+        let n_prompts = checked.prompts.len();
+        let mut finished = 0usize;
+        for (pi, prompts) in checked.prompts.into_iter().enumerate() {
             let mut samples = Vec::with_capacity(request.num_samples);
-            for (r, rows) in &groups {
+            for (r, rows) in groups {
+                let mut report = |stage: Progress| {
+                    finished = (finished + 1).min(total);
+                    progress(PipelineProgress {
+                        prompt: pi,
+                        prompts: n_prompts,
+                        stage,
+                        done: finished,
+                        total,
+                    })
+                };
                 let req = LayoutRequest {
                     prompts: prompts.clone(),
-                    noise: select_rows(&noise, rows),
+                    noise: select_rows(&checked.noise, rows),
                     settings: request.settings.clone(),
                 };
-                let layout = self.layout.layout(models, &req, &mut report)?;
+                let (layout, result) = self.retouch.retouch_with(
+                    models,
+                    &req,
+                    &mut self.layout,
+                    &subject.references[*r],
+                    &mut report,
+                )?;
                 let context = layout
                     .trajectory
                     .last()
                     .cloned()
                     .ok_or_else(|| Error::invalid("layout", "empty trajectory"))?;
-                let result =
-                    self.retouch
-                        .retouch(models, &layout, &subject.references[*r], &mut report)?;
                 let images = base.decode_to_rgb8(result.latents.clone())?;
                 let context_images = base.decode_to_rgb8(context.clone())?;
-                report(Progress {
-                    stage: "decode",
-                    step: 1,
-                    total: 1,
-                });
+                layret_core::stable_diffusion::report(
+                    &mut report,
+                    Progress {
+                        stage: "decode",
+                        step: 1,
+                        total: 1,
+                    },
+                )?;
                 for (i, (image, context_image)) in
                     images.into_iter().zip(context_images).enumerate()
                 {
@@ -269,9 +271,138 @@ impl<L: LayoutStage, R: RetouchStage> LayoutAndRetouch<L, R> {
                 }
             }
             samples.sort_by_key(|g| g.sample);
-            out.extend(samples);
+            for g in samples {
+                done(g)?;
+            }
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// Whether the retouch stage already holds `key`.
+    fn retouch_caches(&self, key: &crate::reference::ReferenceKey) -> bool {
+        self.retouch.has_reference(key)
+    }
+
+    /// Check a request before any work: settings, sizes, prompts, references, noise; the
+    /// prompts, the noise and the sample groups (by reference) it runs, and warnings about
+    /// settings that do nothing (see [`GenerateRequest::warnings`]).
+    fn check(
+        &self,
+        models: &ModelPair,
+        subject: &Subject,
+        request: &GenerateRequest,
+    ) -> Result<Checked> {
+        request.settings.validate()?;
+        if request.prompts.is_empty() {
+            return Err(Error::invalid("prompts", "no prompt given"));
+        }
+        if request.num_samples == 0 {
+            return Err(Error::invalid("num_samples", "0; must be at least 1"));
+        }
+        let base = &models.base;
+        let (h, w) = base.latent_size(request.width, request.height)?;
+        request.settings.mask_level(h, w)?;
+        let noise = base.initial_noise(&request.noise, request.num_samples, h, w)?;
+        let prompts = request
+            .prompts
+            .iter()
+            .map(|p| {
+                SubjectPrompts::new(
+                    p,
+                    &subject.phrase,
+                    &subject.class_phrase,
+                    &request.settings.reference_prefix,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // The subject tokens must be found (and fit in 77 tokens) in every prompt the method
+        // encodes, for both models.
+        for p in &prompts {
+            for (which, text, phrase) in [
+                (crate::models::Which::Personal, &p.personal, &p.phrase),
+                (crate::models::Which::Vanilla, &p.class, &p.class_phrase),
+                (crate::models::Which::Personal, &p.reference, &p.phrase),
+            ] {
+                crate::prompts::subject_tokens(models.tokenizer(which), text, phrase)?;
+            }
+        }
+        if subject.references.is_empty() {
+            return Err(Error::invalid("references", "no reference image given"));
+        }
+        for (i, r) in subject.references.iter().enumerate() {
+            let want = [1, 3, request.height, request.width];
+            if r.dims() != want {
+                return Err(Error::Shape {
+                    what: format!("reference image {i}"),
+                    expected: format!("{want:?} (one image at the generation size)"),
+                    got: r.dims().to_vec(),
+                });
+            }
+        }
+        // Samples grouped by the reference they use (k mod R); each group runs both stages.
+        let groups: Vec<(usize, Vec<usize>)> = (0..subject.references.len())
+            .map(|r| {
+                let rows = (0..request.num_samples)
+                    .filter(|&k| subject.reference_of(k) == r)
+                    .collect::<Vec<_>>();
+                (r, rows)
+            })
+            .filter(|(_, rows)| !rows.is_empty())
+            .collect();
+        let reference_keys = match prompts.first() {
+            Some(p) => Some(
+                groups
+                    .iter()
+                    .map(|(r, _)| {
+                        crate::reference::ReferenceKey::new(
+                            models,
+                            &subject.references[*r],
+                            &p.reference,
+                            &request.settings,
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            None => None,
+        };
+        Ok(Checked {
+            prompts,
+            noise,
+            groups,
+            reference_keys,
+        })
+    }
+}
+
+/// A request as [`LayoutAndRetouch::check`] found it.
+struct Checked {
+    prompts: Vec<SubjectPrompts>,
+    noise: Tensor<4>,
+    groups: Vec<(usize, Vec<usize>)>,
+    reference_keys: Option<Vec<crate::reference::ReferenceKey>>,
+}
+
+impl GenerateRequest {
+    /// Settings that are valid but do nothing or less than one may think, in words (the CLI
+    /// prints them before starting): a structure lock as long as the run (`swap_start ≥ N`:
+    /// the two-source swap never starts), blending that never starts.
+    pub fn warnings(&self) -> Vec<String> {
+        let s = &self.settings;
+        let mut out = Vec::new();
+        if s.swap_start >= s.steps {
+            out.push(format!(
+                "swap_start {} ≥ steps {}: the two-source swap never starts (every step is a structure lock on the context)",
+                s.swap_start, s.steps
+            ));
+        }
+        if s.blend != crate::settings::Blend::Off && s.blend_start() >= s.steps {
+            out.push(format!(
+                "blend_start {} ≥ steps {}: latent blending never runs",
+                s.blend_start(),
+                s.steps
+            ));
+        }
+        out
     }
 }
 

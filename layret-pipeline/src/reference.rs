@@ -1,5 +1,6 @@
 //! The reference branch: DDIM inversion of the subject photo and its per-step keys/values and
-//! maps, cached per (model, image, `y_r`, N).
+//! maps, cached per (model, image, `y_r`, N, knobs) — on disk, memory-mapped and read one step
+//! at a time, so that a subject's reference costs no memory that grows with the step count.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -7,25 +8,86 @@ use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor};
 use layret_attention::{AttentionStore, KvPolicy, KvRecorder, KvStore, Router};
-use layret_core::Result;
 use layret_core::attention::{BatchLayout, DefaultAttention, StepContext};
+use layret_core::safetensors_writer::{SafetensorsWriter, StoredAs};
 use layret_core::scheduler::Scheduler;
-use layret_core::stable_diffusion::{Progress, check_finite};
+use layret_core::stable_diffusion::{Progress, check_finite, report};
+use layret_core::weights::{TensorFile, Weights};
+use layret_core::{Error, Result};
 
 use crate::models::{
     Conditioning, ModelPair, Which, cfg_pass, mask_sites, subject_map, swapped_sites,
 };
 use crate::settings::MethodSettings;
+use crate::stage::ProgressFn;
+
+/// Where a reference's keys/values are.
+#[derive(Debug)]
+enum ReferenceKv {
+    /// Held in memory (small runs, tests).
+    Memory(KvStore),
+    /// In a safetensors file, memory-mapped; each step read when asked for.
+    Disk {
+        file: Arc<TensorFile>,
+        /// The swapped sites, in file order.
+        sites: Vec<String>,
+        device: Device,
+    },
+}
 
 /// Everything stage 2 needs of the reference branch.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ReferenceData {
     /// `z^r(t_k)` in sampling order (k = 0 is the noisiest), each `[1, 4, h, w]`.
     pub latents: Vec<Tensor<4>>,
-    /// Keys/values of the swapped sites per step (`[2, H, L, d]`: uncond, cond).
-    pub kv: KvStore,
     /// Subject maps per step, `[1, hm·wm]`.
     pub maps: Vec<Tensor<2>>,
+    kv: ReferenceKv,
+}
+
+impl ReferenceData {
+    /// Reference data held in memory.
+    pub fn in_memory(latents: Vec<Tensor<4>>, kv: KvStore, maps: Vec<Tensor<2>>) -> Self {
+        Self {
+            latents,
+            maps,
+            kv: ReferenceKv::Memory(kv),
+        }
+    }
+
+    /// The swapped sites' keys/values of step `k` (`[2, H, L, d]`: uncond, cond), as f32 on
+    /// the pipeline's device: from memory, or read from the file for this step only.
+    pub fn kv_at(&self, k: usize) -> Result<KvStore> {
+        match &self.kv {
+            ReferenceKv::Memory(kv) => Ok(kv.at_step(k)),
+            ReferenceKv::Disk {
+                file,
+                sites,
+                device,
+            } => {
+                let w = Weights::of(file.clone(), None, device, burn::tensor::DType::F32);
+                let mut out = KvStore::new(KvPolicy::KeepF32);
+                for site in sites {
+                    let read = |kind: &str| -> Result<Tensor<4>> {
+                        let key = format!("kv/{k}/{site}/{kind}");
+                        let s = file.shape_of(&key).ok_or_else(|| Error::MissingTensor {
+                            file: file.path().to_path_buf(),
+                            key: key.clone(),
+                        })?;
+                        let shape = [s[0], s[1], s[2], s[3]];
+                        w.tensor(&key, shape)
+                    };
+                    out.insert(site, k, read("k")?, read("v")?);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Whether the keys/values live on disk (memory-mapped) rather than in memory.
+    pub fn on_disk(&self) -> bool {
+        matches!(self.kv, ReferenceKv::Disk { .. })
+    }
 }
 
 /// The cache key of a reference: everything its result depends on, serialized field by field
@@ -37,12 +99,12 @@ pub struct ReferenceKey {
 }
 
 /// The version line of [`ReferenceKey`]'s text; bump it when the data or its meaning changes.
-const KEY_VERSION: &str = "layret-reference-v2";
+const KEY_VERSION: &str = "layret-reference-v3";
 
 impl ReferenceKey {
     /// The key of `image` (`[1, 3, H, W]`) under `models`, prompt `y_r` and the settings the
-    /// reference branch depends on (N, guidance, negative prompt, mask factor, swap divisor).
-    /// Reads the models' files once to fingerprint their content.
+    /// reference branch depends on (N, guidance, negative prompt, mask factor, swap divisor,
+    /// the K/V storage precision). Reads the models' files once to fingerprint their content.
     pub fn new(
         models: &ModelPair,
         image: &Tensor<4>,
@@ -51,7 +113,7 @@ impl ReferenceKey {
     ) -> Result<Self> {
         let dims = image.dims();
         let text = format!(
-            "{KEY_VERSION}\nmodel {:016x}\nimage {:016x} {}x{}x{}x{}\nprompt {reference_prompt:?}\nnegative {:?}\nsteps {}\nguidance {:016x}\nmask_factor {}\nswap_divisor {}\n",
+            "{KEY_VERSION}\nmodel {:016x}\nimage {:016x} {}x{}x{}x{}\nprompt {reference_prompt:?}\nnegative {:?}\nsteps {}\nguidance {:016x}\nmask_factor {}\nswap_divisor {}\nkv {}\n",
             models.fingerprint()?,
             layret_core::fingerprint::of_tensor(image)?,
             dims[0],
@@ -63,6 +125,7 @@ impl ReferenceKey {
             settings.guidance.to_bits(),
             settings.mask_factor,
             settings.swap_divisor,
+            storage_of(settings).name(),
         );
         Ok(Self { text })
     }
@@ -81,14 +144,56 @@ impl ReferenceKey {
     }
 }
 
-/// A cache of references (reused across prompts and seeds): in memory, and optionally in a
-/// folder of safetensors files that later runs reuse. Entries on disk are loaded onto the
-/// device of the models that ask for them; an entry that cannot be read (corrupt, truncated,
-/// from another version) is recomputed, with a [warning](Self::take_warnings).
-#[derive(Debug, Default)]
+/// The precision reference keys/values are stored in: f16 under [`KvPolicy::KeepF16`], else
+/// f32 (exact).
+fn storage_of(settings: &MethodSettings) -> Storage {
+    if settings.kv_policy == KvPolicy::KeepF16 {
+        Storage::F16
+    } else {
+        Storage::F32
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Storage {
+    F32,
+    F16,
+}
+
+impl Storage {
+    fn name(self) -> &'static str {
+        match self {
+            Storage::F32 => "f32",
+            Storage::F16 => "f16",
+        }
+    }
+}
+
+/// Where a [`ReferenceCache`] keeps its entries.
+#[derive(Debug)]
+enum Place {
+    /// In memory only.
+    Memory,
+    /// A folder that outlives the process (`--reference-cache DIR`).
+    Dir(PathBuf),
+    /// A temporary folder inside `parent` (created on first use, removed with the cache).
+    Temporary {
+        parent: PathBuf,
+        dir: Option<tempfile::TempDir>,
+    },
+}
+
+/// A cache of references (reused across prompts and seeds). Entries live on disk —
+/// memory-mapped, one step read at a time — in a folder that later runs reuse
+/// ([`with_disk`](Self::with_disk)) or a temporary one ([`new`](Self::new),
+/// [`temporary_in`](Self::temporary_in)); [`in_memory`](Self::in_memory) keeps them in RAM.
+/// Entries on disk are loaded onto the device of the models that ask for them; an entry that
+/// cannot be read (corrupt, truncated, from another version) is recomputed, with a
+/// [warning](Self::take_warnings).
+#[derive(Debug)]
 pub struct ReferenceCache {
     entries: HashMap<ReferenceKey, Arc<ReferenceData>>,
-    dir: Option<PathBuf>,
+    place: Place,
     warnings: Vec<String>,
     /// Hits so far (memory or disk).
     pub hits: usize,
@@ -98,23 +203,84 @@ pub struct ReferenceCache {
     pub misses: usize,
 }
 
+impl Default for ReferenceCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ReferenceCache {
-    /// An empty in-memory cache.
+    /// A cache in a temporary folder under the system's temporary directory (`TMPDIR`),
+    /// removed when the cache is dropped.
     pub fn new() -> Self {
-        Self::default()
+        Self::temporary_in(std::env::temp_dir())
     }
 
-    /// A cache that also reads and writes `dir/reference-<hash>.safetensors`.
+    /// A cache in a temporary folder inside `parent` (e.g. the output folder, so a large
+    /// reference lands on the same disk), removed when the cache is dropped.
+    pub fn temporary_in(parent: impl Into<PathBuf>) -> Self {
+        Self::with_place(Place::Temporary {
+            parent: parent.into(),
+            dir: None,
+        })
+    }
+
+    /// A cache held in memory only (its keys/values grow with the step count: for small runs).
+    pub fn in_memory() -> Self {
+        Self::with_place(Place::Memory)
+    }
+
+    /// A cache that reads and writes `dir/reference-<hash>.safetensors` and keeps them.
     pub fn with_disk(dir: impl Into<PathBuf>) -> Self {
+        Self::with_place(Place::Dir(dir.into()))
+    }
+
+    fn with_place(place: Place) -> Self {
         Self {
-            dir: Some(dir.into()),
-            ..Self::default()
+            entries: HashMap::new(),
+            place,
+            warnings: Vec::new(),
+            hits: 0,
+            disk_hits: 0,
+            misses: 0,
         }
     }
 
-    /// The file of `key` in the cache folder, if the cache has one.
+    /// The folder entries are written to (created if needed), or `None` in memory.
+    fn folder(&mut self) -> Result<Option<PathBuf>> {
+        match &mut self.place {
+            Place::Memory => Ok(None),
+            Place::Dir(d) => {
+                std::fs::create_dir_all(&*d).map_err(|e| Error::io("creating", &*d, e))?;
+                Ok(Some(d.clone()))
+            }
+            Place::Temporary { parent, dir } => {
+                if dir.is_none() {
+                    std::fs::create_dir_all(&*parent)
+                        .map_err(|e| Error::io("creating", &*parent, e))?;
+                    *dir = Some(
+                        tempfile::Builder::new()
+                            .prefix(".layret-reference-")
+                            .tempdir_in(&*parent)
+                            .map_err(|e| Error::io("creating a folder in", &*parent, e))?,
+                    );
+                }
+                Ok(dir.as_ref().map(|d| d.path().to_path_buf()))
+            }
+        }
+    }
+
+    /// The file of `key` in the persistent cache folder, if the cache has one.
     pub fn file(&self, key: &ReferenceKey) -> Option<PathBuf> {
-        self.dir.as_ref().map(|d| d.join(key.file_name()))
+        match &self.place {
+            Place::Dir(d) => Some(d.join(key.file_name())),
+            _ => None,
+        }
+    }
+
+    /// Whether `key` is in the cache (in memory, or as a file in the cache folder).
+    pub fn contains(&self, key: &ReferenceKey) -> bool {
+        self.entries.contains_key(key) || self.file(key).is_some_and(|f| f.exists())
     }
 
     /// Messages about entries that could not be used (and were recomputed), oldest first;
@@ -123,19 +289,21 @@ impl ReferenceCache {
         std::mem::take(&mut self.warnings)
     }
 
-    /// The cached data for `key`: from memory, else from disk (onto `device`), else computed
-    /// with `make` (and written to disk, atomically, when a folder is set).
-    pub fn get_or_insert(
+    /// The cached reference of `key`: from memory, else from disk (onto `device`), else
+    /// computed (see [`compute_reference`]) and written to disk, atomically, one step at a
+    /// time.
+    pub fn get_or_compute(
         &mut self,
         key: ReferenceKey,
         device: &Device,
-        make: impl FnOnce() -> Result<ReferenceData>,
+        compute: impl FnOnce(Option<(&Path, &ReferenceKey)>) -> Result<ReferenceData>,
     ) -> Result<Arc<ReferenceData>> {
         if let Some(v) = self.entries.get(&key) {
             self.hits += 1;
             return Ok(v.clone());
         }
-        let file = self.file(&key);
+        let folder = self.folder()?;
+        let file = folder.as_ref().map(|d| d.join(key.file_name()));
         let cached = match file.as_ref().filter(|f| f.exists()) {
             Some(f) => match load_reference_data(f, &key, device) {
                 Ok(d) => Some(d),
@@ -157,15 +325,7 @@ impl ReferenceCache {
             }
             None => {
                 self.misses += 1;
-                let data = make()?;
-                if let Some(f) = &file {
-                    if let Some(dir) = f.parent() {
-                        std::fs::create_dir_all(dir)
-                            .map_err(|e| layret_core::Error::io("creating", dir, e))?;
-                    }
-                    save_reference_data(&data, &key, f)?;
-                }
-                Arc::new(data)
+                Arc::new(compute(file.as_deref().map(|f| (f, &key)))?)
             }
         };
         self.entries.insert(key, v.clone());
@@ -176,115 +336,90 @@ impl ReferenceCache {
 /// The metadata entry holding the [`ReferenceKey`] text in a cache file.
 const KEY_METADATA: &str = "layret_reference_key";
 
-/// Write reference data as one safetensors file (f32, atomically): `latents/<k>`, `map/<k>`
-/// (as `[1, 1, n, L]`) and `kv/<step>/<site>/k|v`, with `key`'s text in the metadata.
-pub fn save_reference_data(data: &ReferenceData, key: &ReferenceKey, path: &Path) -> Result<()> {
-    let mut items: Vec<(String, Tensor<4>)> = Vec::new();
-    for (k, z) in data.latents.iter().enumerate() {
-        items.push((format!("latents/{k}"), z.clone()));
-    }
-    for (k, m) in data.maps.iter().enumerate() {
-        let [n, l] = m.dims();
-        items.push((format!("map/{k}"), m.clone().reshape([1, 1, n, l])));
-    }
-    for (site, step, k, v) in data.kv.entries() {
-        items.push((
-            format!("kv/{step}/{site}/k"),
-            k.clone().cast(burn::tensor::DType::F32),
-        ));
-        items.push((
-            format!("kv/{step}/{site}/v"),
-            v.clone().cast(burn::tensor::DType::F32),
-        ));
-    }
-    let refs: Vec<(&str, Tensor<4>)> = items.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
-    layret_core::noise::save_tensors_with_metadata(
-        path,
-        &refs,
-        &[(KEY_METADATA, key.as_str().to_string())],
-    )
-}
-
-/// Read what [`save_reference_data`] wrote for `key`, onto `device`. A file written for
-/// another key (or by another version) is an error, as is any entry it does not expect.
+/// Read a reference file for `key`, onto `device`: its latents and maps (small) now, its
+/// keys/values memory-mapped, read one step at a time. A file written for another key (or
+/// by another version), truncated, or missing an entry is an error.
 pub fn load_reference_data(
     path: &Path,
     key: &ReferenceKey,
     device: &Device,
 ) -> Result<ReferenceData> {
-    let w = layret_core::weights::Weights::open(path, device)?;
-    let bad = |k: &str| {
-        layret_core::Error::invalid(
-            "reference cache",
-            format!("{}: unexpected entry `{k}`", path.display()),
-        )
-    };
-    if w.metadata().get(KEY_METADATA).map(String::as_str) != Some(key.as_str()) {
-        return Err(layret_core::Error::invalid(
-            "reference cache",
-            format!(
-                "{}: written for another model, image or settings (or by another layret version)",
-                path.display()
-            ),
+    let file = Arc::new(TensorFile::open(path)?);
+    let bad = |m: String| Error::invalid("reference cache", format!("{}: {m}", path.display()));
+    if file.metadata().get(KEY_METADATA).map(String::as_str) != Some(key.as_str()) {
+        return Err(bad(
+            "written for another model, image or settings (or by another layret version)".into(),
         ));
     }
+    let w = Weights::of(file.clone(), None, device, burn::tensor::DType::F32);
+    let shape4 = |k: &str| -> Result<[usize; 4]> {
+        match file.shape_of(k) {
+            Some(&[a, b, c, d]) => Ok([a, b, c, d]),
+            _ => Err(bad(format!("no 4-D entry `{k}`"))),
+        }
+    };
     let mut latents = Vec::new();
     let mut maps = Vec::new();
-    let mut kv = KvStore::new(KvPolicy::KeepF32);
-    let mut pending: HashMap<(usize, String), (Option<Tensor<4>>, Option<Tensor<4>>)> =
-        HashMap::new();
-    for key in w.keys() {
-        let s = w.shape_of(&key).map(<[usize]>::to_vec).unwrap_or_default();
-        let [a, b, c, d] = s[..] else {
-            return Err(bad(&key));
-        };
-        let t: Tensor<4> = w.tensor(&key, [a, b, c, d])?;
-        let parts: Vec<&str> = key.splitn(3, '/').collect();
-        match parts.as_slice() {
-            ["latents", k] => latents.push((k.parse::<usize>().map_err(|_| bad(&key))?, t)),
-            ["map", k] => maps.push((
-                k.parse::<usize>().map_err(|_| bad(&key))?,
-                t.reshape([c, d]),
-            )),
-            ["kv", step, rest] => {
-                let (site, kind) = rest.rsplit_once('/').ok_or_else(|| bad(&key))?;
-                let e = pending
-                    .entry((step.parse().map_err(|_| bad(&key))?, site.to_string()))
-                    .or_default();
-                match kind {
-                    "k" => e.0 = Some(t),
-                    "v" => e.1 = Some(t),
-                    _ => return Err(bad(&key)),
-                }
+    let mut sites = Vec::new();
+    for k in 0.. {
+        let lk = format!("latents/{k}");
+        if !file.contains(&lk) {
+            break;
+        }
+        latents.push(w.tensor(&lk, shape4(&lk)?)?);
+        let mk = format!("map/{k}");
+        let [_, _, n, l] = shape4(&mk)?;
+        maps.push(w.tensor::<4>(&mk, [1, 1, n, l])?.reshape([n, l]));
+        let prefix = format!("kv/{k}/");
+        let mut step_sites: Vec<String> = file
+            .keys()
+            .into_iter()
+            .filter_map(|f| {
+                f.strip_prefix(&prefix)?
+                    .strip_suffix("/k")
+                    .map(str::to_string)
+            })
+            .collect();
+        step_sites.sort();
+        for s in &step_sites {
+            for kind in ["k", "v"] {
+                shape4(&format!("kv/{k}/{s}/{kind}"))?;
             }
-            _ => return Err(bad(&key)),
+        }
+        if k == 0 {
+            sites = step_sites;
+        } else if step_sites != sites {
+            return Err(bad(format!("step {k} records other sites than step 0")));
         }
     }
-    for ((step, site), (k, v)) in pending {
-        match (k, v) {
-            (Some(k), Some(v)) => kv.insert(&site, step, k, v),
-            _ => return Err(bad(&site)),
-        }
+    if latents.is_empty() || sites.is_empty() {
+        return Err(bad("no steps".into()));
     }
-    latents.sort_by_key(|(k, _)| *k);
-    maps.sort_by_key(|(k, _)| *k);
     Ok(ReferenceData {
-        latents: latents.into_iter().map(|(_, t)| t).collect(),
-        kv,
-        maps: maps.into_iter().map(|(_, t)| t).collect(),
+        latents,
+        maps,
+        kv: ReferenceKv::Disk {
+            file,
+            sites,
+            device: device.clone(),
+        },
     })
 }
 
 /// Compute the reference branch (METHOD.md): `x = VAE.encode(I_r).mean · s`; DDIM inversion
 /// with ε* on `y_r` without CFG; then, per step k, ε* on `z^r(t_k)` with `y_r` under CFG
-/// batching, recording the swapped sites' keys/values and the subject maps.
+/// batching, recording the swapped sites' keys/values and the subject maps. With `disk`
+/// (`(file, key)`), each step's keys/values are written to the file as soon as they are
+/// computed (never all held in memory; f16 under [`KvPolicy::KeepF16`]) and the result reads
+/// them back from it; without, they are kept in memory.
 pub fn compute_reference(
     models: &ModelPair,
     image: &Tensor<4>,
     prompts: &crate::prompts::SubjectPrompts,
     settings: &MethodSettings,
     mask: (usize, usize),
-    progress: &mut dyn FnMut(Progress),
+    disk: Option<(&Path, &ReferenceKey)>,
+    progress: &mut ProgressFn,
 ) -> Result<ReferenceData> {
     let sched = models.base.ddim(settings.steps, 0.0)?;
     let cond = Conditioning::new(
@@ -311,20 +446,32 @@ pub fn compute_reference(
         x = sched.inversion_step(eps, t, x);
         check_finite(&x, "inverted reference latents", j)?;
         by_t.insert(t, x.clone());
-        progress(Progress {
-            stage: "invert",
-            step: j + 1,
-            total: n,
-        });
+        report(
+            progress,
+            Progress {
+                stage: "invert",
+                step: j + 1,
+                total: n,
+            },
+        )?;
     }
-    let mut latents = Vec::with_capacity(n);
-    let mut kv = KvStore::new(KvPolicy::KeepF32);
+    let latents = sched
+        .timesteps()
+        .iter()
+        .map(|t| {
+            by_t.get(t).cloned().ok_or_else(|| {
+                Error::invalid("reference", format!("no inverted latent at t = {t}"))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let storage = storage_of(settings);
+    let mut memory_kv = KvStore::new(KvPolicy::KeepF32);
     let mut maps = Vec::with_capacity(n);
+    let mut writer: Option<(SafetensorsWriter, Vec<String>)> = None;
     for (k, &t) in sched.timesteps().iter().enumerate() {
-        let z = by_t.get(&t).cloned().ok_or_else(|| {
-            layret_core::Error::invalid("reference", format!("no inverted latent at t = {t}"))
-        })?;
+        let z = latents[k].clone();
         let mut store = AttentionStore::new(true);
+        let mut kv = KvStore::new(KvPolicy::KeepF32);
         {
             let mut recorder = KvRecorder::new(&mut kv);
             let mut router = Router::new();
@@ -333,7 +480,7 @@ pub fn compute_reference(
             cfg_pass(
                 models,
                 &cond,
-                z.clone(),
+                z,
                 t as f64,
                 k,
                 settings.guidance,
@@ -341,13 +488,80 @@ pub fn compute_reference(
                 &mut router,
             )?;
         }
-        maps.push(subject_map(&store, k, mask, &cond.tokens)?);
-        latents.push(z);
-        progress(Progress {
-            stage: "reference",
-            step: k + 1,
-            total: n,
-        });
+        let map = subject_map(&store, k, mask, &cond.tokens)?;
+        match disk {
+            None => {
+                memory_kv.extend(kv);
+                maps.push(map);
+            }
+            Some((path, key)) => {
+                let mut entries: Vec<(String, Tensor<4>, Tensor<4>)> = kv
+                    .entries()
+                    .map(|(s, _, kt, vt)| (s.to_string(), kt.clone(), vt.clone()))
+                    .collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                if writer.is_none() {
+                    // Step 0 tells the shapes of every step: declare the whole file.
+                    let sites: Vec<String> = entries.iter().map(|e| e.0.clone()).collect();
+                    let kv_as = match storage {
+                        Storage::F32 => StoredAs::F32,
+                        Storage::F16 => StoredAs::F16,
+                    };
+                    let [mn, ml] = map.dims();
+                    let mut decl = Vec::new();
+                    for (j, zl) in latents.iter().enumerate() {
+                        decl.push((format!("latents/{j}"), StoredAs::F32, zl.dims().to_vec()));
+                    }
+                    for j in 0..n {
+                        decl.push((format!("map/{j}"), StoredAs::F32, vec![1, 1, mn, ml]));
+                        for (s, kt, vt) in &entries {
+                            decl.push((format!("kv/{j}/{s}/k"), kv_as, kt.dims().to_vec()));
+                            decl.push((format!("kv/{j}/{s}/v"), kv_as, vt.dims().to_vec()));
+                        }
+                    }
+                    let mut w = SafetensorsWriter::create(
+                        path,
+                        decl,
+                        &[(KEY_METADATA, key.as_str().to_string())],
+                    )?;
+                    for (j, zl) in latents.iter().enumerate() {
+                        w.write(&format!("latents/{j}"), zl)?;
+                    }
+                    writer = Some((w, sites));
+                }
+                let Some((w, sites)) = writer.as_mut() else {
+                    unreachable!("the writer was just created")
+                };
+                if entries.len() != sites.len()
+                    || entries.iter().zip(sites.iter()).any(|(e, s)| &e.0 != s)
+                {
+                    return Err(Error::invalid(
+                        "reference",
+                        format!("step {k} recorded other sites than step 0"),
+                    ));
+                }
+                let [mn, ml] = map.dims();
+                w.write(&format!("map/{k}"), &map.clone().reshape([1, 1, mn, ml]))?;
+                for (s, kt, vt) in &entries {
+                    w.write(&format!("kv/{k}/{s}/k"), kt)?;
+                    w.write(&format!("kv/{k}/{s}/v"), vt)?;
+                }
+            }
+        }
+        report(
+            progress,
+            Progress {
+                stage: "reference",
+                step: k + 1,
+                total: n,
+            },
+        )?;
     }
-    Ok(ReferenceData { latents, kv, maps })
+    match (disk, writer) {
+        (Some((path, key)), Some((w, _))) => {
+            w.finish()?;
+            load_reference_data(path, key, &models.base.device)
+        }
+        _ => Ok(ReferenceData::in_memory(latents, memory_kv, maps)),
+    }
 }

@@ -1,9 +1,10 @@
-//! Loading a reference photo as METHOD.md prescribes.
+//! Loading a reference photo as METHOD.md prescribes: the photos people have, converted as
+//! diffusers' `load_image` (PIL) does.
 
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor};
-use image::{DynamicImage, RgbImage, imageops::FilterType};
+use image::{DynamicImage, ImageDecoder, RgbImage, imageops::FilterType};
 use layret_core::{Error, Result, image_io};
 
 /// Smallest accepted side of a reference photo.
@@ -11,11 +12,24 @@ pub const MIN_SIDE: u32 = 64;
 /// Largest accepted side (a 16k photo is almost certainly a mistake, and costly to decode).
 pub const MAX_SIDE: u32 = 8192;
 
-/// Read an 8-bit RGB photo (PNG or JPEG), center-crop it to the aspect ratio of
-/// `width × height` and resize it there with a bicubic filter (no resampling when it already
-/// has that size). Grayscale, alpha and 16-bit images, and images under 64 px or over 8192 px
-/// on a side, are errors naming the file.
-pub fn load_reference(path: &Path, width: usize, height: usize) -> Result<RgbImage> {
+/// Whether a JPEG's bytes end with the end-of-image marker (`FF D9`), ignoring trailing
+/// padding: a file cut short has none, and decoders fill the missing rows with gray instead
+/// of failing.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != 0x00 && b != 0xFF)
+        .map_or(0, |i| i + 1);
+    // The marker is FF D9: D9 is the last non-padding byte, FF right before it.
+    end >= 2 && bytes[end - 1] == 0xD9 && bytes[end - 2] == 0xFF
+}
+
+/// Read a photo (PNG or JPEG) as 8-bit RGB the way diffusers' `load_image` does: the EXIF
+/// orientation applied (`ImageOps.exif_transpose`), then PIL's `convert("RGB")` — alpha
+/// dropped (not composited over a background), grayscale replicated to three channels,
+/// palette images expanded, CMYK converted, 16-bit channels reduced to 8 bits. A truncated or
+/// corrupt file is an error, never a partially decoded image.
+pub fn read_rgb(path: &Path) -> Result<RgbImage> {
     let err = |message: String| Error::Image {
         path: path.to_path_buf(),
         message,
@@ -26,21 +40,38 @@ pub fn load_reference(path: &Path, width: usize, height: usize) -> Result<RgbIma
             path: path.to_path_buf(),
         });
     }
-    let img = image::ImageReader::open(path)
-        .map_err(|e| Error::io("opening", path, e))?
+    let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
+    let reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
         .with_guessed_format()
-        .map_err(|e| Error::io("reading", path, e))?
-        .decode()
+        .map_err(|e| Error::io("reading", path, e))?;
+    let format = reader.format();
+    if format == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(&bytes) {
+        return Err(err(
+            "is truncated (the JPEG has no end-of-image marker): re-export or re-download it"
+                .into(),
+        ));
+    }
+    let mut decoder = reader
+        .into_decoder()
         .map_err(|e| err(format!("cannot decode: {e}")))?;
-    let rgb = match img {
-        DynamicImage::ImageRgb8(rgb) => rgb,
-        other => {
-            return Err(err(format!(
-                "is {:?}; layret needs 8-bit RGB (convert it, e.g. drop the alpha channel or expand grayscale)",
-                other.color()
-            )));
-        }
+    let orientation = decoder
+        .orientation()
+        .map_err(|e| err(format!("cannot read its EXIF orientation: {e}")))?;
+    let mut img = DynamicImage::from_decoder(decoder)
+        .map_err(|e| err(format!("cannot decode (truncated or corrupt?): {e}")))?;
+    img.apply_orientation(orientation);
+    Ok(img.to_rgb8())
+}
+
+/// Read a reference photo ([`read_rgb`]), center-crop it to the aspect ratio of
+/// `width × height` and resize it there with a bicubic filter (no resampling when it already
+/// has that size). Images under 64 px or over 8192 px on a side are errors naming the file.
+pub fn load_reference(path: &Path, width: usize, height: usize) -> Result<RgbImage> {
+    let err = |message: String| Error::Image {
+        path: path.to_path_buf(),
+        message,
     };
+    let rgb = read_rgb(path)?;
     let (w, h) = rgb.dimensions();
     if w < MIN_SIDE || h < MIN_SIDE {
         return Err(err(format!(
@@ -77,4 +108,17 @@ pub fn load_reference_tensor(
     device: &Device,
 ) -> Result<Tensor<4>> {
     image_io::from_rgb8(&[load_reference(path, width, height)?], device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jpeg_end_marker() {
+        assert!(jpeg_is_complete(&[0xFF, 0xD8, 1, 2, 0xFF, 0xD9]));
+        assert!(jpeg_is_complete(&[0xFF, 0xD8, 1, 2, 0xFF, 0xD9, 0, 0]));
+        assert!(!jpeg_is_complete(&[0xFF, 0xD8, 1, 2, 3]));
+        assert!(!jpeg_is_complete(&[0xFF, 0xD8, 1, 2, 0xD9]));
+    }
 }

@@ -1,23 +1,30 @@
 //! Stage 2: multi-source attention swapping with adaptive latent blending.
 
+use std::sync::Arc;
+
 use burn::tensor::Tensor;
 use layret_attention::{
     AttentionStore, KvPolicy, KvRecorder, KvSource, KvStore, MultiSourceSwap, Router, SwapMasks,
     masks,
 };
-use layret_core::scheduler::Scheduler;
-use layret_core::stable_diffusion::{Progress, check_finite};
+use layret_core::scheduler::{DdimScheduler, Scheduler};
+use layret_core::stable_diffusion::{Progress, check_finite, report};
 use layret_core::{Error, Result};
 
 use crate::layout::{context_conditioning, geometry};
-use crate::models::{ModelPair, cfg_pass, mask_sites, subject_map, swapped_sites};
-use crate::reference::{ReferenceCache, ReferenceKey, compute_reference};
+use crate::models::{Conditioning, ModelPair, cfg_pass, mask_sites, subject_map, swapped_sites};
+use crate::reference::{ReferenceCache, ReferenceData, ReferenceKey, compute_reference};
 use crate::settings::Blend;
-use crate::stage::{LayoutResult, RetouchResult, RetouchStage, StepMasks};
+use crate::stage::{
+    ContextStep, LayoutRequest, LayoutResult, LayoutStage, ProgressFn, RetouchResult, RetouchStage,
+    StepMasks,
+};
 
 /// METHOD.md stage 2. The reference branch (inversion, keys/values, maps) comes from the
 /// [`ReferenceCache`]; the context branch is replayed from stage 1 when it recorded its
-/// keys/values, else recomputed step by step (identical results).
+/// keys/values, else recomputed step by step (identical results). Run with
+/// [`RetouchStage::retouch_with`] it consumes the layout in lockstep: the context's step k
+/// is used by the target's step k and dropped, so memory does not grow with the step count.
 #[derive(Debug, Default)]
 pub struct MultiSourceRetouch {
     /// References computed so far (per model, image, `y_r`, N).
@@ -28,9 +35,34 @@ pub struct MultiSourceRetouch {
 }
 
 impl MultiSourceRetouch {
-    /// A stage with an empty cache.
+    /// A stage with an empty cache (see [`ReferenceCache::new`]).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The reference of `request` for `reference`: from the cache, or computed (and cached).
+    fn reference(
+        &mut self,
+        models: &ModelPair,
+        request: &LayoutRequest,
+        reference: &Tensor<4>,
+        progress: &mut ProgressFn,
+    ) -> Result<Arc<ReferenceData>> {
+        let s = &request.settings;
+        let ((h, w), mask) = geometry(request)?;
+        let [_, _, rh, rw] = reference.dims();
+        let f = models.base.vae_factor();
+        if (rh, rw) != (h * f, w * f) {
+            return Err(Error::Shape {
+                what: "reference image".into(),
+                expected: format!("[1, 3, {}, {}] (the generation size)", h * f, w * f),
+                got: reference.dims().to_vec(),
+            });
+        }
+        let key = ReferenceKey::new(models, reference, &request.prompts.reference, s)?;
+        self.cache.get_or_compute(key, &models.base.device, |disk| {
+            compute_reference(models, reference, &request.prompts, s, mask, disk, progress)
+        })
     }
 }
 
@@ -39,20 +71,239 @@ fn spatial(m: &Tensor<2>, hm: usize, wm: usize) -> Tensor<4> {
     masks::to_spatial(m.clone(), hm, wm)
 }
 
+/// The target branch of one request, advanced one step at a time by [`TargetRun::step`].
+struct TargetRun<'a> {
+    models: &'a ModelPair,
+    request: &'a LayoutRequest,
+    refd: Arc<ReferenceData>,
+    sched: DdimScheduler,
+    vanilla_c: Conditioning,
+    target_c: Conditioning,
+    lambda1: usize,
+    latent: (usize, usize),
+    mask: (usize, usize),
+    z: Option<Tensor<4>>,
+    prev_target_map: Option<Tensor<2>>,
+    prev_context_map: Option<Tensor<2>>,
+    last_masks: Option<StepMasks>,
+    mask_log: Option<&'a mut Vec<(usize, StepMasks)>>,
+}
+
+impl<'a> TargetRun<'a> {
+    fn new(
+        models: &'a ModelPair,
+        request: &'a LayoutRequest,
+        refd: Arc<ReferenceData>,
+        mask_log: Option<&'a mut Vec<(usize, StepMasks)>>,
+    ) -> Result<Self> {
+        let s = &request.settings;
+        s.validate()?;
+        let (latent, mask) = geometry(request)?;
+        let (vanilla_c, target_c) = context_conditioning(models, request)?;
+        if refd.latents.len() != s.steps || refd.maps.len() != s.steps {
+            return Err(Error::invalid(
+                "reference",
+                format!("{} reference steps for N = {}", refd.latents.len(), s.steps),
+            ));
+        }
+        Ok(Self {
+            models,
+            request,
+            refd,
+            sched: models.base.ddim(s.steps, 0.0)?,
+            vanilla_c,
+            target_c,
+            lambda1: s.lambda1(),
+            latent,
+            mask,
+            z: None,
+            prev_target_map: None,
+            prev_context_map: None,
+            last_masks: None,
+            mask_log,
+        })
+    }
+
+    /// The target's step `cs.k`, given the context's (replayed from its keys/values, or
+    /// recomputed on its latent).
+    fn step(&mut self, cs: &ContextStep, progress: &mut ProgressFn) -> Result<()> {
+        let s = &self.request.settings;
+        let (h, w) = self.latent;
+        let (hm, wm) = self.mask;
+        let n = self.request.noise.dims()[0];
+        let k = cs.k;
+        let t =
+            *self.sched.timesteps().get(k).ok_or_else(|| {
+                Error::invalid("layout", format!("step {k} is past N = {}", s.steps))
+            })?;
+        // The target starts where the context does: z^t_0 = z^c_0.
+        let z = match self.z.take() {
+            Some(z) => z,
+            None if k == 0 => cs.latent.clone(),
+            None => {
+                return Err(Error::invalid(
+                    "layout",
+                    "the context's steps arrived out of order",
+                ));
+            }
+        };
+        // The context branch at step k: replayed, or recomputed on z^c_k.
+        let (context_kv, context_map) = match (&cs.kv, &cs.map, s.replays()) {
+            (Some(kv), Some(map), true) => (kv.clone(), map.clone()),
+            _ => {
+                let c = if k < self.lambda1 {
+                    &self.vanilla_c
+                } else {
+                    &self.target_c
+                };
+                let mut kv = KvStore::new(KvPolicy::KeepF32);
+                let mut store = AttentionStore::new(true);
+                {
+                    let mut recorder = KvRecorder::new(&mut kv);
+                    let mut router = Router::new();
+                    router.route(swapped_sites(s.swap_divisor), &mut recorder);
+                    router.route(mask_sites(hm, wm), &mut store);
+                    cfg_pass(
+                        self.models,
+                        c,
+                        cs.latent.clone(),
+                        t as f64,
+                        k,
+                        s.guidance,
+                        "context",
+                        &mut router,
+                    )?;
+                }
+                (kv, subject_map(&store, k, self.mask, &c.tokens)?)
+            }
+        };
+        let reference_kv = self.refd.kv_at(k)?;
+
+        // Masks from step k−1's maps (none at step 0).
+        let step_masks = match (k, &self.prev_target_map, &self.prev_context_map) {
+            (0, _, _) => None,
+            (_, Some(tm), Some(cm)) => {
+                let rm = self
+                    .refd
+                    .maps
+                    .get(k - 1)
+                    .cloned()
+                    .ok_or_else(|| Error::invalid("reference", "missing map"))?;
+                let tau = s.mask_threshold;
+                Some(SwapMasks {
+                    height: hm,
+                    width: wm,
+                    reference: masks::threshold(rm, tau).repeat_dim(0, n),
+                    context: masks::threshold(cm.clone(), tau),
+                    target: masks::threshold(tm.clone(), tau),
+                })
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "retouch",
+                    format!("missing maps before step {k}"),
+                ));
+            }
+        };
+
+        let mut swap = MultiSourceSwap::new(
+            "target",
+            KvSource::Replay {
+                context: &context_kv,
+                reference: &reference_kv,
+            },
+            s.swap_start,
+            s.mode,
+        );
+        swap.set_masks(step_masks.clone());
+        let mut store = AttentionStore::new(true);
+        let eps = {
+            let mut router = Router::new();
+            router.route(swapped_sites(s.swap_divisor), &mut swap);
+            router.route(mask_sites(hm, wm), &mut store);
+            cfg_pass(
+                self.models,
+                &self.target_c,
+                z.clone(),
+                t as f64,
+                k,
+                s.guidance,
+                "target",
+                &mut router,
+            )?
+        };
+        if let Some(site) = swap.missing().first() {
+            return Err(Error::invalid(
+                "retouch",
+                format!("no recorded keys/values for {site}; record them in stage 1 or recompute"),
+            ));
+        }
+        let mut z = self.sched.step(eps, k, z, None)?;
+        let target_map = subject_map(&store, k, self.mask, &self.target_c.tokens)?;
+        let mut blend_mask = None;
+        if k >= s.blend_start() {
+            let binary = match s.blend {
+                Blend::Off => None,
+                Blend::Otsu => Some(masks::otsu(target_map.clone())?),
+                Blend::Fixed(tb) => Some(masks::threshold(target_map.clone(), tb)),
+            };
+            if let Some(b) = binary {
+                let m = masks::resize_nearest(masks::dilate3x3(spatial(&b, hm, wm)), h, w);
+                z = z * m.clone() + cs.next.clone() * m.clone().neg().add_scalar(1.0);
+                blend_mask = Some(m);
+            }
+        }
+        check_finite(&z, "target latents", k)?;
+        let used = step_masks.map(|m| StepMasks {
+            target: spatial(&m.target, hm, wm),
+            context: spatial(&m.context, hm, wm),
+            reference: spatial(&m.reference, hm, wm),
+            blend: blend_mask,
+        });
+        if let (Some(log), Some(m)) = (self.mask_log.as_mut(), &used) {
+            log.push((k, m.clone()));
+        }
+        if k + 1 == s.steps {
+            self.last_masks = used;
+        }
+        self.prev_target_map = Some(target_map);
+        self.prev_context_map = Some(context_map);
+        self.z = Some(z);
+        report(
+            progress,
+            Progress {
+                stage: "retouch",
+                step: k + 1,
+                total: s.steps,
+            },
+        )
+    }
+
+    fn finish(self) -> Result<RetouchResult> {
+        Ok(RetouchResult {
+            latents: self
+                .z
+                .ok_or_else(|| Error::invalid("retouch", "no step ran"))?,
+            masks: self.last_masks,
+        })
+    }
+}
+
 impl RetouchStage for MultiSourceRetouch {
+    fn has_reference(&self, key: &ReferenceKey) -> bool {
+        self.cache.contains(key)
+    }
+
     fn retouch(
         &mut self,
         models: &ModelPair,
         layout: &LayoutResult,
         reference: &Tensor<4>,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut ProgressFn,
     ) -> Result<RetouchResult> {
         let req = &layout.request;
         let s = &req.settings;
         s.validate()?;
-        let ((h, w), mask) = geometry(req)?;
-        let (hm, wm) = mask;
-        let n = req.noise.dims()[0];
         if layout.trajectory.len() != s.steps + 1 {
             return Err(Error::invalid(
                 "layout",
@@ -63,171 +314,38 @@ impl RetouchStage for MultiSourceRetouch {
                 ),
             ));
         }
-        let [_, _, rh, rw] = reference.dims();
-        let f = models.base.vae_factor();
-        if (rh, rw) != (h * f, w * f) {
-            return Err(Error::Shape {
-                what: "reference image".into(),
-                expected: format!("[1, 3, {}, {}] (the generation size)", h * f, w * f),
-                got: reference.dims().to_vec(),
-            });
+        let refd = self.reference(models, req, reference, progress)?;
+        let mut run = TargetRun::new(models, req, refd, self.mask_log.as_mut())?;
+        for k in 0..s.steps {
+            let mut cs = layout.step(k)?;
+            if !s.replays() {
+                cs.kv = None;
+            }
+            run.step(&cs, progress)?;
         }
-        let sched = models.base.ddim(s.steps, 0.0)?;
-        let key = ReferenceKey::new(models, reference, &req.prompts.reference, s)?;
-        let refd = self.cache.get_or_insert(key, &models.base.device, || {
-            compute_reference(models, reference, &req.prompts, s, mask, progress)
-        })?;
-        // The target runs ε* on y_p: the same conditioning as the context after λ1.
-        let (vanilla_c, target) = context_conditioning(models, req)?;
-        let replay = layout.kv.is_some() && s.replays();
-        let tau = s.mask_threshold;
-        let blend_start = s.blend_start();
+        run.finish()
+    }
 
-        let mut z = layout.trajectory[0].clone();
-        let mut prev_target_map: Option<Tensor<2>> = None;
-        let mut prev_context_map: Option<Tensor<2>> = None;
-        let mut last_masks = None;
-        let total = sched.timesteps().len();
-        for (k, &t) in sched.timesteps().iter().enumerate() {
-            // The context branch at step k: replayed, or recomputed on z^c_k.
-            let recomputed;
-            let (context_kv, context_map): (&KvStore, Tensor<2>) = if replay {
-                let kv = layout
-                    .kv
-                    .as_ref()
-                    .ok_or_else(|| Error::invalid("layout", "no recorded keys/values"))?;
-                let map = layout.maps.get(k).cloned().ok_or_else(|| {
-                    Error::invalid("layout", format!("no context map at step {k}"))
-                })?;
-                (kv, map)
-            } else {
-                let c = if k < layout.lambda1 {
-                    &vanilla_c
-                } else {
-                    &target
-                };
-                let mut kv = KvStore::new(KvPolicy::KeepF32);
-                let mut store = AttentionStore::new(true);
-                {
-                    let mut recorder = KvRecorder::new(&mut kv);
-                    let mut router = Router::new();
-                    router.route(swapped_sites(s.swap_divisor), &mut recorder);
-                    router.route(mask_sites(hm, wm), &mut store);
-                    cfg_pass(
-                        models,
-                        c,
-                        layout.trajectory[k].clone(),
-                        t as f64,
-                        k,
-                        s.guidance,
-                        "context",
-                        &mut router,
-                    )?;
-                }
-                let map = subject_map(&store, k, mask, &c.tokens)?;
-                recomputed = kv;
-                (&recomputed, map)
-            };
-
-            // Masks from step k−1's maps (none at step 0).
-            let step_masks = match (k, &prev_target_map, &prev_context_map) {
-                (0, _, _) => None,
-                (_, Some(tm), Some(cm)) => {
-                    let rm = refd
-                        .maps
-                        .get(k - 1)
-                        .cloned()
-                        .ok_or_else(|| Error::invalid("reference", "missing map"))?;
-                    Some(SwapMasks {
-                        height: hm,
-                        width: wm,
-                        reference: masks::threshold(rm, tau).repeat_dim(0, n),
-                        context: masks::threshold(cm.clone(), tau),
-                        target: masks::threshold(tm.clone(), tau),
-                    })
-                }
-                _ => {
-                    return Err(Error::invalid(
-                        "retouch",
-                        format!("missing maps before step {k}"),
-                    ));
-                }
-            };
-
-            let mut swap = MultiSourceSwap::new(
-                "target",
-                KvSource::Replay {
-                    context: context_kv,
-                    reference: &refd.kv,
-                },
-                s.swap_start,
-                s.mode,
-            );
-            swap.set_masks(step_masks.clone());
-            let mut store = AttentionStore::new(true);
-            let eps = {
-                let mut router = Router::new();
-                router.route(swapped_sites(s.swap_divisor), &mut swap);
-                router.route(mask_sites(hm, wm), &mut store);
-                cfg_pass(
-                    models,
-                    &target,
-                    z.clone(),
-                    t as f64,
-                    k,
-                    s.guidance,
-                    "target",
-                    &mut router,
-                )?
-            };
-            if let Some(site) = swap.missing().first() {
-                return Err(Error::invalid(
-                    "retouch",
-                    format!(
-                        "no recorded keys/values for {site}; record them in stage 1 or recompute"
-                    ),
-                ));
-            }
-            z = sched.step(eps, k, z, None)?;
-            let target_map = subject_map(&store, k, mask, &target.tokens)?;
-            let mut blend_mask = None;
-            if k >= blend_start {
-                let binary = match s.blend {
-                    Blend::Off => None,
-                    Blend::Otsu => Some(masks::otsu(target_map.clone())?),
-                    Blend::Fixed(tb) => Some(masks::threshold(target_map.clone(), tb)),
-                };
-                if let Some(b) = binary {
-                    let m = masks::resize_nearest(masks::dilate3x3(spatial(&b, hm, wm)), h, w);
-                    z = z * m.clone()
-                        + layout.trajectory[k + 1].clone() * m.clone().neg().add_scalar(1.0);
-                    blend_mask = Some(m);
-                }
-            }
-            check_finite(&z, "target latents", k)?;
-            let used = step_masks.map(|m| StepMasks {
-                target: spatial(&m.target, hm, wm),
-                context: spatial(&m.context, hm, wm),
-                reference: spatial(&m.reference, hm, wm),
-                blend: blend_mask,
-            });
-            if let (Some(log), Some(m)) = (self.mask_log.as_mut(), &used) {
-                log.push((k, m.clone()));
-            }
-            if k + 1 == total {
-                last_masks = used;
-            }
-            prev_target_map = Some(target_map);
-            prev_context_map = Some(context_map);
-            progress(Progress {
-                stage: "retouch",
-                step: k + 1,
-                total,
-            });
-        }
-        Ok(RetouchResult {
-            latents: z,
-            masks: last_masks,
-        })
+    fn retouch_with(
+        &mut self,
+        models: &ModelPair,
+        request: &LayoutRequest,
+        layout: &mut dyn LayoutStage,
+        reference: &Tensor<4>,
+        progress: &mut ProgressFn,
+    ) -> Result<(LayoutResult, RetouchResult)> {
+        request.settings.validate()?;
+        let refd = self.reference(models, request, reference, progress)?;
+        let mut run = TargetRun::new(models, request, refd, self.mask_log.as_mut())?;
+        // The layout and the target share the progress callback, one step each in turn.
+        let progress = std::cell::RefCell::new(progress);
+        let mut layout_progress = |p: Progress| (progress.borrow_mut())(p);
+        let result = layout.layout_steps(
+            models,
+            request,
+            &mut |cs| run.step(&cs, &mut **progress.borrow_mut()),
+            &mut layout_progress,
+        )?;
+        Ok((result, run.finish()?))
     }
 }

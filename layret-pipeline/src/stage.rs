@@ -1,13 +1,18 @@
 //! The two stage traits and what passes between them.
 
+use std::ops::ControlFlow;
+
 use burn::tensor::Tensor;
 use layret_attention::KvStore;
-use layret_core::Result;
 use layret_core::stable_diffusion::Progress;
+use layret_core::{Error, Result};
 
 use crate::models::ModelPair;
 use crate::prompts::SubjectPrompts;
 use crate::settings::MethodSettings;
+
+/// A progress callback: answers [`ControlFlow::Break`] to stop at the next step boundary.
+pub type ProgressFn<'a> = dyn FnMut(Progress) -> ControlFlow<()> + 'a;
 
 /// What a layout stage is asked for: one prompt, `K` samples.
 #[derive(Debug, Clone)]
@@ -30,10 +35,59 @@ pub struct LayoutResult {
     pub trajectory: Vec<Tensor<4>>,
     /// The context branch's subject maps per step, `[K, hm·wm]` (empty if not recorded).
     pub maps: Vec<Tensor<2>>,
-    /// The swapped sites' keys/values per step (`None`: the retouch stage recomputes them).
+    /// The swapped sites' keys/values of every step (`None`: not kept — handed to the retouch
+    /// stage step by step, or to be recomputed).
     pub kv: Option<KvStore>,
     /// `λ1`.
     pub lambda1: usize,
+}
+
+/// What the context branch did at one step `k`, handed to the retouch stage as soon as it is
+/// done, so that nothing of it has to stay in memory for the later steps.
+#[derive(Debug, Clone)]
+pub struct ContextStep {
+    /// The sampling iteration.
+    pub k: usize,
+    /// `z^c_k`, the latent the step ran on, `[K, 4, h, w]`.
+    pub latent: Tensor<4>,
+    /// `z^c_{k+1}`, its result.
+    pub next: Tensor<4>,
+    /// The context's subject map of this step, `[K, hm·wm]` (`None` when not recorded: the
+    /// retouch stage then recomputes the branch).
+    pub map: Option<Tensor<2>>,
+    /// The swapped sites' keys/values of this step (`[2K, H, L, d]` each), or `None` when the
+    /// layout does not record them (the retouch stage then recomputes the branch).
+    pub kv: Option<KvStore>,
+}
+
+impl LayoutResult {
+    /// Step `k` of this result, as [`LayoutStage::layout_steps`] hands it over.
+    pub fn step(&self, k: usize) -> Result<ContextStep> {
+        let missing = |what: &str| Error::invalid("layout", format!("no {what} at step {k}"));
+        Ok(ContextStep {
+            k,
+            latent: self
+                .trajectory
+                .get(k)
+                .cloned()
+                .ok_or_else(|| missing("latent"))?,
+            next: self
+                .trajectory
+                .get(k + 1)
+                .cloned()
+                .ok_or_else(|| missing("next latent"))?,
+            map: match self.maps.len() {
+                0 => None,
+                _ => Some(self.maps.get(k).cloned().ok_or_else(|| missing("map"))?),
+            },
+            kv: self.kv.as_ref().map(|kv| kv.at_step(k)),
+        })
+    }
+
+    /// The number of steps `N`.
+    pub fn steps(&self) -> usize {
+        self.trajectory.len().saturating_sub(1)
+    }
 }
 
 /// Stage 1: produce the context (layout) trajectory.
@@ -43,8 +97,26 @@ pub trait LayoutStage {
         &mut self,
         models: &ModelPair,
         request: &LayoutRequest,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut ProgressFn,
     ) -> Result<LayoutResult>;
+
+    /// Run the stage step by step, handing each step to `sink` as soon as it is done (so a
+    /// retouch stage can consume it and memory does not grow with the step count). The
+    /// default runs [`layout`](Self::layout) and then hands over its steps; a stage that can
+    /// work step by step overrides it and leaves `kv` out of the result it returns.
+    fn layout_steps(
+        &mut self,
+        models: &ModelPair,
+        request: &LayoutRequest,
+        sink: &mut dyn FnMut(ContextStep) -> Result<()>,
+        progress: &mut ProgressFn,
+    ) -> Result<LayoutResult> {
+        let result = self.layout(models, request, progress)?;
+        for k in 0..result.steps() {
+            sink(result.step(k)?)?;
+        }
+        Ok(result)
+    }
 }
 
 /// The final latents of a retouch stage, and the masks of its last step.
@@ -80,6 +152,30 @@ pub trait RetouchStage {
         models: &ModelPair,
         layout: &LayoutResult,
         reference: &Tensor<4>,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut ProgressFn,
     ) -> Result<RetouchResult>;
+
+    /// Whether the stage already holds the reference of `key` (so a request's progress total
+    /// leaves out its computation). The default: no cache.
+    fn has_reference(&self, key: &crate::reference::ReferenceKey) -> bool {
+        let _ = key;
+        false
+    }
+
+    /// Run `layout` and this stage together for `request`. The default runs the layout to
+    /// the end, then [`retouch`](Self::retouch); a stage that can consume the context step by
+    /// step overrides it with [`LayoutStage::layout_steps`], in lockstep (identical outputs,
+    /// memory flat in the step count).
+    fn retouch_with(
+        &mut self,
+        models: &ModelPair,
+        request: &LayoutRequest,
+        layout: &mut dyn LayoutStage,
+        reference: &Tensor<4>,
+        progress: &mut ProgressFn,
+    ) -> Result<(LayoutResult, RetouchResult)> {
+        let result = layout.layout(models, request, progress)?;
+        let retouched = self.retouch(models, &result, reference, progress)?;
+        Ok((result, retouched))
+    }
 }

@@ -98,7 +98,9 @@ fn run(
         noise: tensor4(tag, "noise"),
         settings,
     };
-    let layout = StepBlendedLayout.layout(models, &req, &mut |_| {}).unwrap();
+    let layout = StepBlendedLayout
+        .layout(models, &req, &mut layret_core::ignore_progress)
+        .unwrap();
     let mut retouch = MultiSourceRetouch {
         mask_log: Some(Vec::new()),
         ..Default::default()
@@ -108,7 +110,7 @@ fn run(
             models,
             &layout,
             &tensor4(tag, "reference_image"),
-            &mut |_| {},
+            &mut layret_core::ignore_progress,
         )
         .unwrap();
     (
@@ -205,6 +207,7 @@ fn pipeline_batches_prompts_and_caches_the_reference() {
     let out = pipe
         .generate(&models, &subject, &req, &mut |p| {
             stages.insert(p.stage.stage);
+            std::ops::ControlFlow::Continue(())
         })
         .unwrap();
     assert_eq!(out.len(), 4);
@@ -244,13 +247,13 @@ fn prompt_rules_are_enforced() {
     };
     let mut pipe = LayoutAndRetouch::default();
     assert!(matches!(
-        pipe.generate(&models, &subject, &req, &mut |_| {}),
+        pipe.generate(&models, &subject, &req, &mut layret_core::ignore_progress),
         Err(Error::PhraseNotInPrompt { .. })
     ));
     req.prompts = vec!["a <cat-toy>".into()];
     req.width = 120;
     assert!(matches!(
-        pipe.generate(&models, &subject, &req, &mut |_| {}),
+        pipe.generate(&models, &subject, &req, &mut layret_core::ignore_progress),
         Err(Error::InvalidArgument { .. })
     ));
     let empty_class = Subject {
@@ -259,7 +262,12 @@ fn prompt_rules_are_enforced() {
     };
     req.width = 128;
     assert!(matches!(
-        pipe.generate(&models, &empty_class, &req, &mut |_| {}),
+        pipe.generate(
+            &models,
+            &empty_class,
+            &req,
+            &mut layret_core::ignore_progress
+        ),
         Err(Error::InvalidArgument { .. })
     ));
     // Subject token positions (BOS = 0).
@@ -305,7 +313,9 @@ fn reference_cache_on_disk_gives_identical_outputs() {
                 mask_log: None,
             },
         );
-        let out = pipe.generate(&models, &subject, &req, &mut |_| {}).unwrap();
+        let out = pipe
+            .generate(&models, &subject, &req, &mut layret_core::ignore_progress)
+            .unwrap();
         let bits: Vec<u32> = out
             .iter()
             .flat_map(|g| {
@@ -388,7 +398,9 @@ fn reference_cache_keys_follow_content_and_recompute_bad_entries() {
                 mask_log: None,
             },
         );
-        let out = pipe.generate(models, &subject, &req, &mut |_| {}).unwrap();
+        let out = pipe
+            .generate(models, &subject, &req, &mut layret_core::ignore_progress)
+            .unwrap();
         let b: Vec<u32> = out.iter().flat_map(|g| bits(g.latents.clone())).collect();
         let c = &mut pipe.retouch.cache;
         (b, c.misses, c.disk_hits, c.take_warnings())
@@ -591,7 +603,7 @@ fn check_single_reference(c: &FullCase) {
         settings: c.settings.clone(),
     };
     let layout = StepBlendedLayout
-        .layout(&c.models, &req, &mut |_| {})
+        .layout(&c.models, &req, &mut layret_core::ignore_progress)
         .unwrap();
     let mut retouch = MultiSourceRetouch {
         mask_log: Some(Vec::new()),
@@ -602,7 +614,7 @@ fn check_single_reference(c: &FullCase) {
             &c.models,
             &layout,
             &tensor4(tag, "reference_image"),
-            &mut |_| {},
+            &mut layret_core::ignore_progress,
         )
         .unwrap();
     let err = max_abs(
@@ -669,7 +681,7 @@ fn check_references(c: &FullCase) {
         return_masks: false,
     };
     let out = LayoutAndRetouch::default()
-        .generate(&c.models, &subject, &req, &mut |_| {})
+        .generate(&c.models, &subject, &req, &mut layret_core::ignore_progress)
         .unwrap();
     assert_eq!(out.len(), n);
     for (k, g) in out.iter().enumerate() {
@@ -753,4 +765,111 @@ fn f16_keys_and_values_stay_close_to_f32() {
         err16 > err32,
         "f16 ({err16}) is less exact than f32 ({err32})"
     );
+}
+
+#[test]
+fn lockstep_and_disk_references_give_bit_identical_outputs() {
+    // LayoutAndRetouch runs the context and the target in lockstep (no K/V kept across
+    // steps) with the reference's K/V memory-mapped from disk; the stage-by-stage path keeps
+    // everything in memory. Same bits.
+    let (settings, phrase, class, prompt) = case("dreambooth");
+    let models = ModelPair::new(base(), &personalization("dreambooth")).unwrap();
+    let subject = Subject::new(
+        phrase.clone(),
+        class.clone(),
+        tensor4("dreambooth", "reference_image"),
+    );
+    let req = GenerateRequest {
+        prompts: vec![prompt.clone()],
+        num_samples: 2,
+        width: 128,
+        height: 128,
+        noise: NoiseSource::Tensor(tensor4("dreambooth", "noise")),
+        settings: settings.clone(),
+        return_masks: false,
+    };
+    let lockstep = LayoutAndRetouch::default()
+        .generate(&models, &subject, &req, &mut layret_core::ignore_progress)
+        .unwrap();
+    let lockstep: Vec<u32> = lockstep
+        .iter()
+        .flat_map(|g| bits(g.latents.clone()))
+        .collect();
+    let stages = LayoutRequest {
+        prompts: SubjectPrompts::new(&prompt, &phrase, &class, &settings.reference_prefix).unwrap(),
+        noise: tensor4("dreambooth", "noise"),
+        settings,
+    };
+    let layout = StepBlendedLayout
+        .layout(&models, &stages, &mut layret_core::ignore_progress)
+        .unwrap();
+    assert!(layout.kv.is_some(), "the stage path keeps every step's K/V");
+    let mut memory = MultiSourceRetouch {
+        cache: ReferenceCache::in_memory(),
+        mask_log: None,
+    };
+    let out = memory
+        .retouch(
+            &models,
+            &layout,
+            &subject.references[0],
+            &mut layret_core::ignore_progress,
+        )
+        .unwrap();
+    assert_eq!(lockstep, bits(out.latents));
+}
+
+#[test]
+fn progress_totals_are_known_up_front_and_a_break_cancels() {
+    let (settings, phrase, class, prompt) = case("ti");
+    let models = ModelPair::new(base(), &personalization("ti")).unwrap();
+    let subject = Subject::new(phrase, class, tensor4("ti", "reference_image"));
+    let req = GenerateRequest {
+        prompts: vec![prompt, "a <cat-toy> in the snow".into()],
+        num_samples: 2,
+        width: 128,
+        height: 128,
+        noise: NoiseSource::Tensor(tensor4("ti", "noise")),
+        settings: settings.clone(),
+        return_masks: false,
+    };
+    let n = settings.steps;
+    // 2 prompts × (layout N + retouch N + decode) + one reference (inversion N + passes N).
+    let want_total = 2 * (2 * n + 1) + 2 * n;
+    let mut seen = Vec::new();
+    let out = LayoutAndRetouch::default()
+        .generate(&models, &subject, &req, &mut |p| {
+            seen.push((p.done, p.total));
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(out.len(), 4);
+    assert!(seen.iter().all(|&(_, t)| t == want_total), "{seen:?}");
+    assert_eq!(
+        seen.last().map(|s| s.0),
+        Some(want_total),
+        "counts to the end"
+    );
+    // Stop after the first prompt's images: they were handed over, then Cancelled.
+    let mut finished = Vec::new();
+    let e = LayoutAndRetouch::default()
+        .generate_each(
+            &models,
+            &subject,
+            &req,
+            &mut |p| {
+                if p.prompt == 1 {
+                    std::ops::ControlFlow::Break(())
+                } else {
+                    std::ops::ControlFlow::Continue(())
+                }
+            },
+            &mut |g| {
+                finished.push((g.prompt_index, g.sample));
+                Ok(())
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::Cancelled { .. }), "{e}");
+    assert_eq!(finished, vec![(0, 0), (0, 1)]);
 }

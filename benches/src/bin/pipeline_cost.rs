@@ -65,6 +65,7 @@ fn main() {
                     Some(e) => e.1 += dt,
                     None => stage_t.push((pp.stage.stage, dt)),
                 }
+                std::ops::ControlFlow::Continue(())
             })
             .unwrap();
             let total = t0.elapsed().as_secs_f64();

@@ -117,9 +117,14 @@ pub struct Args {
     /// Also write the last step's masks (target, context, reference, blend) as PNGs.
     #[arg(long)]
     save_masks: bool,
-    /// Output folder.
+    /// Output folder. Each image is written as soon as it is finished (atomically) and
+    /// listed in manifest.json; running the same command again skips the images already
+    /// there (a killed or cancelled run finishes where it stopped).
     #[arg(long, default_value = "out")]
     out: PathBuf,
+    /// Regenerate and overwrite images that already exist with the same settings.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 fn settings(a: &Args) -> Result<MethodSettings> {
@@ -158,6 +163,107 @@ fn settings(a: &Args) -> Result<MethodSettings> {
     })
 }
 
+/// Everything that determines the images of a run, field by field (what a resumed run must
+/// share with the one that wrote the existing images), hashed with each image's prompt and
+/// sample into the key its manifest entry carries.
+fn run_key(
+    a: &Args,
+    models: &ModelPair,
+    references: &[Tensor<4>],
+    noise: &Tensor<4>,
+    settings: &MethodSettings,
+    size: (usize, usize),
+) -> Result<String> {
+    use layret::core::fingerprint::of_tensor;
+    let mut text = format!(
+        "layret-generate-v1\nmodel {:016x}\nphrase {:?}\nclass {:?}\nnoise {:016x}\nsize {}x{}\n",
+        models.fingerprint()?,
+        a.phrase,
+        a.class_phrase,
+        of_tensor(noise)?,
+        size.0,
+        size.1
+    );
+    for r in references {
+        text.push_str(&format!("reference {:016x}\n", of_tensor(r)?));
+    }
+    text.push_str(&settings_text(settings));
+    Ok(text)
+}
+
+/// The method settings, one `key value` line each (stable: used in resume keys).
+fn settings_text(s: &MethodSettings) -> String {
+    format!(
+        "steps {}\nguidance {:016x}\nnegative {:?}\nlayout_fraction {:016x}\nswap_start {}\nmask_threshold {:016x}\nmask_factor {}\nswap_divisor {}\nblend {}\nblend_start {}\nmode {}\nreference_prefix {:?}\nkv {}\nreplay {}\n",
+        s.steps,
+        s.guidance.to_bits(),
+        s.negative_prompt,
+        s.layout_fraction.to_bits(),
+        s.swap_start,
+        s.mask_threshold.to_bits(),
+        s.mask_factor,
+        s.swap_divisor,
+        match s.blend {
+            Blend::Otsu => "otsu".to_string(),
+            Blend::Off => "off".to_string(),
+            Blend::Fixed(t) => format!("{:016x}", t.to_bits()),
+        },
+        s.blend_start(),
+        match s.mode {
+            SwapMode::Split => "split",
+            SwapMode::Concat => "concat",
+        },
+        s.reference_prefix,
+        match s.kv_policy {
+            KvPolicy::KeepF32 => "f32",
+            KvPolicy::KeepF16 => "f16",
+            KvPolicy::DontKeep => "none",
+        },
+        s.replay
+    )
+}
+
+/// The key of image (prompt, sample) of a run.
+fn image_key(run: &str, prompt: &str, sample: usize) -> String {
+    let mut f = layret::core::fingerprint::Fingerprinter::new();
+    f.update_str(run);
+    f.update_str(prompt);
+    f.update_u64(sample as u64);
+    format!("{:016x}", f.finish())
+}
+
+/// The manifest entries of a previous run in `out` whose image still exists, is a complete
+/// PNG and was made with the same key: (prompt index, sample) → entry.
+fn finished_images(
+    out: &std::path::Path,
+    keys: &dyn Fn(usize, usize) -> Option<String>,
+) -> std::collections::BTreeMap<(usize, usize), serde_json::Value> {
+    let mut done = std::collections::BTreeMap::new();
+    let Ok(text) = std::fs::read_to_string(out.join("manifest.json")) else {
+        return done;
+    };
+    let Ok(doc) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return done;
+    };
+    for e in doc["images"].as_array().into_iter().flatten() {
+        let (Some(p), Some(s), Some(img), Some(key)) = (
+            e["prompt_index"].as_u64(),
+            e["sample"].as_u64(),
+            e["image"].as_str(),
+            e["key"].as_str(),
+        ) else {
+            continue;
+        };
+        let (p, s) = (p as usize, s as usize);
+        let valid = keys(p, s).as_deref() == Some(key)
+            && layret::core::image_io::read_png_text(&out.join(img)).is_ok();
+        if valid {
+            done.insert((p, s), e.clone());
+        }
+    }
+    done
+}
+
 pub fn run(a: Args, quiet: bool) -> Result<()> {
     let settings = settings(&a)?;
     settings.validate()?;
@@ -171,6 +277,14 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
     let probe = a.out.join(".layret-write-test");
     std::fs::write(&probe, b"").map_err(|e| Error::io("writing to", &a.out, e))?;
     let _ = std::fs::remove_file(&probe);
+    for r in &a.reference {
+        if !r.is_file() {
+            return Err(Error::MissingFile {
+                what: "reference image".into(),
+                path: r.clone(),
+            });
+        }
+    }
 
     let mut bars = Bars::new(quiet);
     let t0 = Instant::now();
@@ -197,10 +311,12 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
     if k == 0 {
         return Err(Error::invalid("num-samples", "0; must be at least 1"));
     }
-    let (noise, seed_text): (Tensor<4>, String) = match (&a.noise, a.seed) {
+    let c = models.base.unet.in_channels;
+    let (noise, seed_text, seed): (Tensor<4>, String, Option<u64>) = match (&a.noise, a.seed) {
         (Some(p), _) => (
-            load_tensor(p, "noise", [k, 4, h, w], &device)?,
+            load_tensor(p, "noise", [k, c, h, w], &device)?,
             format!("noise file {}", p.display()),
+            None,
         ),
         (None, s) => {
             let seed = s.unwrap_or_else(|| {
@@ -210,23 +326,59 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
                     .unwrap_or(0)
             });
             if s.is_none() {
-                bars.note(&format!("seed: {seed}"));
+                bars.note(&format!(
+                    "seed: {seed} (pass --seed {seed} to resume or repeat this run)"
+                ));
             }
             (
                 models
                     .base
                     .initial_noise(&NoiseSource::Seed(seed), k, h, w)?,
                 seed.to_string(),
+                Some(seed),
             )
         }
     };
+
+    let request = GenerateRequest {
+        prompts: a.prompt.clone(),
+        num_samples: k,
+        width,
+        height,
+        noise: NoiseSource::Tensor(noise.clone()),
+        settings: settings.clone(),
+        return_masks: a.save_masks,
+    };
+    for w in request.warnings() {
+        bars.note(&format!("warning: {w}"));
+    }
+
+    // Resume: the images a previous run of the same command finished.
+    let run = run_key(&a, &models, &references, &noise, &settings, (width, height))?;
+    let key_of = |p: usize, s: usize| a.prompt.get(p).map(|t| image_key(&run, t, s));
+    let mut entries = if a.overwrite {
+        Default::default()
+    } else {
+        finished_images(&a.out, &key_of)
+    };
+    let pending: Vec<usize> = (0..a.prompt.len())
+        .filter(|&p| (0..k).any(|s| !entries.contains_key(&(p, s))))
+        .collect();
+    let resumed = entries.len();
+    if resumed > 0 {
+        bars.note(&format!(
+            "resuming: {resumed} of {} images already in {} (--overwrite redoes them)",
+            a.prompt.len() * k,
+            a.out.display()
+        ));
+    }
 
     let mut pipe = LayoutAndRetouch::new(
         layret::pipeline::StepBlendedLayout,
         layret::pipeline::MultiSourceRetouch {
             cache: match &a.reference_cache {
                 Some(dir) => layret::pipeline::ReferenceCache::with_disk(dir),
-                None => layret::pipeline::ReferenceCache::new(),
+                None => layret::pipeline::ReferenceCache::temporary_in(&a.out),
             },
             mask_log: None,
         },
@@ -236,136 +388,206 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
         class_phrase: a.class_phrase.clone(),
         references,
     };
-    let request = GenerateRequest {
-        prompts: a.prompt.clone(),
-        num_samples: k,
-        width,
-        height,
-        noise: NoiseSource::Tensor(noise),
-        settings: settings.clone(),
-        return_masks: a.save_masks,
+    let sub_request = GenerateRequest {
+        prompts: pending.iter().map(|&p| a.prompt[p].clone()).collect(),
+        ..request
     };
-    let out = pipe.generate(&models, &subject, &request, &mut |p| bars.update(p.stage))?;
-    let mut results: Vec<_> = out
-        .into_iter()
-        .map(|g| (g.prompt_index, g.sample, g.reference_index, g))
-        .collect();
-    bars.finish();
-    results.sort_by_key(|(p, s, _, _)| (*p, *s));
-
-    let mut files = Vec::new();
-    for (p, s, r, g) in &results {
-        let text = [
-            ("prompt", a.prompt[*p].clone()),
-            ("phrase", a.phrase.clone()),
-            ("class", a.class_phrase.clone()),
-            ("reference", a.reference[*r].display().to_string()),
-            ("personalization", a.personalization.join(" ")),
-            ("seed", seed_text.clone()),
-            ("sample", s.to_string()),
-            ("steps", a.steps.to_string()),
-            ("guidance", a.guidance.to_string()),
-            (
-                "method",
-                format!(
-                    "layout-and-retouch layout_fraction={} swap_start={} mask_threshold={} mask_factor={} blend={} mode={}",
-                    a.layout_fraction,
-                    a.swap_start,
-                    a.mask_threshold,
-                    a.mask_factor,
-                    a.blend,
-                    a.mode
+    let method = format!(
+        "layout-and-retouch layout_fraction={} swap_start={} mask_threshold={} mask_factor={} blend={} mode={}",
+        a.layout_fraction, a.swap_start, a.mask_threshold, a.mask_factor, a.blend, a.mode
+    );
+    let manifest = |entries: &std::collections::BTreeMap<(usize, usize), serde_json::Value>,
+                    complete: bool,
+                    cache: Option<(usize, usize, usize)>|
+     -> Result<()> {
+        let doc = json!({
+            "software": format!("layret {}", env!("CARGO_PKG_VERSION")),
+            "model": a.model.model,
+            "personalization": a.personalization,
+            "phrase": a.phrase,
+            "class": a.class_phrase,
+            "references": a.reference,
+            "prompts": a.prompt,
+            "num_samples": k,
+            "seed": seed_text,
+            "width": width,
+            "height": height,
+            "settings": {
+                "steps": a.steps, "guidance": a.guidance, "negative_prompt": a.negative_prompt,
+                "layout_fraction": a.layout_fraction, "lambda1": settings.lambda1(),
+                "swap_start": a.swap_start, "mask_threshold": a.mask_threshold, "mask_factor": a.mask_factor,
+                "blend": a.blend, "blend_start": settings.blend_start(), "mode": a.mode, "kv": a.kv,
+            },
+            "complete": complete,
+            "reference_cache": cache.map(|(hits, disk_hits, misses)| json!({"hits": hits, "disk_hits": disk_hits, "misses": misses})),
+            "images": entries.values().collect::<Vec<_>>(),
+        });
+        let text = serde_json::to_string_pretty(&doc)
+            .map_err(|e| Error::invalid("manifest", e.to_string()))?;
+        layret::core::atomic::write(&a.out.join("manifest.json"), text.as_bytes())
+    };
+    let mut generated: Vec<(
+        usize,
+        usize,
+        Tensor<4>,
+        Tensor<4>,
+        image::RgbImage,
+        image::RgbImage,
+    )> = Vec::new();
+    let mut saved = Vec::new();
+    let shared = std::cell::RefCell::new(bars);
+    let result = pipe.generate_each(
+        &models,
+        &subject,
+        &sub_request,
+        &mut |p| shared.borrow_mut().update_request(p),
+        &mut |g| {
+            let p = pending[g.prompt_index];
+            let s = g.sample;
+            let r = g.reference_index;
+            let prompt = &a.prompt[p];
+            let mut fields = vec![
+                ("Steps", a.steps.to_string()),
+                ("Sampler", "DDIM".to_string()),
+                ("CFG scale", a.guidance.to_string()),
+            ];
+            if let Some(seed) = seed {
+                fields.push(("Seed", seed.to_string()));
+            }
+            fields.extend([
+                ("Size", format!("{width}x{height}")),
+                ("Model", a.model.model.clone()),
+                ("Personalization", a.personalization.join(" ")),
+                ("Sample", s.to_string()),
+                ("Layout-and-Retouch", method.clone()),
+                ("Version", format!("layret {}", env!("CARGO_PKG_VERSION"))),
+            ]);
+            let text = [
+                (
+                    "parameters",
+                    layret::core::image_io::a1111_parameters(prompt, &a.negative_prompt, &fields),
                 ),
-            ),
-            ("model", a.model.model.clone()),
-            ("software", format!("layret {}", env!("CARGO_PKG_VERSION"))),
-        ];
-        let name = format!("p{p}_s{s}");
-        let path = a.out.join(format!("{name}.png"));
-        save_png(&g.image, &path, &text)?;
-        let mut entry = json!({"prompt_index": p, "prompt": a.prompt[*p], "sample": s, "reference": a.reference[*r], "image": format!("{name}.png")});
-        if a.save_context {
-            let f = format!("{name}_context.png");
-            save_png(&g.context_image, &a.out.join(&f), &text)?;
-            entry["context"] = json!(f);
+                ("prompt", prompt.clone()),
+                ("negative_prompt", a.negative_prompt.clone()),
+                ("phrase", a.phrase.clone()),
+                ("class", a.class_phrase.clone()),
+                ("reference", a.reference[r].display().to_string()),
+                ("personalization", a.personalization.join(" ")),
+                ("seed", seed_text.clone()),
+                ("sample", s.to_string()),
+                ("steps", a.steps.to_string()),
+                ("guidance", a.guidance.to_string()),
+                ("method", method.clone()),
+                ("model", a.model.model.clone()),
+                ("software", format!("layret {}", env!("CARGO_PKG_VERSION"))),
+            ];
+            let name = format!("p{p}_s{s}");
+            let path = a.out.join(format!("{name}.png"));
+            let mut entry = json!({"prompt_index": p, "prompt": prompt, "sample": s,
+                "reference": a.reference[r], "image": format!("{name}.png"),
+                "key": key_of(p, s)});
+            if a.save_context {
+                let f = format!("{name}_context.png");
+                save_png(&g.context_image, &a.out.join(&f), &text)?;
+                entry["context"] = json!(f);
+            }
+            if let Some(m) = &g.masks {
+                for (kind, img) in [
+                    ("target", Some(&m.target)),
+                    ("context", Some(&m.context)),
+                    ("reference", Some(&m.reference)),
+                    ("blend", m.blend.as_ref()),
+                ] {
+                    if let Some(img) = img {
+                        let f = format!("{name}_mask_{kind}.png");
+                        layret::core::image_io::save_gray_png(img, &a.out.join(&f), &[])?;
+                        entry[format!("mask_{kind}")] = json!(f);
+                    }
+                }
+            }
+            // The image last: a listed entry always has every file it names.
+            save_png(&g.image, &path, &text)?;
+            entries.insert((p, s), entry);
+            manifest(&entries, false, None)?;
+            if !quiet {
+                shared.borrow_mut().println(&path.display().to_string());
+            }
+            saved.push(path);
+            generated.push((p, s, g.latents, g.context_latents, g.image, g.context_image));
+            Ok(())
+        },
+    );
+    let mut bars = shared.into_inner();
+    bars.finish();
+    let cache = &mut pipe.retouch.cache;
+    for w in cache.take_warnings() {
+        bars.note(&format!("warning: {w}"));
+    }
+    let stats = Some((cache.hits, cache.disk_hits, cache.misses));
+    match result {
+        Ok(()) => {}
+        Err(e @ Error::Cancelled { .. }) => {
+            manifest(&entries, false, stats)?;
+            eprintln!(
+                "cancelled: {} image(s) saved in this run, {} in all in {} (manifest.json lists them); run the same command again to finish",
+                saved.len(),
+                entries.len(),
+                a.out.display()
+            );
+            return Err(e);
         }
-        if let Some(m) = &g.masks {
-            for (kind, img) in [
-                ("target", Some(&m.target)),
-                ("context", Some(&m.context)),
-                ("reference", Some(&m.reference)),
-                ("blend", m.blend.as_ref()),
-            ] {
-                if let Some(img) = img {
-                    let f = format!("{name}_mask_{kind}.png");
-                    img.save(a.out.join(&f)).map_err(|e| Error::Image {
-                        path: a.out.join(&f),
-                        message: e.to_string(),
-                    })?;
-                    entry[format!("mask_{kind}")] = json!(f);
+        Err(e) => {
+            manifest(&entries, false, stats)?;
+            return Err(e);
+        }
+    }
+    manifest(&entries, true, stats)?;
+    generated.sort_by_key(|g| (g.0, g.1));
+    if a.grid {
+        // Rows in prompt, sample order: this run's images, or the files of resumed ones.
+        let (gw, gh) = (width as u32, height as u32);
+        let mut rows: Vec<(image::RgbImage, image::RgbImage)> = Vec::new();
+        for p in 0..a.prompt.len() {
+            for s in 0..k {
+                if let Some(g) = generated.iter().find(|g| g.0 == p && g.1 == s) {
+                    rows.push((g.5.clone(), g.4.clone()));
+                    continue;
+                }
+                let file = |n: String| image::open(a.out.join(n)).ok().map(|i| i.to_rgb8());
+                if let (Some(c), Some(f)) = (
+                    file(format!("p{p}_s{s}_context.png")),
+                    file(format!("p{p}_s{s}.png")),
+                ) {
+                    rows.push((c, f));
                 }
             }
         }
-        if !quiet {
-            println!("{}", path.display());
+        if rows.len() == a.prompt.len() * k {
+            let mut grid = image::RgbImage::new(2 * gw, gh * rows.len() as u32);
+            for (i, (context, image)) in rows.iter().enumerate() {
+                image::imageops::replace(&mut grid, context, 0, (i as u32 * gh) as i64);
+                image::imageops::replace(&mut grid, image, gw as i64, (i as u32 * gh) as i64);
+            }
+            save_png(
+                &grid,
+                &a.out.join("grid.png"),
+                &[("layout", "one row per image: context | final".into())],
+            )?;
+        } else {
+            bars.note("grid.png not written: the context images of resumed prompts were not saved (--save-context)");
         }
-        files.push(entry);
-    }
-    if a.grid && !results.is_empty() {
-        let (w, h) = (width as u32, height as u32);
-        let mut grid = image::RgbImage::new(2 * w, h * results.len() as u32);
-        for (row, (_, _, _, g)) in results.iter().enumerate() {
-            image::imageops::replace(&mut grid, &g.context_image, 0, (row as u32 * h) as i64);
-            image::imageops::replace(&mut grid, &g.image, w as i64, (row as u32 * h) as i64);
-        }
-        save_png(
-            &grid,
-            &a.out.join("grid.png"),
-            &[("layout", "one row per image: context | final".into())],
-        )?;
     }
     if let Some(path) = &a.save_latents {
-        let lat = Tensor::cat(
-            results
-                .iter()
-                .map(|(_, _, _, g)| g.latents.clone())
-                .collect(),
-            0,
-        );
-        let ctx = Tensor::cat(
-            results
-                .iter()
-                .map(|(_, _, _, g)| g.context_latents.clone())
-                .collect(),
-            0,
-        );
-        save_tensors(path, &[("latents", lat), ("context", ctx)])?;
+        if resumed == 0 {
+            let lat = Tensor::cat(generated.iter().map(|g| g.2.clone()).collect(), 0);
+            let ctx = Tensor::cat(generated.iter().map(|g| g.3.clone()).collect(), 0);
+            save_tensors(path, &[("latents", lat), ("context", ctx)])?;
+        } else {
+            bars.note(&format!(
+                "{} not written: {resumed} image(s) were resumed, not generated (--overwrite regenerates all)",
+                path.display()
+            ));
+        }
     }
-    let manifest = json!({
-        "software": format!("layret {}", env!("CARGO_PKG_VERSION")),
-        "model": a.model.model,
-        "personalization": a.personalization,
-        "phrase": a.phrase,
-        "class": a.class_phrase,
-        "references": a.reference,
-        "prompts": a.prompt,
-        "num_samples": k,
-        "seed": seed_text,
-        "width": width,
-        "height": height,
-        "settings": {
-            "steps": a.steps, "guidance": a.guidance, "negative_prompt": a.negative_prompt,
-            "layout_fraction": a.layout_fraction, "lambda1": settings.lambda1(),
-            "swap_start": a.swap_start, "mask_threshold": a.mask_threshold, "mask_factor": a.mask_factor,
-            "blend": a.blend, "blend_start": settings.blend_start(), "mode": a.mode, "kv": a.kv,
-        },
-        "reference_cache": {"hits": pipe.retouch.cache.hits, "disk_hits": pipe.retouch.cache.disk_hits, "misses": pipe.retouch.cache.misses},
-        "seconds": t0.elapsed().as_secs_f64(),
-        "images": files,
-    });
-    let mpath = a.out.join("manifest.json");
-    let text = serde_json::to_string_pretty(&manifest)
-        .map_err(|e| Error::invalid("manifest", e.to_string()))?;
-    std::fs::write(&mpath, text).map_err(|e| Error::io("writing", &mpath, e))?;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The `layret` command line.
 
+mod cancel;
 mod generate;
 mod inspect;
 mod invert;
@@ -51,8 +52,13 @@ fn run(cli: Cli) -> layret::Result<()> {
 }
 
 fn main() -> ExitCode {
+    cancel::install();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ layret::Error::Cancelled { .. }) => {
+            eprintln!("error: {e}");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

@@ -147,7 +147,30 @@ pub fn run(a: Args, quiet: bool) -> layret::Result<()> {
     if let Some(path) = &a.save_latents {
         save_tensors(path, &[("latents", out.latents.clone())])?;
     }
+    let mut fields = vec![
+        ("Steps", a.steps.to_string()),
+        ("Sampler", "DDIM".to_string()),
+        ("CFG scale", a.guidance.to_string()),
+    ];
+    if let Some(s) = a.seed.filter(|_| a.noise.is_none()) {
+        fields.push(("Seed", s.to_string()));
+    } else if a.noise.is_none() {
+        fields.push(("Seed", seed_text.clone()));
+    }
+    fields.extend([
+        ("Size", format!("{width}x{height}")),
+        ("Model", a.model.model.clone()),
+        ("Eta", a.eta.to_string()),
+        ("Version", format!("layret {}", env!("CARGO_PKG_VERSION"))),
+    ]);
+    if !a.personalization.is_empty() {
+        fields.push(("Personalization", a.personalization.join(" ")));
+    }
     let text = [
+        (
+            "parameters",
+            layret::core::image_io::a1111_parameters(&a.prompt, &a.negative_prompt, &fields),
+        ),
         ("prompt", a.prompt.clone()),
         ("negative_prompt", a.negative_prompt.clone()),
         ("seed", seed_text),
