@@ -664,3 +664,58 @@ fn inspect_says_what_a_single_file_is() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("posix.system"), "{err}");
 }
+
+#[test]
+fn the_readme_offline_command_runs_as_written() {
+    // The README's first `cargo run --release -- generate …` command, run from the
+    // repository root as a new user would (its output folder redirected).
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    let start = readme.find("cargo run --release -- generate").unwrap();
+    let mut command = String::new();
+    for line in readme[start..].lines() {
+        command.push_str(line.trim_end_matches('\\'));
+        command.push(' ');
+        if !line.ends_with('\\') {
+            break;
+        }
+    }
+    // Split like a shell would (double quotes group words).
+    let mut args = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in command.trim_start_matches("cargo run --release --").chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !cur.is_empty() {
+                    args.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        args.push(cur);
+    }
+    assert!(
+        args.iter().any(|a| a == "tests/fixtures/reference.png"),
+        "{args:?}"
+    );
+    let dir = tempdir();
+    let i = args.iter().position(|a| a == "--out").unwrap();
+    args[i + 1] = dir.join("out").display().to_string();
+    let out = bin()
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(&args)
+        .arg("-q")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.join("out/p0_s0.png").exists());
+}

@@ -993,3 +993,44 @@ fn r51_sharded_weights() {
         "{e}"
     );
 }
+
+#[test]
+fn r52_reference_image_truncated() {
+    let d = tmp();
+    let mut jpeg = Vec::new();
+    image::RgbImage::from_pixel(128, 128, image::Rgb([40, 90, 200]))
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+    let f = d.join("cut.jpg");
+    std::fs::write(&f, &jpeg[..jpeg.len() / 2]).unwrap();
+    let e = ref_err(&f);
+    assert!(
+        matches!(&e, Error::Image { path, message } if path == &f && message.contains("truncated")),
+        "{e}"
+    );
+}
+
+#[test]
+fn r53_cancelled() {
+    let mut r = Txt2ImgRequest::new("a dog");
+    (r.steps, r.width, r.height) = (5, 64, 64);
+    let mut calls = 0;
+    let e = sd1()
+        .txt2img(&r, &mut |_| {
+            calls += 1;
+            if calls == 2 {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Cancelled { stage, step: 2, total: 5 } if stage == "denoise"),
+        "{e}"
+    );
+    assert_eq!(calls, 2, "stopped at the step boundary it was asked at");
+}

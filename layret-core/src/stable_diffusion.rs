@@ -287,6 +287,8 @@ impl StableDiffusion {
             sd.vae_config = cfg;
             sd.sources.extend(files);
         }
+        // The identity of what was loaded, taken now: a file changed later must not change it.
+        sd.fingerprint()?;
         Ok(sd)
     }
 
@@ -533,10 +535,17 @@ impl StableDiffusion {
         unet: UNet2DConditionModel,
         sources: &[PathBuf],
         label: &str,
-    ) -> StableDiffusion {
+        content: u64,
+    ) -> Result<StableDiffusion> {
         let mut all = self.sources.clone();
         all.extend(sources.iter().cloned());
-        StableDiffusion {
+        let mut h = crate::fingerprint::Fingerprinter::new();
+        h.update_str("layret-personalized-model-v1");
+        h.update_u64(self.fingerprint()?);
+        h.update_u64(content);
+        let fingerprint = std::sync::OnceLock::new();
+        let _ = fingerprint.set(h.finish());
+        Ok(StableDiffusion {
             dir: self.dir.clone(),
             tokenizer,
             text_encoder,
@@ -549,8 +558,8 @@ impl StableDiffusion {
             device: self.device.clone(),
             sources: all,
             label: format!("{} | {label}", self.label),
-            fingerprint: Default::default(),
-        }
+            fingerprint,
+        })
     }
 
     /// Every file the model was read from (tokenizer, configs, weights), in a fixed order.

@@ -156,6 +156,7 @@ pub fn load_dreambooth(base: &StableDiffusion, path: &Path) -> Result<PersonalMo
         unet,
         sources,
         label: "dreambooth".into(),
+        content: 0,
     })
 }
 
@@ -171,5 +172,6 @@ fn load_dreambooth_file(base: &StableDiffusion, path: &Path) -> Result<PersonalM
         unet: Some(db.unet),
         sources: vec![path.to_path_buf()],
         label: "dreambooth".into(),
+        content: 0,
     })
 }

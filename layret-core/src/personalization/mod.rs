@@ -137,6 +137,7 @@ impl Personalization {
             unet,
             mut sources,
             label,
+            content: _,
         } = current;
         let stacked = |l: &str| {
             if label.is_empty() {
@@ -150,13 +151,15 @@ impl Personalization {
                 let ti = TextualInversion::load(path, token.as_deref(), device)?;
                 let text_encoder = ti.apply(&mut tokenizer, &text_encoder)?;
                 sources.push(path.clone());
-                Ok(PersonalModel {
+                PersonalModel {
                     tokenizer,
                     text_encoder,
                     unet,
                     sources,
                     label: stacked(&format!("ti token={}", ti.token)),
-                })
+                    content: 0,
+                }
+                .sealed()
             }
             Personalization::DreamBooth { dir } => {
                 if !sources.is_empty() {
@@ -168,7 +171,7 @@ impl Personalization {
                         ),
                     ));
                 }
-                load_dreambooth(base, dir)
+                load_dreambooth(base, dir)?.sealed()
             }
             Personalization::CustomDiffusion { path } => {
                 let merged = apply_custom_diffusion(unet.as_ref().unwrap_or(&base.unet), path)?;
@@ -179,13 +182,15 @@ impl Personalization {
                     text_encoder = ti.apply(&mut tokenizer, &text_encoder)?;
                     sources.push(f);
                 }
-                Ok(PersonalModel {
+                PersonalModel {
                     tokenizer,
                     text_encoder,
                     unet: Some(merged),
                     sources,
                     label: stacked("custom-diffusion"),
-                })
+                    content: 0,
+                }
+                .sealed()
             }
             Personalization::Lora { path, scale } => {
                 let lora = Lora::load(path, device)?;
@@ -200,13 +205,15 @@ impl Personalization {
                     text_encoder
                 };
                 sources.push(path.clone());
-                Ok(PersonalModel {
+                PersonalModel {
                     tokenizer,
                     text_encoder,
                     unet,
                     sources,
                     label: stacked(&format!("lora scale={:#x}", scale.to_bits())),
-                })
+                    content: 0,
+                }
+                .sealed()
             }
         }
     }
@@ -255,6 +262,9 @@ pub struct PersonalModel {
     pub sources: Vec<PathBuf>,
     /// The personalization's settings that are not in its files (kind, token, LoRA scale).
     pub label: String,
+    /// The content identity of `sources` and `label`, taken when the files were read (see
+    /// [`PersonalModel::fingerprint`]).
+    pub content: u64,
 }
 
 impl PersonalModel {
@@ -266,32 +276,41 @@ impl PersonalModel {
             unet: None,
             sources: Vec::new(),
             label: String::new(),
+            content: 0,
         }
     }
 
     /// The personalized model as a [`StableDiffusion`] of its own (its tokenizer, text
     /// encoder and UNet; the base's VAE and scheduler), sharing every tensor with `base`: for
     /// text-to-image with the personalized model alone.
-    pub fn to_model(&self, base: &StableDiffusion) -> StableDiffusion {
+    pub fn to_model(&self, base: &StableDiffusion) -> Result<StableDiffusion> {
         base.with_personal_parts(
             self.tokenizer.clone(),
             self.text_encoder.clone(),
             self.unet(base).clone(),
             &self.sources,
             &self.label,
+            self.content,
         )
     }
 
     /// The content identity of the personalization applied (its kind, settings and every
-    /// source file's content), for cache keys; reads the files.
+    /// source file's content), for cache keys: taken when the files were read, so a file
+    /// changed afterwards does not change the identity of what was loaded.
     pub fn fingerprint(&self) -> Result<u64> {
+        Ok(self.content)
+    }
+
+    /// Take the content identity of `sources` and `label` (reads the files once).
+    pub(crate) fn sealed(mut self) -> Result<Self> {
         let mut h = crate::fingerprint::Fingerprinter::new();
         h.update_str("layret-personalization-v1");
         h.update_str(&self.label);
         for f in &self.sources {
             h.update_u64(crate::fingerprint::of_file(f)?);
         }
-        Ok(h.finish())
+        self.content = h.finish();
+        Ok(self)
     }
 
     /// The UNet ε* runs: its own, or `base`'s.

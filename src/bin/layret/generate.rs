@@ -264,6 +264,23 @@ fn finished_images(
     done
 }
 
+/// Mark the manifest of a run whose images all exist as complete.
+fn manifest_of_finished(
+    a: &Args,
+    entries: &std::collections::BTreeMap<(usize, usize), serde_json::Value>,
+) -> Result<()> {
+    let path = a.out.join("manifest.json");
+    let mut doc: serde_json::Value = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_else(|| json!({}));
+    doc["images"] = json!(entries.values().collect::<Vec<_>>());
+    doc["complete"] = json!(true);
+    let text = serde_json::to_string_pretty(&doc)
+        .map_err(|e| Error::invalid("manifest", e.to_string()))?;
+    layret::core::atomic::write(&path, text.as_bytes())
+}
+
 pub fn run(a: Args, quiet: bool) -> Result<()> {
     let settings = settings(&a)?;
     settings.validate()?;
@@ -373,6 +390,15 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
         ));
     }
 
+    if pending.is_empty() {
+        manifest_of_finished(&a, &entries)?;
+        bars.note(&format!(
+            "all {} images are already in {}; nothing to do (--overwrite redoes them)",
+            entries.len(),
+            a.out.display()
+        ));
+        return Ok(());
+    }
     let mut pipe = LayoutAndRetouch::new(
         layret::pipeline::StepBlendedLayout,
         layret::pipeline::MultiSourceRetouch {
@@ -505,10 +531,11 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
                     }
                 }
             }
-            // The image last: a listed entry always has every file it names.
-            save_png(&g.image, &path, &text)?;
+            // Listed first, then the image: every PNG present is in the manifest (a kill in
+            // between leaves an entry whose image is missing, which a rerun redoes).
             entries.insert((p, s), entry);
             manifest(&entries, false, None)?;
+            save_png(&g.image, &path, &text)?;
             if !quiet {
                 shared.borrow_mut().println(&path.display().to_string());
             }

@@ -94,7 +94,7 @@ pub fn run(a: Args, quiet: bool) -> layret::Result<()> {
     let sd = if stack.is_empty() {
         base
     } else {
-        Personalization::apply_all(&stack, &base)?.to_model(&base)
+        Personalization::apply_all(&stack, &base)?.to_model(&base)?
     };
     bars.note(&format!(
         "loaded {}{} in {:.1}s",
