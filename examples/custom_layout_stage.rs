@@ -6,8 +6,8 @@
 //! cargo run --release --example custom_layout_stage            # tiny fixtures, synthetic images
 //! ```
 
+use layret::attention::{KvPolicy, Router};
 use layret::burn::tensor::{Device, Tensor};
-use layret::core::attention::DefaultAttention;
 use layret::core::image_io::{from_rgb8, save_png};
 use layret::core::personalization::Personalization;
 use layret::core::stable_diffusion::{LoadOptions, NoiseSource, StableDiffusion};
@@ -23,18 +23,19 @@ impl LayoutStage for GivenContext {
         &mut self,
         models: &ModelPair,
         request: &LayoutRequest,
+        hooks: &mut Router,
         progress: &mut ProgressFn,
     ) -> layret::Result<LayoutResult> {
         let s = &request.settings;
         let n = request.noise.dims()[0];
-        let x = models.base.encode_image(self.image.clone())?;
+        let x = models.base().encode_image(self.image.clone())?;
         // Invert with the vanilla model on the class prompt; z^c_k are the inverted latents in
         // sampling order, and z^c_N the image's own latent.
-        let inv = models.base.invert(
+        let inv = models.base().invert(
             x.clone(),
             &request.prompts.class,
             s.steps,
-            &mut DefaultAttention,
+            hooks, // the user's layout hooks see the inversion's passes
             progress,
         )?;
         let mut trajectory: Vec<Tensor<4>> = inv
@@ -78,20 +79,16 @@ fn main() -> layret::Result<()> {
         class_phrase: "cat toy".into(),
         references: vec![disc(128, [230, 140, 20], &device)?],
     };
-    let request = GenerateRequest {
-        prompts: vec!["a <cat-toy> on the beach".into()],
-        num_samples: 1,
-        width: 128,
-        height: 128,
-        noise: NoiseSource::Seed(3),
-        settings: MethodSettings {
-            steps: 10,
-            mask_factor: 2,
-            replay: false,
-            ..MethodSettings::default()
-        },
-        return_masks: false,
-    };
+    let request = GenerateRequest::new(["a <cat-toy> on the beach"], 128, 128)
+        .with_samples(1)
+        .with_noise(NoiseSource::Seed(3))
+        .with_settings(
+            MethodSettings::default()
+                .with_steps(10)
+                .with_mask_factor(2)
+                .with_kv_policy(KvPolicy::Recompute),
+        )
+        .with_masks(false);
     let mut pipe = LayoutAndRetouch::new(
         GivenContext {
             image: disc(128, [20, 200, 60], &device)?,

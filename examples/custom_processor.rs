@@ -9,10 +9,10 @@
 
 use layret::attention::{Router, SiteSelector};
 use layret::burn::tensor::{Device, Tensor};
-use layret::core::attention::{
+use layret::core::image_io::save_png;
+use layret::core::processor::{
     AttentionKind, AttentionProcessor, AttentionSite, StepContext, default_attention,
 };
-use layret::core::image_io::save_png;
 use layret::core::stable_diffusion::{LoadOptions, NoiseSource, StableDiffusion, Txt2ImgRequest};
 
 /// `softmax(q kᵀ / (√d · T)) v`.
@@ -29,9 +29,9 @@ impl AttentionProcessor for Temperature {
         q: Tensor<4>,
         k: Tensor<4>,
         v: Tensor<4>,
-    ) -> Tensor<4> {
+    ) -> layret::Result<Tensor<4>> {
         self.calls += 1;
-        default_attention(q / self.t, k, v)
+        Ok(default_attention(q / self.t, k, v))
     }
 }
 

@@ -61,22 +61,15 @@ fn main() -> layret::Result<()> {
         class_phrase: class,
         references: vec![reference],
     };
-    let mut settings = MethodSettings {
-        steps,
-        ..MethodSettings::default()
-    };
+    let mut settings = MethodSettings::default().with_steps(steps);
     if size == 128 {
         settings.mask_factor = 2; // the tiny UNet has cross-attention at 8×8, not 4×4
     }
-    let request = GenerateRequest {
-        prompts: vec![prompt],
-        num_samples: 2,
-        width: size,
-        height: size,
-        noise: NoiseSource::Seed(7),
-        settings,
-        return_masks: false,
-    };
+    let request = GenerateRequest::new(vec![prompt], size, size)
+        .with_samples(2)
+        .with_noise(NoiseSource::Seed(7))
+        .with_settings(settings)
+        .with_masks(false);
     let out = LayoutAndRetouch::default().generate(&models, &subject, &request, &mut |p| {
         eprint!(
             "\r{:>9} {}/{}  (request {}/{})   ",

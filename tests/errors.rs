@@ -351,19 +351,11 @@ fn reference() -> Tensor<4> {
 }
 
 fn gen_request(prompt: &str) -> GenerateRequest {
-    GenerateRequest {
-        prompts: vec![prompt.into()],
-        num_samples: 1,
-        width: 128,
-        height: 128,
-        noise: NoiseSource::Seed(1),
-        settings: MethodSettings {
-            steps: 2,
-            mask_factor: 2,
-            ..MethodSettings::default()
-        },
-        return_masks: false,
-    }
+    GenerateRequest::new([prompt], 128, 128)
+        .with_samples(1)
+        .with_noise(NoiseSource::Seed(1))
+        .with_settings(MethodSettings::default().with_steps(2).with_mask_factor(2))
+        .with_masks(false)
 }
 
 #[test]

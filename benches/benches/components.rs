@@ -8,10 +8,10 @@ use layret::attention::{
     KvPolicy, KvRecorder, KvSource, KvStore, MultiSourceSwap, Router, SiteSelector, SwapMode,
 };
 use layret::burn::tensor::{DType, Device, Distribution, Tensor};
-use layret::core::attention::{
-    AttentionKind, BatchLayout, DefaultAttention, StepContext, default_attention,
-};
 use layret::core::clip::{ClipTextConfig, ClipTextEncoder};
+use layret::core::processor::{
+    AttentionKind, BatchLayout, Branch, DefaultAttention, StepContext, default_attention,
+};
 use layret::core::stable_diffusion::{LoadOptions, StableDiffusion};
 use layret::core::vae::{AutoencoderKL, VaeConfig};
 use layret::core::weights::Weights;
@@ -94,7 +94,8 @@ fn router_overhead(c: &mut Criterion) {
         b.iter(|| {
             sync(
                 sd.unet
-                    .forward(x.clone(), 501.0, &ctxt, &mut DefaultAttention, &plain),
+                    .forward(x.clone(), 501.0, &ctxt, &mut DefaultAttention, &plain)
+                    .unwrap(),
             )
         })
     });
@@ -103,20 +104,20 @@ fn router_overhead(c: &mut Criterion) {
             let mut unused = DefaultAttention;
             let mut r = Router::new();
             r.route(SiteSelector::new().path("no_such_block.*"), &mut unused);
-            sync(sd.unet.forward(x.clone(), 501.0, &ctxt, &mut r, &plain))
+            sync(
+                sd.unet
+                    .forward(x.clone(), 501.0, &ctxt, &mut r, &plain)
+                    .unwrap(),
+            )
         })
     });
     // MultiSourceSwap on the decoder self-attention, replaying recorded keys/values.
     let mut kv = KvStore::new(KvPolicy::KeepF32);
-    let ctx_uncond = StepContext {
-        step: 5,
-        timestep: 501.0,
-        layout: BatchLayout::single("context", 1, true),
-    };
+    let ctx_uncond = StepContext::new(5, 501.0, BatchLayout::single(Branch::Context, 1, true));
     {
         let mut rec = KvRecorder::new(&mut kv);
         let mut r = Router::new();
-        r.route(
+        r.observe(
             SiteSelector::new()
                 .kind(AttentionKind::SelfAttention)
                 .decoder_at_least(2),
@@ -124,17 +125,14 @@ fn router_overhead(c: &mut Criterion) {
         );
         let _ = sd
             .unet
-            .forward(x.clone(), 501.0, &ctxt, &mut r, &ctx_uncond);
+            .forward(x.clone(), 501.0, &ctxt, &mut r, &ctx_uncond)
+            .unwrap();
     }
-    let target = StepContext {
-        step: 5,
-        timestep: 501.0,
-        layout: BatchLayout::single("target", 1, true),
-    };
+    let target = StepContext::new(5, 501.0, BatchLayout::single(Branch::Target, 1, true));
     g.bench_function("multi_source_swap", |b| {
         b.iter(|| {
             let mut swap = MultiSourceSwap::new(
-                "target",
+                Branch::Target,
                 KvSource::Replay {
                     context: &kv,
                     reference: &kv,
@@ -149,7 +147,11 @@ fn router_overhead(c: &mut Criterion) {
                     .decoder_at_least(2),
                 &mut swap,
             );
-            sync(sd.unet.forward(x.clone(), 501.0, &ctxt, &mut r, &target))
+            sync(
+                sd.unet
+                    .forward(x.clone(), 501.0, &ctxt, &mut r, &target)
+                    .unwrap(),
+            )
         })
     });
     g.finish();

@@ -3,6 +3,7 @@
 //! SD 1.5 size (random weights, 2 steps, 128², reference cached) on every enabled device.
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use layret::attention::KvPolicy;
 use layret::burn::tensor::{Device, Distribution, Tensor};
 use layret::core::personalization::Personalization;
 use layret::core::stable_diffusion::{LoadOptions, NoiseSource, StableDiffusion};
@@ -26,21 +27,20 @@ fn pipeline(c: &mut Criterion) {
         references: vec![reference],
     };
     let mut g = c.benchmark_group("layout_and_retouch_tiny");
-    for (name, replay) in [("replay", true), ("recompute", false)] {
-        let req = GenerateRequest {
-            prompts: vec!["a <cat-toy> on the beach".into()],
-            num_samples: 1,
-            width: 128,
-            height: 128,
-            noise: NoiseSource::Seed(1),
-            settings: MethodSettings {
-                steps: 10,
-                mask_factor: 2,
-                replay,
-                ..MethodSettings::default()
-            },
-            return_masks: false,
-        };
+    for (name, kv) in [
+        ("replay", KvPolicy::KeepF32),
+        ("recompute", KvPolicy::Recompute),
+    ] {
+        let req = GenerateRequest::new(["a <cat-toy> on the beach"], 128, 128)
+            .with_samples(1)
+            .with_noise(NoiseSource::Seed(1))
+            .with_settings(
+                MethodSettings::default()
+                    .with_steps(10)
+                    .with_mask_factor(2)
+                    .with_kv_policy(kv),
+            )
+            .with_masks(false);
         let mut pipe = LayoutAndRetouch::default();
         g.bench_function(format!("{name}_cached_reference"), |b| {
             b.iter(|| {
@@ -64,18 +64,11 @@ fn pipeline_sd15(c: &mut Criterion) {
     g.sample_size(10);
     for (name, device) in layret_benches::devices() {
         let (models, subject) = layret_benches::sd15_textual_inversion(&device, 128);
-        let req = GenerateRequest {
-            prompts: vec!["a <tok> on the beach".into()],
-            num_samples: 1,
-            width: 128,
-            height: 128,
-            noise: NoiseSource::Seed(1),
-            settings: MethodSettings {
-                steps: 2,
-                ..MethodSettings::default()
-            },
-            return_masks: false,
-        };
+        let req = GenerateRequest::new(["a <tok> on the beach"], 128, 128)
+            .with_samples(1)
+            .with_noise(NoiseSource::Seed(1))
+            .with_settings(MethodSettings::default().with_steps(2))
+            .with_masks(false);
         let mut pipe = LayoutAndRetouch::default();
         g.bench_function(format!("{name}_128x128_2_steps_cached_reference"), |b| {
             b.iter(|| {

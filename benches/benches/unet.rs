@@ -3,8 +3,8 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use layret::burn::tensor::{DType, Tensor};
-use layret::core::attention::{DefaultAttention, StepContext};
 use layret::core::noise::seeded_noise;
+use layret::core::processor::{DefaultAttention, StepContext};
 
 fn unet(c: &mut Criterion) {
     for (name, device) in layret_benches::devices() {
@@ -17,8 +17,9 @@ fn unet(c: &mut Criterion) {
             let ctx = StepContext::plain(0, 500.0, 2);
             group.bench_function(format!("b2_{side}x{side}"), |b| {
                 b.iter(|| {
-                    let eps =
-                        unet.forward(sample.clone(), 500.0, &context, &mut DefaultAttention, &ctx);
+                    let eps = unet
+                        .forward(sample.clone(), 500.0, &context, &mut DefaultAttention, &ctx)
+                        .unwrap();
                     // Wait for the result (GPU backends run asynchronously).
                     let _ = eps.slice([0..1, 0..1, 0..1, 0..1]).into_data();
                 })

@@ -2,8 +2,12 @@
 
 use std::collections::HashMap;
 
-use burn::tensor::{DType, Int, Tensor, TensorData};
-use layret_core::attention::{AttentionProcessor, AttentionSite, StepContext, default_attention};
+use burn::tensor::{DType, Tensor};
+use layret_core::Result;
+use layret_core::processor::{AttentionSite, Branch, StepContext};
+
+use crate::observer::{AttentionCall, AttentionObserver};
+use crate::rows::take_rows;
 
 /// How recorded keys/values are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -14,7 +18,39 @@ pub enum KvPolicy {
     /// Keep them in f16 (half the memory; replay is approximate).
     KeepF16,
     /// Keep nothing: consumers recompute the source branch instead.
-    DontKeep,
+    Recompute,
+}
+
+impl KvPolicy {
+    /// The name the command line and metadata use: `f32`, `f16` or `recompute`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvPolicy::KeepF32 => "f32",
+            KvPolicy::KeepF16 => "f16",
+            KvPolicy::Recompute => "recompute",
+        }
+    }
+}
+
+impl std::fmt::Display for KvPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for KvPolicy {
+    type Err = layret_core::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(KvPolicy::KeepF32),
+            "f16" => Ok(KvPolicy::KeepF16),
+            "recompute" | "none" => Ok(KvPolicy::Recompute),
+            other => Err(layret_core::Error::invalid(
+                "kv",
+                format!("{other:?}; expected f32, f16 or recompute"),
+            )),
+        }
+    }
 }
 
 /// Keys and values per (site path, step), as `[rows, heads, L, d]`.
@@ -38,10 +74,10 @@ impl KvStore {
         self.policy
     }
 
-    /// Keep `k`, `v` for `path` at `step` (nothing under [`KvPolicy::DontKeep`]).
+    /// Keep `k`, `v` for `path` at `step` (nothing under [`KvPolicy::Recompute`]).
     pub fn insert(&mut self, path: &str, step: usize, k: Tensor<4>, v: Tensor<4>) {
         let (k, v) = match self.policy {
-            KvPolicy::DontKeep => return,
+            KvPolicy::Recompute => return,
             KvPolicy::KeepF32 => (k, v),
             KvPolicy::KeepF16 => (k.cast(DType::F16), v.cast(DType::F16)),
         };
@@ -109,11 +145,12 @@ impl KvStore {
     }
 }
 
-/// Records the keys/values of the sites routed to it (the rows of one branch, or all rows) into
-/// a [`KvStore`], and computes the default attention.
+/// Records the keys/values of the sites it observes (the rows of one branch, or all rows)
+/// into a [`KvStore`] — an [observer](AttentionObserver), so it can share a site with the
+/// processor that computes it.
 pub struct KvRecorder<'s> {
     store: &'s mut KvStore,
-    branch: Option<String>,
+    branch: Option<Branch>,
 }
 
 impl<'s> KvRecorder<'s> {
@@ -125,50 +162,35 @@ impl<'s> KvRecorder<'s> {
         }
     }
 
-    /// Record only the rows of `branch` (both CFG halves, uncond first).
-    pub fn branch(mut self, branch: &str) -> Self {
-        self.branch = Some(branch.to_string());
+    /// Record only the rows of `branch` (both CFG halves, uncond first); a batch without it
+    /// is an [`Error::UnknownBranch`](layret_core::Error::UnknownBranch).
+    pub fn branch(mut self, branch: Branch) -> Self {
+        self.branch = Some(branch);
         self
     }
 }
 
-/// Row indices of `branch` over every CFG half, in order.
-pub(crate) fn branch_rows(ctx: &StepContext, branch: usize) -> Vec<usize> {
-    (0..ctx.layout.halves())
-        .flat_map(|h| ctx.layout.rows(h, branch))
-        .collect()
-}
-
-/// `t.select(0, rows)`.
-pub(crate) fn take_rows(t: Tensor<4>, rows: &[usize]) -> Tensor<4> {
-    let device = t.device();
-    let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-    t.select(
-        0,
-        Tensor::<1, Int>::from_data(TensorData::new(idx, [rows.len()]), &device),
-    )
-}
-
-impl AttentionProcessor for KvRecorder<'_> {
-    fn attend(
+impl AttentionObserver for KvRecorder<'_> {
+    fn observe(
         &mut self,
         site: &AttentionSite,
         ctx: &StepContext,
-        q: Tensor<4>,
-        k: Tensor<4>,
-        v: Tensor<4>,
-    ) -> Tensor<4> {
-        if self.store.policy() != KvPolicy::DontKeep {
-            let rows = self.branch.as_deref().and_then(|b| ctx.layout.branch(b));
-            let (rk, rv) = match rows {
-                Some(b) => {
-                    let rows = branch_rows(ctx, b);
-                    (take_rows(k.clone(), &rows), take_rows(v.clone(), &rows))
-                }
-                None => (k.clone(), v.clone()),
-            };
-            self.store.insert(site.path, ctx.step, rk, rv);
+        call: AttentionCall,
+    ) -> Result<()> {
+        if self.store.policy() == KvPolicy::Recompute {
+            return Ok(());
         }
-        default_attention(q, k, v)
+        let (k, v) = match self.branch {
+            Some(b) => {
+                let rows = ctx.layout.branch_rows(b)?;
+                (
+                    take_rows(call.k.clone(), &rows),
+                    take_rows(call.v.clone(), &rows),
+                )
+            }
+            None => (call.k.clone(), call.v.clone()),
+        };
+        self.store.insert(site.path, ctx.step, k, v);
+        Ok(())
     }
 }

@@ -1,27 +1,30 @@
 //! MasaCtrl-style mutual self-attention.
 
 use burn::tensor::Tensor;
-use layret_core::attention::{AttentionProcessor, AttentionSite, StepContext, default_attention};
+use layret_core::Result;
+use layret_core::processor::{
+    AttentionProcessor, AttentionSite, Branch, StepContext, default_attention_at,
+};
 
-use crate::kv::take_rows;
+use crate::rows::{check_batch, take_rows};
 
 /// From step `start_step` on, the target branch's queries attend to the source branch's keys
 /// and values (per CFG half); the source branch and earlier steps use plain attention. The
-/// batch must carry both branches ([`BatchLayout`](layret_core::attention::BatchLayout)).
+/// batch must carry both branches (else [`Error::UnknownBranch`](layret_core::Error::UnknownBranch)).
 /// Route it to the layers to share (MasaCtrl: decoder self-attention).
 #[derive(Debug, Clone)]
 pub struct MutualSelfAttention {
-    source: String,
-    target: String,
+    source: Branch,
+    target: Branch,
     start_step: usize,
 }
 
 impl MutualSelfAttention {
     /// Target branch `target` reads branch `source` from step `start_step` on.
-    pub fn new(source: &str, target: &str, start_step: usize) -> Self {
+    pub fn new(source: Branch, target: Branch, start_step: usize) -> Self {
         Self {
-            source: source.to_string(),
-            target: target.to_string(),
+            source,
+            target,
             start_step,
         }
     }
@@ -30,27 +33,32 @@ impl MutualSelfAttention {
 impl AttentionProcessor for MutualSelfAttention {
     fn attend(
         &mut self,
-        _site: &AttentionSite,
+        site: &AttentionSite,
         ctx: &StepContext,
         q: Tensor<4>,
         k: Tensor<4>,
         v: Tensor<4>,
-    ) -> Tensor<4> {
+    ) -> Result<Tensor<4>> {
         let layout = &ctx.layout;
-        let (Some(src), Some(tgt)) = (layout.branch(&self.source), layout.branch(&self.target))
-        else {
-            return default_attention(q, k, v);
-        };
+        check_batch(&q, layout, "queries")?;
+        // Both branches must be there from the first step on (a typo fails at once).
+        let (src, tgt) = (
+            layout.branch_rows(self.source)?,
+            layout.branch_rows(self.target)?,
+        );
         if ctx.step < self.start_step {
-            return default_attention(q, k, v);
+            return Ok(default_attention_at(site, q, k, v));
         }
         // Each row reads its own keys, except target rows, which read their source row.
         let mut map: Vec<usize> = (0..layout.batch_size()).collect();
-        for h in 0..layout.halves() {
-            for (t, s) in layout.rows(h, tgt).zip(layout.rows(h, src)) {
-                map[t] = s;
-            }
+        for (t, s) in tgt.into_iter().zip(src) {
+            map[t] = s;
         }
-        default_attention(q, take_rows(k, &map), take_rows(v, &map))
+        Ok(default_attention_at(
+            site,
+            q,
+            take_rows(k, &map),
+            take_rows(v, &map),
+        ))
     }
 }

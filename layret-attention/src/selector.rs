@@ -2,7 +2,9 @@
 
 use std::ops::Range;
 
-use layret_core::attention::{AttentionKind, AttentionSite, BlockPosition, StepContext};
+use layret_core::processor::{
+    AttentionKind, AttentionSite, BlockPosition, Branch, ModelRole, Pass, StepContext,
+};
 
 /// A conjunction of conditions on a site (and the step); an empty selector matches everything.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -13,6 +15,9 @@ pub struct SiteSelector {
     size: Option<(usize, usize)>,
     decoder_min_divisor: Option<usize>,
     steps: Option<Range<usize>>,
+    pass: Option<Pass>,
+    model: Option<ModelRole>,
+    branch: Option<Branch>,
 }
 
 impl SiteSelector {
@@ -58,6 +63,24 @@ impl SiteSelector {
         self
     }
 
+    /// Passes of kind `pass` only (sample, invert, reference).
+    pub fn pass(mut self, pass: Pass) -> Self {
+        self.pass = Some(pass);
+        self
+    }
+
+    /// Passes of `model` only (vanilla or personalized).
+    pub fn model(mut self, model: ModelRole) -> Self {
+        self.model = Some(model);
+        self
+    }
+
+    /// Passes whose batch has `branch` only.
+    pub fn branch(mut self, branch: Branch) -> Self {
+        self.branch = Some(branch);
+        self
+    }
+
     /// Whether `site` at `ctx` satisfies every condition.
     pub fn matches(&self, site: &AttentionSite, ctx: &StepContext) -> bool {
         if let Some(g) = &self.path
@@ -89,7 +112,54 @@ impl SiteSelector {
         if self.steps.as_ref().is_some_and(|r| !r.contains(&ctx.step)) {
             return false;
         }
+        if self.pass.is_some_and(|p| p != ctx.pass) || self.model.is_some_and(|m| m != ctx.model) {
+            return false;
+        }
+        if self.branch.is_some_and(|b| !ctx.layout.has(b)) {
+            return false;
+        }
         true
+    }
+}
+
+impl std::fmt::Display for SiteSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(p) = &self.path {
+            parts.push(format!("path {p}"));
+        }
+        if let Some(k) = self.kind {
+            parts.push(match k {
+                AttentionKind::SelfAttention => "self-attention".to_string(),
+                AttentionKind::CrossAttention => "cross-attention".to_string(),
+            });
+        }
+        if let Some(r) = &self.index {
+            parts.push(format!("index {}..{}", r.start, r.end));
+        }
+        if let Some((h, w)) = self.size {
+            parts.push(format!("size {h}×{w}"));
+        }
+        if let Some(d) = self.decoder_min_divisor {
+            parts.push(format!("decoder at ≥ latent/{d}"));
+        }
+        if let Some(r) = &self.steps {
+            parts.push(format!("steps {}..{}", r.start, r.end));
+        }
+        if let Some(p) = self.pass {
+            parts.push(format!("{p} passes"));
+        }
+        if let Some(m) = self.model {
+            parts.push(format!("{m:?} model"));
+        }
+        if let Some(b) = self.branch {
+            parts.push(format!("batches with branch {b}"));
+        }
+        if parts.is_empty() {
+            f.write_str("[every site]")
+        } else {
+            write!(f, "[{}]", parts.join(", "))
+        }
     }
 }
 
@@ -120,7 +190,7 @@ pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use layret_core::attention::{AttentionKind::*, StepContext};
+    use layret_core::processor::{AttentionKind::*, StepContext};
 
     fn site(path: &str, kind: AttentionKind, h: usize) -> AttentionSite<'_> {
         AttentionSite {
@@ -133,6 +203,7 @@ mod tests {
             head_dim: 40,
             latent_height: 64,
             latent_width: 64,
+            upcast: false,
         }
     }
 
@@ -192,5 +263,35 @@ mod tests {
         assert!(SiteSelector::new().index(0..4).matches(&up32, &ctx));
         assert!(!SiteSelector::new().index(4..9).matches(&up32, &ctx));
         assert!(SiteSelector::new().matches(&down64, &ctx));
+        assert!(!SiteSelector::new().pass(Pass::Invert).matches(&up32, &ctx));
+        let inv = ctx
+            .clone()
+            .with_pass(Pass::Invert)
+            .with_model(ModelRole::Personalized);
+        assert!(
+            SiteSelector::new()
+                .pass(Pass::Invert)
+                .model(ModelRole::Personalized)
+                .matches(&up32, &inv)
+        );
+        assert!(
+            !SiteSelector::new()
+                .model(ModelRole::Vanilla)
+                .matches(&up32, &inv)
+        );
+        assert!(
+            SiteSelector::new()
+                .branch(Branch::Main)
+                .matches(&up32, &ctx)
+        );
+        assert!(
+            !SiteSelector::new()
+                .branch(Branch::Target)
+                .matches(&up32, &ctx)
+        );
+        assert_eq!(
+            swapped.to_string(),
+            "[self-attention, decoder at ≥ latent/2]"
+        );
     }
 }

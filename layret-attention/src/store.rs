@@ -2,18 +2,8 @@
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
-use layret_core::attention::{AttentionProcessor, AttentionSite, StepContext};
-
-/// Which CFG half to record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Half {
-    /// The unconditional rows.
-    Uncond,
-    /// The conditional rows (the default: masks come from them).
-    Cond,
-    /// All rows.
-    Both,
-}
+use layret_core::Result;
+use layret_core::processor::{AttentionProcessor, AttentionSite, Half, StepContext};
 
 /// The attention probabilities of one site at one step.
 #[derive(Debug, Clone)]
@@ -36,7 +26,8 @@ pub struct AttentionRecord {
 #[derive(Debug, Clone)]
 pub struct AttentionStore {
     average_heads: bool,
-    half: Half,
+    /// `None`: every row.
+    half: Option<Half>,
     records: Vec<AttentionRecord>,
 }
 
@@ -45,14 +36,20 @@ impl AttentionStore {
     pub fn new(average_heads: bool) -> Self {
         Self {
             average_heads,
-            half: Half::Cond,
+            half: Some(Half::Cond),
             records: Vec::new(),
         }
     }
 
     /// Record `half` instead of the cond half.
     pub fn with_half(mut self, half: Half) -> Self {
-        self.half = half;
+        self.half = Some(half);
+        self
+    }
+
+    /// Record every row (both halves).
+    pub fn all_rows(mut self) -> Self {
+        self.half = None;
         self
     }
 
@@ -90,15 +87,14 @@ impl AttentionProcessor for AttentionStore {
         q: Tensor<4>,
         k: Tensor<4>,
         v: Tensor<4>,
-    ) -> Tensor<4> {
+    ) -> Result<Tensor<4>> {
         let scale = 1.0 / (site.head_dim as f64).sqrt();
         let probs = softmax(q.matmul(k.swap_dims(2, 3)) * scale, 3);
         let out = probs.clone().matmul(v);
-        let b = probs.dims()[0];
-        let rows = match (self.half, ctx.layout.cfg) {
-            (Half::Both, _) | (_, false) => 0..b,
-            (Half::Uncond, true) => 0..b / 2,
-            (Half::Cond, true) => b / 2..b,
+        crate::rows::check_batch(&probs, &ctx.layout, "attention probabilities")?;
+        let rows = match self.half {
+            None => 0..probs.dims()[0],
+            Some(h) => ctx.layout.half_rows(h),
         };
         let kept = probs.slice([rows]);
         let kept = if self.average_heads {
@@ -113,6 +109,6 @@ impl AttentionProcessor for AttentionStore {
             width: site.width,
             probs: kept,
         });
-        out
+        Ok(out)
     }
 }

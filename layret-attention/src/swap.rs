@@ -3,10 +3,14 @@
 use std::collections::HashMap;
 
 use burn::tensor::{Bool, Int, Tensor, TensorData};
-use layret_core::attention::{AttentionProcessor, AttentionSite, StepContext, default_attention};
-use layret_core::nn::nearest_indices;
+use layret_core::nn::{AttentionMask, nearest_indices, scaled_dot_product_attention};
+use layret_core::processor::{
+    AttentionProcessor, AttentionSite, Branch, StepContext, default_attention, default_attention_at,
+};
+use layret_core::{Error, Result};
 
-use crate::kv::{KvStore, take_rows};
+use crate::kv::KvStore;
+use crate::rows::{check_batch, put_rows};
 
 /// How the two sources are combined from `swap_start` on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -17,6 +21,36 @@ pub enum SwapMode {
     /// One softmax over `[K_t; K_c; K_r]` with context subject and reference background
     /// tokens masked out.
     Concat,
+}
+
+impl SwapMode {
+    /// The name the command line and metadata use: `split` or `concat`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SwapMode::Split => "split",
+            SwapMode::Concat => "concat",
+        }
+    }
+}
+
+impl std::fmt::Display for SwapMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for SwapMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "split" => Ok(SwapMode::Split),
+            "concat" => Ok(SwapMode::Concat),
+            other => Err(Error::invalid(
+                "swap mode",
+                format!("{other:?}; expected split or concat"),
+            )),
+        }
+    }
 }
 
 /// Binary masks (0/1) over the tokens of one map size, one row per target sample.
@@ -75,10 +109,32 @@ fn masked_attention(
     v: Tensor<4>,
     exclude: Tensor<2, Bool>,
 ) -> Tensor<4> {
-    layret_core::nn::attention(q, k, v, Some(exclude))
+    scaled_dot_product_attention(q, k, v, AttentionMask::ExcludeKeys(exclude))
 }
 
-/// The attention output of the target rows at a swapped layer and step `step` (METHOD.md):
+/// Which rule [`swap_attention`] applies at a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SwapRule {
+    /// The sampling step `k`.
+    pub step: usize,
+    /// The structure-lock length `S` (steps before it read the context only).
+    pub swap_start: usize,
+    /// Split or concat.
+    pub mode: SwapMode,
+}
+
+/// The keys/values of the three sources at one site, each `(K, V)` of `[n, H, L, d]`.
+#[derive(Debug, Clone)]
+pub struct SwapSources {
+    /// The target's own keys/values (used by [`SwapMode::Concat`]).
+    pub target: (Tensor<4>, Tensor<4>),
+    /// The context's (`K_c`, `V_c`).
+    pub context: (Tensor<4>, Tensor<4>),
+    /// The reference's (`K_r`, `V_r`).
+    pub reference: (Tensor<4>, Tensor<4>),
+}
+
+/// The attention output of the target rows at a swapped layer (METHOD.md, docs/method.md):
 ///
 /// - `step < swap_start`: `softmax(Q_t K_cᵀ/√d) V_c` (structure lock);
 /// - [`SwapMode::Split`]: `M_t ⊙ softmax(Q_t K_rᵀ/√d + log 1[M_r]) V_r +
@@ -90,20 +146,20 @@ fn masked_attention(
 /// `masks = None` is step 0's rule: `M_t = M_r = ¬M_c = 1`.
 ///
 /// # Shapes
-/// `q_t`, `k_t`, `v_t`: `[n, H, L, d]`; `k_c`, `v_c`, `k_r`, `v_r`: `[n, H, L', d]`; masks
+/// `q_t`, target K/V: `[n, H, L, d]`; context and reference K/V: `[n, H, L', d]`; masks
 /// `[n, L']` (`L' = L` at the swapped self-attention layers) → `[n, H, L, d]`.
-#[allow(clippy::too_many_arguments)]
 pub fn swap_attention(
-    step: usize,
-    swap_start: usize,
-    mode: SwapMode,
+    rule: SwapRule,
     q_t: Tensor<4>,
-    (k_t, v_t): (Tensor<4>, Tensor<4>),
-    (k_c, v_c): (Tensor<4>, Tensor<4>),
-    (k_r, v_r): (Tensor<4>, Tensor<4>),
+    sources: SwapSources,
     masks: Option<&SwapMasks>,
 ) -> Tensor<4> {
-    if step < swap_start {
+    let SwapSources {
+        target: (k_t, v_t),
+        context: (k_c, v_c),
+        reference: (k_r, v_r),
+    } = sources;
+    if rule.step < rule.swap_start {
         return default_attention(q_t, k_c, v_c);
     }
     let [n, _, lq, _] = q_t.dims();
@@ -117,7 +173,7 @@ pub fn swap_attention(
             Tensor::<2>::ones([n, lq], &device),
         ),
     };
-    match mode {
+    match rule.mode {
         SwapMode::Split => {
             let fg = masked_attention(q_t.clone(), k_r, v_r, exclude_unless_empty(m_r));
             let bg = masked_attention(
@@ -149,12 +205,12 @@ pub fn swap_attention(
 
 /// Where the context and reference keys/values come from.
 pub enum KvSource<'a> {
-    /// Rows of the same batch, by branch name (the "recompute" path).
+    /// Rows of the same batch, by branch (the "recompute" path).
     InBatch {
         /// The context branch.
-        context: String,
+        context: Branch,
         /// The reference branch.
-        reference: String,
+        reference: Branch,
     },
     /// Recorded passes (the "replay" path): `[2m, H, L, d]` per (site, step), uncond rows
     /// first; `m` is the number of samples (1 for a shared reference, broadcast to all).
@@ -169,30 +225,28 @@ pub enum KvSource<'a> {
 /// The stage-2 processor: at the sites routed to it, the target branch's output follows
 /// [`swap_attention`] with keys/values of the context and reference branches (in the batch or
 /// replayed); every other row gets plain attention. Set the masks of each step with
-/// [`set_masks`](Self::set_masks) (at the mask level; they are resized per layer).
+/// [`set_masks`](Self::set_masks) (at the mask level; they are resized per layer). A missing
+/// branch is an [`Error::UnknownBranch`], missing replayed keys/values an
+/// [`Error::MissingKv`], replayed keys/values of the wrong shape for the site an
+/// [`Error::Shape`] — never a silent fallback to plain attention.
 pub struct MultiSourceSwap<'a> {
-    /// The structure-lock length `S`.
-    pub swap_start: usize,
-    /// Split or concat.
-    pub mode: SwapMode,
-    target: String,
+    rule: (usize, SwapMode),
+    target: Branch,
     source: KvSource<'a>,
     masks: Option<SwapMasks>,
     resized: HashMap<(usize, usize), SwapMasks>,
-    missing: Vec<String>,
 }
 
 impl<'a> MultiSourceSwap<'a> {
-    /// A processor for branch `target` reading from `source`.
-    pub fn new(target: &str, source: KvSource<'a>, swap_start: usize, mode: SwapMode) -> Self {
+    /// A processor for branch `target` reading from `source`, with structure lock
+    /// `swap_start` and `mode`.
+    pub fn new(target: Branch, source: KvSource<'a>, swap_start: usize, mode: SwapMode) -> Self {
         Self {
-            swap_start,
-            mode,
-            target: target.to_string(),
+            rule: (swap_start, mode),
+            target,
             source,
             masks: None,
             resized: HashMap::new(),
-            missing: Vec::new(),
         }
     }
 
@@ -200,12 +254,6 @@ impl<'a> MultiSourceSwap<'a> {
     pub fn set_masks(&mut self, masks: Option<SwapMasks>) {
         self.masks = masks;
         self.resized.clear();
-    }
-
-    /// Sites where replayed keys/values were missing (plain attention was used there);
-    /// empty when everything was found.
-    pub fn missing(&self) -> &[String] {
-        &self.missing
     }
 
     fn masks_at(&mut self, h: usize, w: usize) -> Option<SwapMasks> {
@@ -219,7 +267,8 @@ impl<'a> MultiSourceSwap<'a> {
     }
 }
 
-/// Rows `half·m .. (half+1)·m` of a replayed `[2m, …]` tensor, repeated to `n` rows if m = 1.
+/// Rows of CFG half `half` of a replayed `[halves·m, …]` tensor, repeated to `n` rows if
+/// m = 1.
 fn replay_half(t: Tensor<4>, half: usize, halves: usize, n: usize) -> Tensor<4> {
     let m = t.dims()[0] / halves.max(1);
     let rows = t.slice([half * m..(half + 1) * m]);
@@ -230,6 +279,33 @@ fn replay_half(t: Tensor<4>, half: usize, halves: usize, n: usize) -> Tensor<4> 
     }
 }
 
+/// Check replayed keys or values against the site: `[halves·m, heads, tokens, head_dim]`
+/// with m = 1 or the number of samples.
+fn check_replayed(
+    t: &Tensor<4>,
+    site: &AttentionSite,
+    halves: usize,
+    samples: usize,
+    what: &str,
+) -> Result<()> {
+    let [r, h, l, d] = t.dims();
+    let rows_ok = r == halves || r == halves * samples;
+    if !rows_ok || h != site.heads || l != site.tokens() || d != site.head_dim {
+        return Err(Error::Shape {
+            what: format!("replayed {what} at {} (step's recording)", site.path),
+            expected: format!(
+                "[{halves} or {}, {}, {}, {}] (CFG halves × 1 or {samples} samples, the site's heads, tokens, head dim)",
+                halves * samples,
+                site.heads,
+                site.tokens(),
+                site.head_dim
+            ),
+            got: t.dims().to_vec(),
+        });
+    }
+    Ok(())
+}
+
 impl AttentionProcessor for MultiSourceSwap<'_> {
     fn attend(
         &mut self,
@@ -238,86 +314,78 @@ impl AttentionProcessor for MultiSourceSwap<'_> {
         q: Tensor<4>,
         k: Tensor<4>,
         v: Tensor<4>,
-    ) -> Tensor<4> {
+    ) -> Result<Tensor<4>> {
         let layout = &ctx.layout;
-        let Some(tgt) = layout.branch(&self.target) else {
-            return default_attention(q, k, v);
-        };
+        check_batch(&q, layout, "queries")?;
+        layout.branch_index(self.target)?;
         let masks = self.masks_at(site.height, site.width);
         let halves = layout.halves();
-        let n = layout.samples;
-        let only_target = layout.branches.len() == 1;
-        let mut out = if only_target {
-            None
-        } else {
-            Some(default_attention(q.clone(), k.clone(), v.clone()))
+        let n = layout.samples();
+        let rule = SwapRule {
+            step: ctx.step,
+            swap_start: self.rule.0,
+            mode: self.rule.1,
         };
+        let only_target = layout.branches().len() == 1;
         let mut parts = Vec::with_capacity(halves);
-        for h in 0..halves {
-            let rows: Vec<usize> = layout.rows(h, tgt).collect();
+        for (hi, half) in layout.half_list().into_iter().enumerate() {
+            let rows = layout.rows(half, self.target)?;
+            let slice = |t: &Tensor<4>, r: std::ops::Range<usize>| t.clone().slice([r]);
             let (q_t, k_t, v_t) = (
-                take_rows(q.clone(), &rows),
-                take_rows(k.clone(), &rows),
-                take_rows(v.clone(), &rows),
+                slice(&q, rows.clone()),
+                slice(&k, rows.clone()),
+                slice(&v, rows.clone()),
             );
-            let sources = match &self.source {
+            let (context, reference) = match &self.source {
                 KvSource::InBatch { context, reference } => {
-                    match (layout.branch(context), layout.branch(reference)) {
-                        (Some(c), Some(r)) => {
-                            let rc: Vec<usize> = layout.rows(h, c).collect();
-                            let rr: Vec<usize> = layout.rows(h, r).collect();
-                            Some((
-                                (take_rows(k.clone(), &rc), take_rows(v.clone(), &rc)),
-                                (take_rows(k.clone(), &rr), take_rows(v.clone(), &rr)),
-                            ))
-                        }
-                        _ => None,
-                    }
+                    let (rc, rr) = (layout.rows(half, *context)?, layout.rows(half, *reference)?);
+                    (
+                        (slice(&k, rc.clone()), slice(&v, rc)),
+                        (slice(&k, rr.clone()), slice(&v, rr)),
+                    )
                 }
                 KvSource::Replay { context, reference } => {
-                    match (
-                        context.get(site.path, ctx.step),
-                        reference.get(site.path, ctx.step),
-                    ) {
-                        (Some((kc, vc)), Some((kr, vr))) => Some((
-                            (replay_half(kc, h, halves, n), replay_half(vc, h, halves, n)),
-                            (replay_half(kr, h, halves, n), replay_half(vr, h, halves, n)),
-                        )),
-                        _ => None,
-                    }
+                    let get = |store: &KvStore, what: &str| -> Result<(Tensor<4>, Tensor<4>)> {
+                        let (kk, vv) = store.get(site.path, ctx.step).ok_or_else(|| {
+                            Error::MissingKv {
+                                branch: what.into(),
+                                site: site.path.into(),
+                                step: ctx.step,
+                                hint: "record them (stage 1 / the reference pass) for every swapped site and step, or recompute".into(),
+                            }
+                        })?;
+                        check_replayed(&kk, site, halves, n, &format!("{what} keys"))?;
+                        check_replayed(&vv, site, halves, n, &format!("{what} values"))?;
+                        Ok((
+                            replay_half(kk, hi, halves, n),
+                            replay_half(vv, hi, halves, n),
+                        ))
+                    };
+                    (get(context, "context")?, get(reference, "reference")?)
                 }
             };
-            let o_t = match sources {
-                Some((c, r)) => swap_attention(
-                    ctx.step,
-                    self.swap_start,
-                    self.mode,
-                    q_t,
-                    (k_t, v_t),
-                    c,
-                    r,
-                    masks.as_ref(),
-                ),
-                None => {
-                    self.missing.push(format!("{}@{}", site.path, ctx.step));
-                    default_attention(q_t, k_t, v_t)
-                }
-            };
+            let o_t = swap_attention(
+                rule,
+                q_t,
+                SwapSources {
+                    target: (k_t, v_t),
+                    context,
+                    reference,
+                },
+                masks.as_ref(),
+            );
             parts.push((rows, o_t));
         }
-        match out.take() {
-            None => Tensor::cat(parts.into_iter().map(|(_, o)| o).collect(), 0),
-            Some(mut all) => {
-                for (rows, o_t) in parts {
-                    let (a, b) = (rows[0], rows[rows.len() - 1] + 1);
-                    all = all.slice_assign([a..b], o_t);
-                }
-                all
-            }
+        if only_target {
+            return Ok(Tensor::cat(parts.into_iter().map(|(_, o)| o).collect(), 0));
         }
+        let mut all = default_attention_at(site, q, k, v);
+        for (rows, o_t) in parts {
+            all = put_rows(all, rows, o_t);
+        }
+        Ok(all)
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,13 +434,17 @@ mod tests {
             target: row(t),
         });
         let out = swap_attention(
-            step,
-            4,
-            mode,
+            SwapRule {
+                step,
+                swap_start: 4,
+                mode,
+            },
             col(&[1.0, 2.0]),
-            (col(&[0.5, 0.5]), col(&[0.0, 5.0])),
-            (col(&[0.0, 1.0]), col(&[10.0, 20.0])),
-            (col(&[1.0, 0.0]), col(&[30.0, 40.0])),
+            SwapSources {
+                target: (col(&[0.5, 0.5]), col(&[0.0, 5.0])),
+                context: (col(&[0.0, 1.0]), col(&[10.0, 20.0])),
+                reference: (col(&[1.0, 0.0]), col(&[30.0, 40.0])),
+            },
             m.as_ref(),
         );
         vals(out)

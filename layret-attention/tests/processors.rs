@@ -4,7 +4,7 @@
 
 use burn::tensor::Tensor;
 use layret_attention::{AttentionStore, MutualSelfAttention, Router, SiteSelector};
-use layret_core::attention::{AttentionKind, BatchLayout, DefaultAttention, StepContext};
+use layret_core::processor::{AttentionKind, BatchLayout, Branch, DefaultAttention, StepContext};
 use layret_core::scheduler::Scheduler;
 use layret_core::stable_diffusion::{LoadOptions, StableDiffusion};
 
@@ -33,17 +33,13 @@ fn run(sd: &StableDiffusion, mutual: bool, store: &mut AttentionStore) -> Tensor
     let uncond = sd.encode_prompts(&["", ""]).unwrap();
     let context = Tensor::cat(vec![uncond, cond], 0);
     let mut latents = golden("noise");
-    let mut msa = MutualSelfAttention::new("source", "target", 2);
+    let mut msa = MutualSelfAttention::new(Branch::Source(0), Branch::Target, 2);
     for (k, &t) in sched.timesteps().iter().enumerate() {
-        let ctx = StepContext {
-            step: k,
-            timestep: t as f64,
-            layout: BatchLayout {
-                branches: vec!["source".into(), "target".into()],
-                samples: 1,
-                cfg: true,
-            },
-        };
+        let ctx = StepContext::new(
+            k,
+            t as f64,
+            BatchLayout::new(vec![Branch::Source(0), Branch::Target], 1, true).unwrap(),
+        );
         let mut router = Router::new();
         if mutual {
             router.route(
@@ -57,7 +53,8 @@ fn run(sd: &StableDiffusion, mutual: bool, store: &mut AttentionStore) -> Tensor
         let input = Tensor::cat(vec![latents.clone(), latents.clone()], 0);
         let eps = sd
             .unet
-            .forward(input, t as f64, &context, &mut router, &ctx);
+            .forward(input, t as f64, &context, &mut router, &ctx)
+            .unwrap();
         drop(router);
         let mut h = eps.chunk(2, 0);
         let (ec, eu) = (h.pop().unwrap(), h.pop().unwrap());
@@ -98,21 +95,18 @@ fn store_records_only_routed_sites_second_site_too() {
     let context = Tensor::cat(vec![uncond, cond], 0);
     let latents = golden("noise");
     let t = sched.timesteps()[0];
-    let ctx = StepContext {
-        step: 0,
-        timestep: t as f64,
-        layout: BatchLayout {
-            branches: vec!["source".into(), "target".into()],
-            samples: 1,
-            cfg: true,
-        },
-    };
+    let ctx = StepContext::new(
+        0,
+        t as f64,
+        BatchLayout::new(vec![Branch::Source(0), Branch::Target], 1, true).unwrap(),
+    );
     let mut router = Router::new();
     router.route(SiteSelector::new().path(RECORD[1]), &mut store);
     let input = Tensor::cat(vec![latents.clone(), latents], 0);
     let _ = sd
         .unet
-        .forward(input, t as f64, &context, &mut router, &ctx);
+        .forward(input, t as f64, &context, &mut router, &ctx)
+        .unwrap();
     drop(router);
     assert_eq!(store.records().len(), 1);
     let r = &store.records()[0];
@@ -129,15 +123,20 @@ fn default_routing_is_bit_identical() {
     let ctx = StepContext::plain(0, 501.0, 2);
     let plain = sd
         .unet
-        .forward(x.clone(), 501.0, &context, &mut DefaultAttention, &ctx);
+        .forward(x.clone(), 501.0, &context, &mut DefaultAttention, &ctx)
+        .unwrap();
     let mut empty = Router::new();
     let a = sd
         .unet
-        .forward(x.clone(), 501.0, &context, &mut empty, &ctx);
+        .forward(x.clone(), 501.0, &context, &mut empty, &ctx)
+        .unwrap();
     let mut unused = DefaultAttention;
     let mut router = Router::new();
     router.route(SiteSelector::new().path("no_such_block.*"), &mut unused);
-    let b = sd.unet.forward(x, 501.0, &context, &mut router, &ctx);
+    let b = sd
+        .unet
+        .forward(x, 501.0, &context, &mut router, &ctx)
+        .unwrap();
     let p = bits(plain);
     assert_eq!(p, bits(a));
     assert_eq!(p, bits(b));

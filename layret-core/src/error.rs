@@ -228,6 +228,48 @@ pub enum Error {
         total: usize,
     },
 
+    /// A processor asked for a branch the batch does not have.
+    #[error("branch {branch} is not in this batch (its branches: {branches})")]
+    UnknownBranch {
+        /// The branch asked for.
+        branch: String,
+        /// The batch's branches, in order.
+        branches: String,
+    },
+
+    /// Recorded keys/values a processor needs are missing.
+    #[error("no recorded keys/values of the {branch} branch for {site} at step {step}; {hint}")]
+    MissingKv {
+        /// Whose keys/values ("context", "reference", ...).
+        branch: String,
+        /// The attention site.
+        site: String,
+        /// The sampling step.
+        step: usize,
+        /// What to do about it.
+        hint: String,
+    },
+
+    /// A route that must handle a site in every pass matched none.
+    #[error(
+        "the route {route} matched no attention site in a {pass} pass; check its selector against `layret sites`"
+    )]
+    UnmatchedRoute {
+        /// The route's selector, in words.
+        route: String,
+        /// The pass (sample, invert, reference).
+        pass: String,
+    },
+
+    /// An attention processor failed.
+    #[error("attention processor at {site}: {message}")]
+    Processor {
+        /// The attention site.
+        site: String,
+        /// What went wrong.
+        message: String,
+    },
+
     /// Sampling produced non-finite values.
     #[error("non-finite values (NaN/Inf) in {what} at step {step}; {suggestion}")]
     NonFinite {

@@ -30,7 +30,6 @@
 #![allow(clippy::single_range_in_vec_init)]
 
 pub mod atomic;
-pub mod attention;
 pub mod clip;
 mod config_file;
 pub mod error;
@@ -41,7 +40,10 @@ pub mod model_files;
 pub mod nn;
 pub mod noise;
 pub mod personalization;
+pub mod processor;
+pub mod progress;
 pub mod safetensors_writer;
+pub mod sampling;
 pub mod scheduler;
 pub mod single_file;
 pub mod stable_diffusion;
@@ -51,4 +53,4 @@ pub mod vae;
 pub mod weights;
 
 pub use error::{Error, Result};
-pub use stable_diffusion::ignore_progress;
+pub use progress::ignore_progress;

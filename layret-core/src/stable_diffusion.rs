@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{DType, Device, Tensor};
 use image::RgbImage;
 
-use crate::attention::{AttentionProcessor, BatchLayout, DefaultAttention, StepContext};
 use crate::clip::{ClipTextConfig, ClipTextEncoder};
 use crate::error::{Error, Result};
 use crate::image_io;
 use crate::noise::seeded_noise;
+use crate::processor::{AttentionProcessor, BatchLayout, Branch, DefaultAttention, ModelRole};
+use crate::progress::{StageProgress, report};
+use crate::sampling::{BatchText, Denoiser, SampleBatch, check_finite, sample};
 use crate::scheduler::{DdimScheduler, Scheduler, SchedulerConfig};
 use crate::tokenizer::ClipTokenizer;
 use crate::unet::{UNet2DConditionModel, UNetConfig};
@@ -146,19 +148,6 @@ pub struct Txt2ImgOutput {
     pub images: Vec<RgbImage>,
 }
 
-/// Progress of a long operation, for progress bars. The callback that receives it answers
-/// [`ControlFlow::Break`] to stop the operation at the next step boundary (it then returns
-/// [`Error::Cancelled`]); [`ignore_progress`] continues silently.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Progress {
-    /// What is running ("denoise", "invert", "decode", ...).
-    pub stage: &'static str,
-    /// Steps done.
-    pub step: usize,
-    /// Steps in all.
-    pub total: usize,
-}
-
 /// The parts of a [`StableDiffusion`] built by hand (random weights for benches, models
 /// assembled in code), for [`StableDiffusion::from_parts`].
 #[derive(Debug)]
@@ -189,23 +178,6 @@ pub struct ModelParts {
     /// What else tells this model apart from others (e.g. `"random sd15 seeds 1 2 3"` for
     /// random weights), folded into the fingerprint.
     pub label: String,
-}
-
-/// A progress callback that reports nothing and never stops: `&mut ignore_progress`.
-pub fn ignore_progress<T>(_: T) -> ControlFlow<()> {
-    ControlFlow::Continue(())
-}
-
-/// Report `p` to `progress`; [`Error::Cancelled`] if it asks to stop.
-pub fn report(progress: &mut dyn FnMut(Progress) -> ControlFlow<()>, p: Progress) -> Result<()> {
-    match progress(p) {
-        ControlFlow::Continue(()) => Ok(()),
-        ControlFlow::Break(()) => Err(Error::Cancelled {
-            stage: p.stage.to_string(),
-            step: p.step,
-            total: p.total,
-        }),
-    }
 }
 
 /// A loaded Stable Diffusion model: tokenizer, text encoder, UNet, VAE and scheduler config.
@@ -596,16 +568,22 @@ impl StableDiffusion {
         self.unet_config.sample_size.unwrap_or(64) * self.vae_factor()
     }
 
+    /// The vanilla model's tokenizer, text encoder and UNet, for [`crate::sampling`].
+    pub fn denoiser(&self) -> Denoiser<'_> {
+        Denoiser::new(
+            &self.tokenizer,
+            &self.text_encoder,
+            &self.unet,
+            ModelRole::Vanilla,
+        )
+    }
+
     /// `last_hidden_state` of each prompt (tokenized, padded to 77; over-long prompts fail).
     ///
     /// # Shapes
     /// `n` prompts → `[n, 77, hidden]`.
     pub fn encode_prompts(&self, prompts: &[&str]) -> Result<Tensor<3>> {
-        let ids = prompts
-            .iter()
-            .map(|p| self.tokenizer.encode(p))
-            .collect::<Result<Vec<_>>>()?;
-        self.text_encoder.encode(&ids, 0)
+        self.denoiser().encode(prompts)
     }
 
     /// A DDIM scheduler for `steps` steps and `eta`, from the folder's scheduler config.
@@ -651,52 +629,18 @@ impl StableDiffusion {
         }
     }
 
-    /// One classifier-free-guided noise prediction: `ε_u + w·(ε_c − ε_u)` from a batch laid
-    /// out `[uncond…, cond…]` (or the plain prediction when `context` holds only cond rows).
-    ///
-    /// # Shapes
-    /// `latents` `[B, C, h, w]`, `context` `[2B, 77, D]` (CFG) or `[B, 77, D]` → `[B, C, h, w]`.
-    pub fn guided_eps(
-        &self,
-        latents: Tensor<4>,
-        timestep: f64,
-        context: &Tensor<3>,
-        guidance: f64,
-        processor: &mut dyn AttentionProcessor,
-        step: usize,
-    ) -> Tensor<4> {
-        let b = latents.dims()[0];
-        let cfg = context.dims()[0] == 2 * b;
-        let ctx = StepContext {
-            step,
-            timestep,
-            layout: BatchLayout::single("main", b, cfg),
-        };
-        if cfg {
-            let input = Tensor::cat(vec![latents.clone(), latents], 0);
-            let eps = self.unet.forward(input, timestep, context, processor, &ctx);
-            let mut halves = eps.chunk(2, 0);
-            let cond = halves.pop().unwrap_or_else(|| unreachable!("two halves"));
-            let uncond = halves.pop().unwrap_or_else(|| unreachable!("two halves"));
-            uncond.clone() + (cond - uncond) * guidance
-        } else {
-            self.unet
-                .forward(latents, timestep, context, processor, &ctx)
-        }
-    }
-
     /// Text-to-image with DDIM and classifier-free guidance, as diffusers'
     /// `StableDiffusionPipeline`.
     pub fn txt2img(
         &self,
         req: &Txt2ImgRequest,
-        progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+        progress: &mut dyn FnMut(StageProgress) -> ControlFlow<()>,
     ) -> Result<Txt2ImgOutput> {
         let latents = self.txt2img_latents(req, &mut DefaultAttention, progress)?;
         let images = self.decode_to_rgb8(latents.clone())?;
         report(
             progress,
-            Progress {
+            StageProgress {
                 stage: "decode",
                 step: 1,
                 total: 1,
@@ -711,7 +655,7 @@ impl StableDiffusion {
         &self,
         req: &Txt2ImgRequest,
         processor: &mut dyn AttentionProcessor,
-        progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+        progress: &mut dyn FnMut(StageProgress) -> ControlFlow<()>,
     ) -> Result<Tensor<4>> {
         if !req.guidance.is_finite() {
             return Err(Error::invalid(
@@ -725,46 +669,26 @@ impl StableDiffusion {
         let (h, w) = self.latent_size(req.width, req.height)?;
         let sched = self.ddim(req.steps, req.eta)?;
         let n = req.num_images;
-        let mut latents = self.initial_noise(&req.noise, n, h, w)? * sched.init_noise_sigma();
+        let latents = self.initial_noise(&req.noise, n, h, w)? * sched.init_noise_sigma();
         let cfg = req.guidance > 1.0;
-        let cond = self.encode_prompts(&[req.prompt.as_str()])?;
-        let context = if cfg {
-            let uncond = self.encode_prompts(&[req.negative_prompt.as_str()])?;
-            Tensor::cat(vec![uncond.repeat_dim(0, n), cond.repeat_dim(0, n)], 0)
+        let model = self.denoiser();
+        let cond = model.encode(&[req.prompt.as_str()])?;
+        let text = if cfg {
+            BatchText::repeated(cond, model.encode(&[req.negative_prompt.as_str()])?, n)
         } else {
-            cond.repeat_dim(0, n)
+            BatchText::unguided(cond, n)
         };
-        let total = sched.timesteps().len();
-        for (k, &t) in sched.timesteps().iter().enumerate() {
-            let eps = self.guided_eps(
-                latents.clone(),
-                t as f64,
-                &context,
-                req.guidance,
-                processor,
-                k,
-            );
-            let noise = if sched.needs_noise() {
-                let seed = match req.noise {
-                    NoiseSource::Seed(s) => s.wrapping_add(1 + k as u64),
-                    NoiseSource::Tensor(_) => 1 + k as u64,
-                };
-                Some(seeded_noise(seed, latents.dims(), &self.device))
-            } else {
-                None
-            };
-            latents = sched.step(eps, k, latents, noise)?;
-            check_finite(&latents, "latents", k)?;
-            report(
-                progress,
-                Progress {
-                    stage: "denoise",
-                    step: k + 1,
-                    total,
-                },
-            )?;
-        }
-        Ok(latents)
+        let step_seed = match req.noise {
+            NoiseSource::Seed(s) => s,
+            NoiseSource::Tensor(_) => 0,
+        };
+        let batch = SampleBatch::new(
+            text,
+            BatchLayout::single(Branch::Main, n, cfg),
+            req.guidance,
+        )
+        .with_step_noise(step_seed);
+        sample(&model, &batch, &sched, latents, processor, progress)
     }
 
     /// Decode scaled latents (`latents / scaling_factor` goes into the VAE) to images in
@@ -795,47 +719,19 @@ impl StableDiffusion {
         Ok(self.vae.encode(image)?.mean * self.vae.scaling_factor)
     }
 
-    /// DDIM inversion as METHOD.md defines it: from clean latents `x`, for the `steps`
-    /// timesteps in ascending order, `ε = ε(x, t, prompt)` without CFG, then the
-    /// [inversion step](DdimScheduler::inversion_step). Returns `(t, z(t))` after each update,
-    /// in ascending `t`.
+    /// DDIM inversion with the vanilla model (see [`Denoiser::invert`]) over `steps` DDIM
+    /// timesteps.
     pub fn invert(
         &self,
         latents: Tensor<4>,
         prompt: &str,
         steps: usize,
         processor: &mut dyn AttentionProcessor,
-        progress: &mut dyn FnMut(Progress) -> ControlFlow<()>,
+        progress: &mut dyn FnMut(StageProgress) -> ControlFlow<()>,
     ) -> Result<Vec<(usize, Tensor<4>)>> {
         let sched = self.ddim(steps, 0.0)?;
-        let b = latents.dims()[0];
-        let context = self.encode_prompts(&[prompt])?.repeat_dim(0, b);
-        self.unet.check_inputs(&latents, &context)?;
-        let ts = sched.inversion_timesteps();
-        let mut x = latents;
-        let mut out = Vec::with_capacity(ts.len());
-        for (j, &t) in ts.iter().enumerate() {
-            let ctx = StepContext {
-                step: ts.len() - 1 - j,
-                timestep: t as f64,
-                layout: BatchLayout::single("reference", b, false),
-            };
-            let eps = self
-                .unet
-                .forward(x.clone(), t as f64, &context, processor, &ctx);
-            x = sched.inversion_step(eps, t, x);
-            check_finite(&x, "inverted latents", j)?;
-            out.push((t, x.clone()));
-            report(
-                progress,
-                Progress {
-                    stage: "invert",
-                    step: j + 1,
-                    total: ts.len(),
-                },
-            )?;
-        }
-        Ok(out)
+        self.denoiser()
+            .invert(latents, prompt, &sched, processor, progress)
     }
 }
 
@@ -889,19 +785,4 @@ pub fn load_vae(
         w.finish(|k| k.starts_with("model_ema."))?;
     }
     Ok((vae, base_config.clone(), vec![path.to_path_buf()]))
-}
-
-/// [`Error::NonFinite`] if `t` holds NaN or Inf.
-pub fn check_finite<const D: usize>(t: &Tensor<D>, what: &str, step: usize) -> Result<()> {
-    let finite: bool = t.clone().is_finite().all().into_scalar();
-    if finite {
-        Ok(())
-    } else {
-        Err(Error::NonFinite {
-            what: what.into(),
-            step,
-            suggestion: "with f16 weights, try f32 or bf16 (`--dtype f32`); keep the VAE in f32"
-                .into(),
-        })
-    }
 }

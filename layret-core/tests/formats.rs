@@ -9,8 +9,8 @@ mod common;
 
 use burn::tensor::{DType, Tensor};
 use layret_core::Error;
-use layret_core::attention::{DefaultAttention, StepContext};
 use layret_core::personalization::{Lora, Personalization};
+use layret_core::processor::{DefaultAttention, StepContext};
 use layret_core::stable_diffusion::{LoadOptions, NoiseSource, StableDiffusion, Txt2ImgRequest};
 use layret_core::unet::UNet2DConditionModel;
 use serde_json::Value;
@@ -49,6 +49,7 @@ fn eps(unet: &UNet2DConditionModel, model: &str) -> Tensor<4> {
         &mut DefaultAttention,
         &StepContext::plain(0, 981.0, 2),
     )
+    .unwrap()
 }
 
 /// The `clip_<model>` golden input ids.

@@ -6,10 +6,10 @@ mod common;
 
 use burn::tensor::Tensor;
 use layret_core::Error;
-use layret_core::attention::{DefaultAttention, StepContext};
 use layret_core::personalization::{
     Lora, PersonalModel, Personalization, TextualInversion, apply_custom_diffusion,
 };
+use layret_core::processor::{DefaultAttention, StepContext};
 use layret_core::stable_diffusion::{LoadOptions, StableDiffusion};
 use serde_json::Value;
 
@@ -113,13 +113,15 @@ fn unet_golden_eps(model: &layret_core::unet::UNet2DConditionModel) -> Tensor<4>
     let sample: Tensor<4> = common::golden_tensor("unet_sd1-tiny.safetensors", "sample");
     let ctx: Tensor<3> =
         common::golden_tensor("unet_sd1-tiny.safetensors", "encoder_hidden_states");
-    model.forward(
-        sample,
-        981.0,
-        &ctx,
-        &mut DefaultAttention,
-        &StepContext::plain(0, 981.0, 2),
-    )
+    model
+        .forward(
+            sample,
+            981.0,
+            &ctx,
+            &mut DefaultAttention,
+            &StepContext::plain(0, 981.0, 2),
+        )
+        .unwrap()
 }
 
 #[test]

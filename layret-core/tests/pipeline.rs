@@ -3,7 +3,8 @@
 mod common;
 
 use burn::tensor::Tensor;
-use layret_core::attention::{DefaultAttention, StepContext};
+use layret_core::processor::{BatchLayout, Branch, DefaultAttention, Pass, StepContext};
+use layret_core::sampling::{BatchText, GuidedPass};
 use layret_core::scheduler::Scheduler;
 use layret_core::stable_diffusion::{LoadOptions, NoiseSource, StableDiffusion, Txt2ImgRequest};
 use layret_core::{Error, image_io};
@@ -41,11 +42,21 @@ fn check_txt2img(name: &str) {
     let sched = sd.ddim(5, 0.0).unwrap();
     let cond = sd.encode_prompts(&[&req.prompt]).unwrap();
     let uncond = sd.encode_prompts(&[&req.negative_prompt]).unwrap();
-    let context = Tensor::cat(vec![uncond.repeat_dim(0, 2), cond.repeat_dim(0, 2)], 0);
+    let text = BatchText::repeated(cond, uncond, 2);
     let traj: Tensor<5> = common::golden_tensor(&file, "trajectory");
     let mut x = noise;
     for (k, &t) in sched.timesteps().iter().enumerate() {
-        let eps = sd.guided_eps(x.clone(), t as f64, &context, 7.5, &mut DefaultAttention, k);
+        let pass = GuidedPass {
+            step: k,
+            timestep: t as f64,
+            kind: Pass::Sample,
+            layout: BatchLayout::single(Branch::Main, 2, true),
+            guidance: 7.5,
+        };
+        let eps = sd
+            .denoiser()
+            .guided_eps(&pass, x.clone(), &text, &mut DefaultAttention)
+            .unwrap();
         x = sched.step(eps, k, x, None).unwrap();
         let want = traj.clone().narrow(0, k, 1).squeeze_dim::<4>(0);
         let err = common::max_abs_diff_tensors(x.clone(), want);
@@ -219,7 +230,8 @@ fn inversion_then_sampling_reconstructs_the_image() {
         let ctx = StepContext::plain(steps - 1 - j, *t as f64, 1);
         let eps = sd
             .unet
-            .forward(prev.clone(), *t as f64, &cond, &mut DefaultAttention, &ctx);
+            .forward(prev.clone(), *t as f64, &cond, &mut DefaultAttention, &ctx)
+            .unwrap();
         assert_eq!(
             common::bits(sched.inversion_step(eps.clone(), *t, prev)),
             common::bits(z.clone()),

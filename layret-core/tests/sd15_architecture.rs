@@ -5,8 +5,8 @@
 mod common;
 
 use burn::tensor::{DType, Tensor};
-use layret_core::attention::{DefaultAttention, StepContext};
 use layret_core::noise::seeded_noise;
+use layret_core::processor::{DefaultAttention, StepContext};
 use layret_core::unet::{UNet2DConditionModel, UNetConfig};
 use layret_core::weights::Weights;
 
@@ -34,13 +34,15 @@ fn sd15_unet_runs_at_full_size() {
     let sample: Tensor<4> = seeded_noise(1, [2, 4, 8, 8], &dev);
     let context: Tensor<3> = seeded_noise(2, [2, 77, 768], &dev);
     unet.check_inputs(&sample, &context).unwrap();
-    let eps = unet.forward(
-        sample,
-        500.0,
-        &context,
-        &mut DefaultAttention,
-        &StepContext::plain(0, 500.0, 2),
-    );
+    let eps = unet
+        .forward(
+            sample,
+            500.0,
+            &context,
+            &mut DefaultAttention,
+            &StepContext::plain(0, 500.0, 2),
+        )
+        .unwrap();
     assert_eq!(eps.dims(), [2, 4, 8, 8]);
     let v = common::to_f64(eps);
     assert!(v.iter().all(|x| x.is_finite()));

@@ -3,7 +3,7 @@
 mod common;
 
 use burn::tensor::{DType, Tensor};
-use layret_core::attention::{DefaultAttention, StepContext};
+use layret_core::processor::{DefaultAttention, StepContext};
 use layret_core::unet::UNet2DConditionModel;
 
 fn check(name: &str) {
@@ -16,13 +16,15 @@ fn check(name: &str) {
     unet.check_inputs(&sample, &context).unwrap();
     for t in [981, 1] {
         let ctx = StepContext::plain(0, t as f64, 2);
-        let eps = unet.forward(
-            sample.clone(),
-            t as f64,
-            &context,
-            &mut DefaultAttention,
-            &ctx,
-        );
+        let eps = unet
+            .forward(
+                sample.clone(),
+                t as f64,
+                &context,
+                &mut DefaultAttention,
+                &ctx,
+            )
+            .unwrap();
         let err = common::max_abs_diff(eps, &common::golden(&file, &format!("eps_t{t}")));
         assert!(err <= 1e-4, "{name} t={t}: max abs error {err}");
     }

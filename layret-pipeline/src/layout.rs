@@ -1,16 +1,16 @@
 //! Stage 1: step-blended inference.
 
-use layret_attention::{AttentionStore, KvRecorder, KvStore, Router};
+use layret_attention::{KvStore, Router};
 use layret_core::Result;
+use layret_core::processor::{Branch, ModelRole, Pass};
+use layret_core::progress::{StageProgress, report};
+use layret_core::sampling::check_finite;
 use layret_core::scheduler::Scheduler;
-use layret_core::stable_diffusion::{Progress, check_finite, report};
 
-use crate::models::{
-    Conditioning, ModelPair, Which, cfg_pass, mask_sites, subject_map, swapped_sites,
-};
-use crate::stage::{ContextStep, LayoutRequest, LayoutResult, LayoutStage, ProgressFn};
+use crate::models::{BranchPass, Conditioning, ModelPair, recording_pass};
+use crate::stage::{ContextStep, LayoutRequest, LayoutResult, LayoutStage, ProgressFn, StepSink};
 
-/// METHOD.md stage 1: the first `λ1` steps run the vanilla model on `y_c`, the rest the
+/// docs/method.md stage 1: the first `λ1` steps run the vanilla model on `y_c`, the rest the
 /// personalized model on `y_p`. Records the trajectory, the context maps at the mask level and
 /// (under the K/V policy) the swapped sites' keys/values, so stage 2 can replay the context
 /// branch instead of recomputing it. Run step by step ([`LayoutStage::layout_steps`]) it hands
@@ -32,8 +32,8 @@ pub(crate) fn context_conditioning(
     let p = &request.prompts;
     let neg = &request.settings.negative_prompt;
     Ok((
-        Conditioning::new(models, Which::Vanilla, &p.class, neg, &p.class_phrase)?,
-        Conditioning::new(models, Which::Personal, &p.personal, neg, &p.phrase)?,
+        Conditioning::new(models, ModelRole::Vanilla, &p.class, neg, &p.class_phrase)?,
+        Conditioning::new(models, ModelRole::Personalized, &p.personal, neg, &p.phrase)?,
     ))
 }
 
@@ -42,6 +42,7 @@ impl LayoutStage for StepBlendedLayout {
         &mut self,
         models: &ModelPair,
         request: &LayoutRequest,
+        hooks: &mut Router,
         progress: &mut ProgressFn,
     ) -> Result<LayoutResult> {
         let mut all = request
@@ -51,7 +52,8 @@ impl LayoutStage for StepBlendedLayout {
         let mut result = self.layout_steps(
             models,
             request,
-            &mut |step| {
+            hooks,
+            &mut |step, _| {
                 if let (Some(all), Some(kv)) = (all.as_mut(), step.kv) {
                     all.extend(kv);
                 }
@@ -67,13 +69,14 @@ impl LayoutStage for StepBlendedLayout {
         &mut self,
         models: &ModelPair,
         request: &LayoutRequest,
-        sink: &mut dyn FnMut(ContextStep) -> Result<()>,
+        hooks: &mut Router,
+        sink: &mut StepSink,
         progress: &mut ProgressFn,
     ) -> Result<LayoutResult> {
         let s = &request.settings;
         s.validate()?;
         let (_, mask) = geometry(request)?;
-        let sched = models.base.ddim(s.steps, 0.0)?;
+        let sched = models.base().ddim(s.steps, 0.0)?;
         let lambda1 = s.lambda1();
         let (vanilla, personal) = context_conditioning(models, request)?;
         let mut z = request.noise.clone();
@@ -81,48 +84,41 @@ impl LayoutStage for StepBlendedLayout {
         let mut maps = Vec::with_capacity(s.steps);
         let total = sched.timesteps().len();
         for (k, &t) in sched.timesteps().iter().enumerate() {
-            let c = if k < lambda1 { &vanilla } else { &personal };
-            let mut store = AttentionStore::new(true);
-            let mut kv = s.replays().then(|| KvStore::new(s.kv_policy));
-            let eps = {
-                let mut recorder = kv.as_mut().map(KvRecorder::new);
-                let mut router = Router::new();
-                if let Some(r) = recorder.as_mut() {
-                    router.route(swapped_sites(s.swap_divisor), r);
-                }
-                router.route(mask_sites(mask.0, mask.1), &mut store);
-                cfg_pass(
-                    models,
-                    c,
-                    z.clone(),
-                    t as f64,
-                    k,
-                    s.guidance,
-                    "context",
-                    &mut router,
-                )?
+            let pass = BranchPass {
+                branch: Branch::Context,
+                kind: Pass::Sample,
+                step: k,
+                timestep: t as f64,
+                guidance: s.guidance,
+                conditioning: if k < lambda1 { &vanilla } else { &personal },
+                mask,
+                swap_divisor: s.swap_divisor,
             };
+            let kv = s.replays().then_some(s.kv_policy);
+            let rec = recording_pass(models, &pass, z.clone(), kv, None, hooks)?;
             let latent = z.clone();
-            z = sched.step(eps, k, z, None)?;
+            z = sched.step(rec.eps, k, z, None)?;
             check_finite(&z, "context latents", k)?;
-            let map = subject_map(&store, k, mask, &c.tokens)?;
-            maps.push(map.clone());
+            maps.push(rec.map.clone());
             trajectory.push(z.clone());
             report(
                 progress,
-                Progress {
+                StageProgress {
                     stage: "layout",
                     step: k + 1,
                     total,
                 },
             )?;
-            sink(ContextStep {
-                k,
-                latent,
-                next: z.clone(),
-                map: Some(map),
-                kv,
-            })?;
+            sink(
+                ContextStep {
+                    k,
+                    latent,
+                    next: z.clone(),
+                    map: Some(rec.map),
+                    kv: rec.kv,
+                },
+                hooks,
+            )?;
         }
         Ok(LayoutResult {
             request: request.clone(),

@@ -4,9 +4,12 @@ use std::ops::ControlFlow;
 
 use burn::tensor::Tensor;
 use image::RgbImage;
-use layret_core::stable_diffusion::{NoiseSource, Progress};
+use layret_core::processor::ModelRole;
+use layret_core::progress::StageProgress;
+use layret_core::stable_diffusion::NoiseSource;
 use layret_core::{Error, Result};
 
+use crate::hooks::PassHooks;
 use crate::layout::StepBlendedLayout;
 use crate::models::ModelPair;
 use crate::prompts::SubjectPrompts;
@@ -22,7 +25,7 @@ pub struct Subject {
     /// `C`, e.g. "dog".
     pub class_phrase: String,
     /// The reference photos at the generation size, each `[1, 3, H, W]` in [-1, 1]; with
-    /// R of them, sample k of every prompt uses reference `k mod R` (METHOD.md).
+    /// R of them, sample k of every prompt uses reference `k mod R` (docs/method.md).
     pub references: Vec<Tensor<4>>,
 }
 
@@ -46,8 +49,19 @@ impl Subject {
     }
 }
 
-/// One generation request: several prompts × `num_samples` for one subject.
+/// One generation request: several prompts × `num_samples` for one subject. Build it with
+/// [`new`](Self::new) and the `with_*` methods:
+///
+/// ```
+/// use layret_pipeline::{GenerateRequest, MethodSettings};
+/// let r = GenerateRequest::new(["a sks dog on the beach"], 512, 512)
+///     .with_samples(2)
+///     .with_seed(7)
+///     .with_settings(MethodSettings::default().with_steps(30));
+/// assert_eq!((r.num_samples, r.settings.steps), (2, 30));
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GenerateRequest {
     /// Prompts, each containing the subject's phrase.
     pub prompts: Vec<String>,
@@ -64,6 +78,55 @@ pub struct GenerateRequest {
     pub settings: MethodSettings,
     /// Also return the masks of the last step as images.
     pub return_masks: bool,
+}
+
+impl GenerateRequest {
+    /// `prompts` at `width × height`, one sample each, seed 0, the default settings.
+    pub fn new<S: Into<String>>(
+        prompts: impl IntoIterator<Item = S>,
+        width: usize,
+        height: usize,
+    ) -> Self {
+        Self {
+            prompts: prompts.into_iter().map(Into::into).collect(),
+            num_samples: 1,
+            width,
+            height,
+            noise: NoiseSource::Seed(0),
+            settings: MethodSettings::default(),
+            return_masks: false,
+        }
+    }
+
+    /// `k` samples per prompt.
+    pub fn with_samples(mut self, k: usize) -> Self {
+        self.num_samples = k;
+        self
+    }
+
+    /// Initial noise from layret's seeded generator.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.noise = NoiseSource::Seed(seed);
+        self
+    }
+
+    /// Initial noise from `noise`.
+    pub fn with_noise(mut self, noise: NoiseSource) -> Self {
+        self.noise = noise;
+        self
+    }
+
+    /// The method's settings.
+    pub fn with_settings(mut self, settings: MethodSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Also return the last step's masks.
+    pub fn with_masks(mut self, return_masks: bool) -> Self {
+        self.return_masks = return_masks;
+        self
+    }
 }
 
 /// The masks of one sample as grayscale images at the generation size.
@@ -104,13 +167,13 @@ pub struct Generated {
 /// the whole request done so far out of its total (known up front: every layout, retouch,
 /// reference and decode step of every prompt).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PipelineProgress {
+pub struct RequestProgress {
     /// Prompt index.
     pub prompt: usize,
     /// Number of prompts.
     pub prompts: usize,
     /// Progress of the current stage.
-    pub stage: Progress,
+    pub stage: StageProgress,
     /// Steps of the whole request done.
     pub done: usize,
     /// Steps of the whole request in all.
@@ -172,7 +235,7 @@ impl<L: LayoutStage, R: RetouchStage> LayoutAndRetouch<L, R> {
         models: &ModelPair,
         subject: &Subject,
         request: &GenerateRequest,
-        progress: &mut dyn FnMut(PipelineProgress) -> ControlFlow<()>,
+        progress: &mut dyn FnMut(RequestProgress) -> ControlFlow<()>,
     ) -> Result<Vec<Generated>> {
         let mut out = Vec::new();
         self.generate_each(models, subject, request, progress, &mut |g| {
@@ -191,27 +254,53 @@ impl<L: LayoutStage, R: RetouchStage> LayoutAndRetouch<L, R> {
         models: &ModelPair,
         subject: &Subject,
         request: &GenerateRequest,
-        progress: &mut dyn FnMut(PipelineProgress) -> ControlFlow<()>,
+        progress: &mut dyn FnMut(RequestProgress) -> ControlFlow<()>,
+        done: &mut dyn FnMut(Generated) -> Result<()>,
+    ) -> Result<()> {
+        self.generate_with(
+            models,
+            subject,
+            request,
+            &mut PassHooks::none(),
+            progress,
+            done,
+        )
+    }
+
+    /// [`generate_each`](Self::generate_each) with the user's attention processors on the
+    /// passes of both stages (see [`PassHooks`]: layered under the built-in ones).
+    pub fn generate_with(
+        &mut self,
+        models: &ModelPair,
+        subject: &Subject,
+        request: &GenerateRequest,
+        hooks: &mut PassHooks,
+        progress: &mut dyn FnMut(RequestProgress) -> ControlFlow<()>,
         done: &mut dyn FnMut(Generated) -> Result<()>,
     ) -> Result<()> {
         let checked = self.check(models, subject, request)?;
-        let base = &models.base;
+        let base = models.base();
         let n = request.settings.steps;
         // The whole request's steps, up front: per prompt and reference group, the layout and
         // retouch passes and a decode; per reference not yet cached, its inversion and passes.
         let groups = &checked.groups;
         let mut total = checked.prompts.len() * groups.len() * (2 * n + 1);
         if let Some(keys) = &checked.reference_keys {
-            total += keys.iter().filter(|k| !self.retouch_caches(k)).count() * 2 * n;
+            total += if hooks.touches_reference() {
+                // Computed afresh per prompt and group.
+                checked.prompts.len() * keys.len() * 2 * n
+            } else {
+                keys.iter().filter(|k| !self.retouch_caches(k)).count() * 2 * n
+            };
         }
         let n_prompts = checked.prompts.len();
         let mut finished = 0usize;
         for (pi, prompts) in checked.prompts.into_iter().enumerate() {
             let mut samples = Vec::with_capacity(request.num_samples);
             for (r, rows) in groups {
-                let mut report = |stage: Progress| {
+                let mut report = |stage: StageProgress| {
                     finished = (finished + 1).min(total);
-                    progress(PipelineProgress {
+                    progress(RequestProgress {
                         prompt: pi,
                         prompts: n_prompts,
                         stage,
@@ -229,6 +318,7 @@ impl<L: LayoutStage, R: RetouchStage> LayoutAndRetouch<L, R> {
                     &req,
                     &mut self.layout,
                     &subject.references[*r],
+                    hooks,
                     &mut report,
                 )?;
                 let context = layout
@@ -238,9 +328,9 @@ impl<L: LayoutStage, R: RetouchStage> LayoutAndRetouch<L, R> {
                     .ok_or_else(|| Error::invalid("layout", "empty trajectory"))?;
                 let images = base.decode_to_rgb8(result.latents.clone())?;
                 let context_images = base.decode_to_rgb8(context.clone())?;
-                layret_core::stable_diffusion::report(
+                layret_core::progress::report(
                     &mut report,
-                    Progress {
+                    StageProgress {
                         stage: "decode",
                         step: 1,
                         total: 1,
@@ -299,7 +389,7 @@ impl<L: LayoutStage, R: RetouchStage> LayoutAndRetouch<L, R> {
         if request.num_samples == 0 {
             return Err(Error::invalid("num_samples", "0; must be at least 1"));
         }
-        let base = &models.base;
+        let base = models.base();
         let (h, w) = base.latent_size(request.width, request.height)?;
         request.settings.mask_level(h, w)?;
         let noise = base.initial_noise(&request.noise, request.num_samples, h, w)?;
@@ -319,9 +409,9 @@ impl<L: LayoutStage, R: RetouchStage> LayoutAndRetouch<L, R> {
         // encodes, for both models.
         for p in &prompts {
             for (which, text, phrase) in [
-                (crate::models::Which::Personal, &p.personal, &p.phrase),
-                (crate::models::Which::Vanilla, &p.class, &p.class_phrase),
-                (crate::models::Which::Personal, &p.reference, &p.phrase),
+                (ModelRole::Personalized, &p.personal, &p.phrase),
+                (ModelRole::Vanilla, &p.class, &p.class_phrase),
+                (ModelRole::Personalized, &p.reference, &p.phrase),
             ] {
                 crate::prompts::subject_tokens(models.tokenizer(which), text, phrase)?;
             }

@@ -7,17 +7,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor};
-use layret_attention::{AttentionStore, KvPolicy, KvRecorder, KvStore, Router};
-use layret_core::attention::{BatchLayout, DefaultAttention, StepContext};
+use layret_attention::{KvPolicy, KvStore};
+use layret_core::processor::{Branch, ModelRole, Pass};
+use layret_core::progress::{StageProgress, report};
 use layret_core::safetensors_writer::{SafetensorsWriter, StoredAs};
 use layret_core::scheduler::Scheduler;
-use layret_core::stable_diffusion::{Progress, check_finite, report};
 use layret_core::weights::{TensorFile, Weights};
 use layret_core::{Error, Result};
 
-use crate::models::{
-    Conditioning, ModelPair, Which, cfg_pass, mask_sites, subject_map, swapped_sites,
-};
+use crate::hooks::PassHooks;
+use crate::models::{BranchPass, Conditioning, ModelPair, recording_pass};
+use crate::prompts::SubjectPrompts;
 use crate::settings::MethodSettings;
 use crate::stage::ProgressFn;
 
@@ -114,7 +114,7 @@ impl ReferenceKey {
         let dims = image.dims();
         let text = format!(
             "{KEY_VERSION}\nmodel {:016x}\nimage {:016x} {}x{}x{}x{}\nprompt {reference_prompt:?}\nnegative {:?}\nsteps {}\nguidance {:016x}\nmask_factor {}\nswap_divisor {}\nkv {}\n",
-            models.fingerprint()?,
+            models.fingerprint(),
             layret_core::fingerprint::of_tensor(image)?,
             dims[0],
             dims[1],
@@ -406,55 +406,60 @@ pub fn load_reference_data(
     })
 }
 
-/// Compute the reference branch (METHOD.md): `x = VAE.encode(I_r).mean · s`; DDIM inversion
-/// with ε* on `y_r` without CFG; then, per step k, ε* on `z^r(t_k)` with `y_r` under CFG
-/// batching, recording the swapped sites' keys/values and the subject maps. With `disk`
+/// What a reference is computed from: the photo, the prompts (`y_r`, `P`) and the settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ReferenceRequest<'a> {
+    /// The reference photo `I_r`, `[1, 3, H, W]` in [-1, 1] at the generation size.
+    pub image: &'a Tensor<4>,
+    /// The prompts (the reference branch uses `y_r` and the phrase `P`).
+    pub prompts: &'a SubjectPrompts,
+    /// The method's settings (N, guidance, negative prompt, mask factor, swap divisor, K/V
+    /// precision).
+    pub settings: &'a MethodSettings,
+}
+
+/// Compute the reference branch (docs/method.md): `x = VAE.encode(I_r).mean · s`; DDIM
+/// inversion with ε* on `y_r` without CFG (the user's `hooks.invert` on its passes); then, per
+/// step k, ε* on `z^r(t_k)` with `y_r` under CFG batching, recording the swapped sites'
+/// keys/values and the subject maps (`hooks.reference` on those passes). With `disk`
 /// (`(file, key)`), each step's keys/values are written to the file as soon as they are
 /// computed (never all held in memory; f16 under [`KvPolicy::KeepF16`]) and the result reads
 /// them back from it; without, they are kept in memory.
 pub fn compute_reference(
     models: &ModelPair,
-    image: &Tensor<4>,
-    prompts: &crate::prompts::SubjectPrompts,
-    settings: &MethodSettings,
-    mask: (usize, usize),
+    request: &ReferenceRequest,
     disk: Option<(&Path, &ReferenceKey)>,
+    hooks: &mut PassHooks,
     progress: &mut ProgressFn,
 ) -> Result<ReferenceData> {
-    let sched = models.base.ddim(settings.steps, 0.0)?;
+    let ReferenceRequest {
+        image,
+        prompts,
+        settings,
+    } = *request;
+    let base = models.base();
+    let [_, _, ih, iw] = image.dims();
+    let f = base.vae_factor();
+    let mask = settings.mask_level(ih / f, iw / f)?;
+    let sched = base.ddim(settings.steps, 0.0)?;
     let cond = Conditioning::new(
         models,
-        Which::Personal,
+        ModelRole::Personalized,
         &prompts.reference,
         &settings.negative_prompt,
         &prompts.phrase,
     )?;
-    let unet = models.unet(Which::Personal);
-    let mut x = models.base.encode_image(image.clone())?;
-    unet.check_inputs(&x, &cond.cond)?;
+    let x = base.encode_image(image.clone())?;
     // Inversion, ascending timesteps.
-    let inv_ts = sched.inversion_timesteps();
-    let n = inv_ts.len();
-    let mut by_t = HashMap::new();
-    for (j, &t) in inv_ts.iter().enumerate() {
-        let ctx = StepContext {
-            step: n - 1 - j,
-            timestep: t as f64,
-            layout: BatchLayout::single("reference", 1, false),
-        };
-        let eps = unet.forward(x.clone(), t as f64, &cond.cond, &mut DefaultAttention, &ctx);
-        x = sched.inversion_step(eps, t, x);
-        check_finite(&x, "inverted reference latents", j)?;
-        by_t.insert(t, x.clone());
-        report(
-            progress,
-            Progress {
-                stage: "invert",
-                step: j + 1,
-                total: n,
-            },
-        )?;
-    }
+    let inverted = models.denoiser(ModelRole::Personalized).invert(
+        x,
+        &prompts.reference,
+        &sched,
+        &mut hooks.invert,
+        progress,
+    )?;
+    let n = inverted.len();
+    let by_t: HashMap<usize, Tensor<4>> = inverted.into_iter().collect();
     let latents = sched
         .timesteps()
         .iter()
@@ -469,26 +474,25 @@ pub fn compute_reference(
     let mut maps = Vec::with_capacity(n);
     let mut writer: Option<(SafetensorsWriter, Vec<String>)> = None;
     for (k, &t) in sched.timesteps().iter().enumerate() {
-        let z = latents[k].clone();
-        let mut store = AttentionStore::new(true);
-        let mut kv = KvStore::new(KvPolicy::KeepF32);
-        {
-            let mut recorder = KvRecorder::new(&mut kv);
-            let mut router = Router::new();
-            router.route(swapped_sites(settings.swap_divisor), &mut recorder);
-            router.route(mask_sites(mask.0, mask.1), &mut store);
-            cfg_pass(
-                models,
-                &cond,
-                z,
-                t as f64,
-                k,
-                settings.guidance,
-                "reference",
-                &mut router,
-            )?;
-        }
-        let map = subject_map(&store, k, mask, &cond.tokens)?;
+        let pass = BranchPass {
+            branch: Branch::Reference,
+            kind: Pass::Reference,
+            step: k,
+            timestep: t as f64,
+            guidance: settings.guidance,
+            conditioning: &cond,
+            mask,
+            swap_divisor: settings.swap_divisor,
+        };
+        let rec = recording_pass(
+            models,
+            &pass,
+            latents[k].clone(),
+            Some(KvPolicy::KeepF32),
+            None,
+            &mut hooks.reference,
+        )?;
+        let (kv, map) = (rec.kv.unwrap_or_default(), rec.map);
         match disk {
             None => {
                 memory_kv.extend(kv);
@@ -550,7 +554,7 @@ pub fn compute_reference(
         }
         report(
             progress,
-            Progress {
+            StageProgress {
                 stage: "reference",
                 step: k + 1,
                 total: n,
@@ -560,7 +564,7 @@ pub fn compute_reference(
     match (disk, writer) {
         (Some((path, key)), Some((w, _))) => {
             w.finish()?;
-            load_reference_data(path, key, &models.base.device)
+            load_reference_data(path, key, &base.device)
         }
         _ => Ok(ReferenceData::in_memory(latents, memory_kv, maps)),
     }

@@ -3,24 +3,26 @@
 use std::sync::Arc;
 
 use burn::tensor::Tensor;
-use layret_attention::{
-    AttentionStore, KvPolicy, KvRecorder, KvSource, KvStore, MultiSourceSwap, Router, SwapMasks,
-    masks,
-};
+use layret_attention::{KvPolicy, KvSource, MultiSourceSwap, Router, SwapMasks, masks};
+use layret_core::processor::{Branch, Pass};
+use layret_core::progress::{StageProgress, report};
+use layret_core::sampling::check_finite;
 use layret_core::scheduler::{DdimScheduler, Scheduler};
-use layret_core::stable_diffusion::{Progress, check_finite, report};
 use layret_core::{Error, Result};
 
+use crate::hooks::PassHooks;
 use crate::layout::{context_conditioning, geometry};
-use crate::models::{Conditioning, ModelPair, cfg_pass, mask_sites, subject_map, swapped_sites};
-use crate::reference::{ReferenceCache, ReferenceData, ReferenceKey, compute_reference};
+use crate::models::{BranchPass, Conditioning, ModelPair, recording_pass};
+use crate::reference::{
+    ReferenceCache, ReferenceData, ReferenceKey, ReferenceRequest, compute_reference,
+};
 use crate::settings::Blend;
 use crate::stage::{
     ContextStep, LayoutRequest, LayoutResult, LayoutStage, ProgressFn, RetouchResult, RetouchStage,
     StepMasks,
 };
 
-/// METHOD.md stage 2. The reference branch (inversion, keys/values, maps) comes from the
+/// docs/method.md stage 2. The reference branch (inversion, keys/values, maps) comes from the
 /// [`ReferenceCache`]; the context branch is replayed from stage 1 when it recorded its
 /// keys/values, else recomputed step by step (identical results). Run with
 /// [`RetouchStage::retouch_with`] it consumes the layout in lockstep: the context's step k
@@ -40,18 +42,20 @@ impl MultiSourceRetouch {
         Self::default()
     }
 
-    /// The reference of `request` for `reference`: from the cache, or computed (and cached).
+    /// The reference of `request` for `reference`: from the cache, or computed (and cached);
+    /// computed afresh, outside the cache, when `hooks` touch the reference passes.
     fn reference(
         &mut self,
         models: &ModelPair,
         request: &LayoutRequest,
         reference: &Tensor<4>,
+        hooks: &mut PassHooks,
         progress: &mut ProgressFn,
     ) -> Result<Arc<ReferenceData>> {
         let s = &request.settings;
-        let ((h, w), mask) = geometry(request)?;
+        let ((h, w), _) = geometry(request)?;
         let [_, _, rh, rw] = reference.dims();
-        let f = models.base.vae_factor();
+        let f = models.base().vae_factor();
         if (rh, rw) != (h * f, w * f) {
             return Err(Error::Shape {
                 what: "reference image".into(),
@@ -59,10 +63,21 @@ impl MultiSourceRetouch {
                 got: reference.dims().to_vec(),
             });
         }
+        let rr = ReferenceRequest {
+            image: reference,
+            prompts: &request.prompts,
+            settings: s,
+        };
+        if hooks.touches_reference() {
+            return Ok(Arc::new(compute_reference(
+                models, &rr, None, hooks, progress,
+            )?));
+        }
         let key = ReferenceKey::new(models, reference, &request.prompts.reference, s)?;
-        self.cache.get_or_compute(key, &models.base.device, |disk| {
-            compute_reference(models, reference, &request.prompts, s, mask, disk, progress)
-        })
+        self.cache
+            .get_or_compute(key, &models.base().device, |disk| {
+                compute_reference(models, &rr, disk, hooks, progress)
+            })
     }
 }
 
@@ -110,7 +125,7 @@ impl<'a> TargetRun<'a> {
             models,
             request,
             refd,
-            sched: models.base.ddim(s.steps, 0.0)?,
+            sched: models.base().ddim(s.steps, 0.0)?,
             vanilla_c,
             target_c,
             lambda1: s.lambda1(),
@@ -125,8 +140,14 @@ impl<'a> TargetRun<'a> {
     }
 
     /// The target's step `cs.k`, given the context's (replayed from its keys/values, or
-    /// recomputed on its latent).
-    fn step(&mut self, cs: &ContextStep, progress: &mut ProgressFn) -> Result<()> {
+    /// recomputed on its latent with the layout's hooks), with the target's hooks.
+    fn step(
+        &mut self,
+        cs: &ContextStep,
+        layout_hooks: &mut Router,
+        target_hooks: &mut Router,
+        progress: &mut ProgressFn,
+    ) -> Result<()> {
         let s = &self.request.settings;
         let (h, w) = self.latent;
         let (hm, wm) = self.mask;
@@ -151,30 +172,29 @@ impl<'a> TargetRun<'a> {
         let (context_kv, context_map) = match (&cs.kv, &cs.map, s.replays()) {
             (Some(kv), Some(map), true) => (kv.clone(), map.clone()),
             _ => {
-                let c = if k < self.lambda1 {
-                    &self.vanilla_c
-                } else {
-                    &self.target_c
+                let pass = BranchPass {
+                    branch: Branch::Context,
+                    kind: Pass::Sample,
+                    step: k,
+                    timestep: t as f64,
+                    guidance: s.guidance,
+                    conditioning: if k < self.lambda1 {
+                        &self.vanilla_c
+                    } else {
+                        &self.target_c
+                    },
+                    mask: self.mask,
+                    swap_divisor: s.swap_divisor,
                 };
-                let mut kv = KvStore::new(KvPolicy::KeepF32);
-                let mut store = AttentionStore::new(true);
-                {
-                    let mut recorder = KvRecorder::new(&mut kv);
-                    let mut router = Router::new();
-                    router.route(swapped_sites(s.swap_divisor), &mut recorder);
-                    router.route(mask_sites(hm, wm), &mut store);
-                    cfg_pass(
-                        self.models,
-                        c,
-                        cs.latent.clone(),
-                        t as f64,
-                        k,
-                        s.guidance,
-                        "context",
-                        &mut router,
-                    )?;
-                }
-                (kv, subject_map(&store, k, self.mask, &c.tokens)?)
+                let rec = recording_pass(
+                    self.models,
+                    &pass,
+                    cs.latent.clone(),
+                    Some(KvPolicy::KeepF32),
+                    None,
+                    layout_hooks,
+                )?;
+                (rec.kv.unwrap_or_default(), rec.map)
             }
         };
         let reference_kv = self.refd.kv_at(k)?;
@@ -207,7 +227,7 @@ impl<'a> TargetRun<'a> {
         };
 
         let mut swap = MultiSourceSwap::new(
-            "target",
+            Branch::Target,
             KvSource::Replay {
                 context: &context_kv,
                 reference: &reference_kv,
@@ -216,30 +236,26 @@ impl<'a> TargetRun<'a> {
             s.mode,
         );
         swap.set_masks(step_masks.clone());
-        let mut store = AttentionStore::new(true);
-        let eps = {
-            let mut router = Router::new();
-            router.route(swapped_sites(s.swap_divisor), &mut swap);
-            router.route(mask_sites(hm, wm), &mut store);
-            cfg_pass(
-                self.models,
-                &self.target_c,
-                z.clone(),
-                t as f64,
-                k,
-                s.guidance,
-                "target",
-                &mut router,
-            )?
+        let pass = BranchPass {
+            branch: Branch::Target,
+            kind: Pass::Sample,
+            step: k,
+            timestep: t as f64,
+            guidance: s.guidance,
+            conditioning: &self.target_c,
+            mask: self.mask,
+            swap_divisor: s.swap_divisor,
         };
-        if let Some(site) = swap.missing().first() {
-            return Err(Error::invalid(
-                "retouch",
-                format!("no recorded keys/values for {site}; record them in stage 1 or recompute"),
-            ));
-        }
+        let rec = recording_pass(
+            self.models,
+            &pass,
+            z.clone(),
+            None,
+            Some(&mut swap),
+            target_hooks,
+        )?;
+        let (eps, target_map) = (rec.eps, rec.map);
         let mut z = self.sched.step(eps, k, z, None)?;
-        let target_map = subject_map(&store, k, self.mask, &self.target_c.tokens)?;
         let mut blend_mask = None;
         if k >= s.blend_start() {
             let binary = match s.blend {
@@ -271,7 +287,7 @@ impl<'a> TargetRun<'a> {
         self.z = Some(z);
         report(
             progress,
-            Progress {
+            StageProgress {
                 stage: "retouch",
                 step: k + 1,
                 total: s.steps,
@@ -299,6 +315,7 @@ impl RetouchStage for MultiSourceRetouch {
         models: &ModelPair,
         layout: &LayoutResult,
         reference: &Tensor<4>,
+        hooks: &mut PassHooks,
         progress: &mut ProgressFn,
     ) -> Result<RetouchResult> {
         let req = &layout.request;
@@ -314,14 +331,14 @@ impl RetouchStage for MultiSourceRetouch {
                 ),
             ));
         }
-        let refd = self.reference(models, req, reference, progress)?;
+        let refd = self.reference(models, req, reference, hooks, progress)?;
         let mut run = TargetRun::new(models, req, refd, self.mask_log.as_mut())?;
         for k in 0..s.steps {
             let mut cs = layout.step(k)?;
             if !s.replays() {
                 cs.kv = None;
             }
-            run.step(&cs, progress)?;
+            run.step(&cs, &mut hooks.layout, &mut hooks.target, progress)?;
         }
         run.finish()
     }
@@ -332,18 +349,28 @@ impl RetouchStage for MultiSourceRetouch {
         request: &LayoutRequest,
         layout: &mut dyn LayoutStage,
         reference: &Tensor<4>,
+        hooks: &mut PassHooks,
         progress: &mut ProgressFn,
     ) -> Result<(LayoutResult, RetouchResult)> {
         request.settings.validate()?;
-        let refd = self.reference(models, request, reference, progress)?;
+        let refd = self.reference(models, request, reference, hooks, progress)?;
         let mut run = TargetRun::new(models, request, refd, self.mask_log.as_mut())?;
         // The layout and the target share the progress callback, one step each in turn.
         let progress = std::cell::RefCell::new(progress);
-        let mut layout_progress = |p: Progress| (progress.borrow_mut())(p);
+        let mut layout_progress = |p: StageProgress| (progress.borrow_mut())(p);
+        let target_hooks = &mut hooks.target;
         let result = layout.layout_steps(
             models,
             request,
-            &mut |cs| run.step(&cs, &mut **progress.borrow_mut()),
+            &mut hooks.layout,
+            &mut |cs, layout_hooks| {
+                run.step(
+                    &cs,
+                    layout_hooks,
+                    target_hooks,
+                    &mut **progress.borrow_mut(),
+                )
+            },
             &mut layout_progress,
         )?;
         Ok((result, run.finish()?))

@@ -3,7 +3,7 @@
 use layret_attention::{KvPolicy, SwapMode};
 use layret_core::{Error, Result};
 
-/// Adaptive latent blending (METHOD.md "Adaptive mask blending").
+/// Adaptive latent blending (docs/method.md "Adaptive mask blending").
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Blend {
     /// Otsu threshold per image (default).
@@ -32,8 +32,16 @@ impl std::str::FromStr for Blend {
     }
 }
 
-/// The method's settings; [`Default`] gives METHOD.md's defaults.
+/// The method's settings; [`Default`] gives docs/method.md's defaults. Build it from
+/// [`Default`] with the `with_*` methods (or set fields on a default):
+///
+/// ```
+/// use layret_pipeline::{Blend, MethodSettings};
+/// let s = MethodSettings::default().with_steps(30).with_blend(Blend::Fixed(0.4));
+/// assert_eq!((s.steps, s.swap_start), (30, 4));
+/// ```
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct MethodSettings {
     /// DDIM steps `N` (50).
     pub steps: usize,
@@ -59,10 +67,9 @@ pub struct MethodSettings {
     pub mode: SwapMode,
     /// The reference prompt is this + `P` ("a photo of ").
     pub reference_prefix: String,
-    /// How stage 1's context keys/values are kept for replay.
+    /// How the context branch reaches stage 2: its keys/values kept from stage 1 in f32
+    /// (default; exact) or f16 (also the reference's storage), or recomputed.
     pub kv_policy: KvPolicy,
-    /// Replay the context branch from stage 1 (default) instead of recomputing it.
-    pub replay: bool,
 }
 
 impl Default for MethodSettings {
@@ -81,17 +88,94 @@ impl Default for MethodSettings {
             mode: SwapMode::Split,
             reference_prefix: "a photo of ".into(),
             kv_policy: KvPolicy::KeepF32,
-            replay: true,
         }
     }
 }
 
-/// METHOD.md's "round": half away from zero.
+/// docs/method.md's "round": half away from zero.
 pub fn round_half_away(x: f64) -> usize {
     x.round().max(0.0) as usize
 }
 
 impl MethodSettings {
+    /// With `N` steps.
+    pub fn with_steps(mut self, steps: usize) -> Self {
+        self.steps = steps;
+        self
+    }
+
+    /// With guidance `w`.
+    pub fn with_guidance(mut self, guidance: f64) -> Self {
+        self.guidance = guidance;
+        self
+    }
+
+    /// With the negative prompt (the unconditional half).
+    pub fn with_negative_prompt(mut self, negative: impl Into<String>) -> Self {
+        self.negative_prompt = negative.into();
+        self
+    }
+
+    /// With `λ1 = round(fraction · N)`.
+    pub fn with_layout_fraction(mut self, fraction: f64) -> Self {
+        self.layout_fraction = fraction;
+        self
+    }
+
+    /// With structure lock `S`.
+    pub fn with_swap_start(mut self, swap_start: usize) -> Self {
+        self.swap_start = swap_start;
+        self
+    }
+
+    /// With mask threshold `τ`.
+    pub fn with_mask_threshold(mut self, tau: f64) -> Self {
+        self.mask_threshold = tau;
+        self
+    }
+
+    /// With mask level latent / `factor`.
+    pub fn with_mask_factor(mut self, factor: usize) -> Self {
+        self.mask_factor = factor;
+        self
+    }
+
+    /// With swapped layers at ≥ latent / `divisor`.
+    pub fn with_swap_divisor(mut self, divisor: usize) -> Self {
+        self.swap_divisor = divisor;
+        self
+    }
+
+    /// With latent blending `blend`.
+    pub fn with_blend(mut self, blend: Blend) -> Self {
+        self.blend = blend;
+        self
+    }
+
+    /// With blending from step `start` (`None`: round(0.2·N)).
+    pub fn with_blend_start(mut self, start: Option<usize>) -> Self {
+        self.blend_start = start;
+        self
+    }
+
+    /// With swap mode `mode`.
+    pub fn with_mode(mut self, mode: SwapMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// With the reference prompt prefix.
+    pub fn with_reference_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.reference_prefix = prefix.into();
+        self
+    }
+
+    /// With the key/value policy.
+    pub fn with_kv_policy(mut self, policy: KvPolicy) -> Self {
+        self.kv_policy = policy;
+        self
+    }
+
     /// `λ1`: the number of vanilla steps.
     pub fn lambda1(&self) -> usize {
         round_half_away(self.layout_fraction * self.steps as f64).min(self.steps)
@@ -103,9 +187,9 @@ impl MethodSettings {
             .unwrap_or_else(|| round_half_away(0.2 * self.steps as f64))
     }
 
-    /// Whether the context branch is replayed (replay on and K/V kept).
+    /// Whether the context branch is replayed (its keys/values kept) rather than recomputed.
     pub fn replays(&self) -> bool {
-        self.replay && self.kv_policy != KvPolicy::DontKeep
+        self.kv_policy != KvPolicy::Recompute
     }
 
     /// The mask level `(H/f, W/f)` of an `h × w` latent (f = the mask factor), or an error if

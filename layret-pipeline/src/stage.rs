@@ -3,16 +3,21 @@
 use std::ops::ControlFlow;
 
 use burn::tensor::Tensor;
-use layret_attention::KvStore;
-use layret_core::stable_diffusion::Progress;
+use layret_attention::{KvStore, Router};
+use layret_core::progress::StageProgress;
 use layret_core::{Error, Result};
 
+use crate::hooks::PassHooks;
 use crate::models::ModelPair;
 use crate::prompts::SubjectPrompts;
 use crate::settings::MethodSettings;
 
 /// A progress callback: answers [`ControlFlow::Break`] to stop at the next step boundary.
-pub type ProgressFn<'a> = dyn FnMut(Progress) -> ControlFlow<()> + 'a;
+pub type ProgressFn<'a> = dyn FnMut(StageProgress) -> ControlFlow<()> + 'a;
+
+/// Where a layout stage hands each finished step: the step, and the layout's hooks (lent, so
+/// a retouch stage that recomputes the context branch runs it with the same hooks).
+pub type StepSink<'a> = dyn FnMut(ContextStep, &mut Router) -> Result<()> + 'a;
 
 /// What a layout stage is asked for: one prompt, `K` samples.
 #[derive(Debug, Clone)]
@@ -92,11 +97,13 @@ impl LayoutResult {
 
 /// Stage 1: produce the context (layout) trajectory.
 pub trait LayoutStage {
-    /// Run the stage for `request` on `models`, reporting progress.
+    /// Run the stage for `request` on `models` with the user's `hooks` on its passes,
+    /// reporting progress.
     fn layout(
         &mut self,
         models: &ModelPair,
         request: &LayoutRequest,
+        hooks: &mut Router,
         progress: &mut ProgressFn,
     ) -> Result<LayoutResult>;
 
@@ -108,12 +115,13 @@ pub trait LayoutStage {
         &mut self,
         models: &ModelPair,
         request: &LayoutRequest,
-        sink: &mut dyn FnMut(ContextStep) -> Result<()>,
+        hooks: &mut Router,
+        sink: &mut StepSink,
         progress: &mut ProgressFn,
     ) -> Result<LayoutResult> {
-        let result = self.layout(models, request, progress)?;
+        let result = self.layout(models, request, hooks, progress)?;
         for k in 0..result.steps() {
-            sink(result.step(k)?)?;
+            sink(result.step(k)?, hooks)?;
         }
         Ok(result)
     }
@@ -146,12 +154,14 @@ pub struct StepMasks {
 /// Stage 2: turn a layout into the final latents using a reference of the subject.
 pub trait RetouchStage {
     /// Run the stage on `layout` with the reference image `reference` (`[1, 3, H, W]` in
-    /// [-1, 1]).
+    /// [-1, 1]) and the user's `hooks` (its reference, target and — when it recomputes the
+    /// context branch — layout passes).
     fn retouch(
         &mut self,
         models: &ModelPair,
         layout: &LayoutResult,
         reference: &Tensor<4>,
+        hooks: &mut PassHooks,
         progress: &mut ProgressFn,
     ) -> Result<RetouchResult>;
 
@@ -172,10 +182,11 @@ pub trait RetouchStage {
         request: &LayoutRequest,
         layout: &mut dyn LayoutStage,
         reference: &Tensor<4>,
+        hooks: &mut PassHooks,
         progress: &mut ProgressFn,
     ) -> Result<(LayoutResult, RetouchResult)> {
-        let result = layout.layout(models, request, progress)?;
-        let retouched = self.retouch(models, &result, reference, progress)?;
+        let result = layout.layout(models, request, &mut hooks.layout, progress)?;
+        let retouched = self.retouch(models, &result, reference, hooks, progress)?;
         Ok((result, retouched))
     }
 }

@@ -4,9 +4,10 @@
 //! and DreamBooth; replay vs recompute; the prompt rules.
 
 use burn::tensor::{Device, Tensor};
-use layret_attention::{KvPolicy, SwapMode};
+use layret_attention::{KvPolicy, Router, SwapMode};
 use layret_core::Error;
 use layret_core::personalization::Personalization;
+use layret_core::processor::ModelRole;
 use layret_core::stable_diffusion::{LoadOptions, NoiseSource, StableDiffusion};
 use layret_pipeline::*;
 use layret_test_support::{
@@ -60,23 +61,22 @@ fn case(tag: &str) -> (MethodSettings, String, String, String) {
         .iter()
         .find(|c| c["tag"] == tag)
         .unwrap();
-    let settings = MethodSettings {
-        steps: s["N"].as_u64().unwrap() as usize,
-        guidance: s["guidance"].as_f64().unwrap(),
-        swap_start: s["S"].as_u64().unwrap() as usize,
-        mask_threshold: c
-            .get("tau")
-            .and_then(Value::as_f64)
-            .unwrap_or(s["tau"].as_f64().unwrap()),
-        mask_factor: s["mf"].as_u64().unwrap() as usize,
-        layout_fraction: s["layout_fraction"].as_f64().unwrap(),
-        mode: if c.get("mode").and_then(Value::as_str) == Some("concat") {
+    let settings = MethodSettings::default()
+        .with_steps(s["N"].as_u64().unwrap() as usize)
+        .with_guidance(s["guidance"].as_f64().unwrap())
+        .with_swap_start(s["S"].as_u64().unwrap() as usize)
+        .with_mask_threshold(
+            c.get("tau")
+                .and_then(Value::as_f64)
+                .unwrap_or(s["tau"].as_f64().unwrap()),
+        )
+        .with_mask_factor(s["mf"].as_u64().unwrap() as usize)
+        .with_layout_fraction(s["layout_fraction"].as_f64().unwrap())
+        .with_mode(if c.get("mode").and_then(Value::as_str) == Some("concat") {
             SwapMode::Concat
         } else {
             SwapMode::Split
-        },
-        ..MethodSettings::default()
-    };
+        });
     let str_of = |k: &str| c[k].as_str().unwrap().to_string();
     (
         settings,
@@ -99,7 +99,12 @@ fn run(
         settings,
     };
     let layout = StepBlendedLayout
-        .layout(models, &req, &mut layret_core::ignore_progress)
+        .layout(
+            models,
+            &req,
+            &mut Router::new(),
+            &mut layret_core::ignore_progress,
+        )
         .unwrap();
     let mut retouch = MultiSourceRetouch {
         mask_log: Some(Vec::new()),
@@ -110,6 +115,7 @@ fn run(
             models,
             &layout,
             &tensor4(tag, "reference_image"),
+            &mut PassHooks::none(),
             &mut layret_core::ignore_progress,
         )
         .unwrap();
@@ -165,22 +171,33 @@ fn replay_and_recompute_give_identical_outputs() {
     let (settings, ..) = case("dreambooth");
     let models = ModelPair::new(base(), &personalization("dreambooth")).unwrap();
     let (_, replayed, _) = run(&models, "dreambooth", settings.clone());
-    let recompute = MethodSettings {
-        replay: false,
-        ..settings.clone()
-    };
+    let recompute = settings.clone().with_kv_policy(KvPolicy::Recompute);
     let (_, recomputed, _) = run(&models, "dreambooth", recompute);
-    let dont_keep = MethodSettings {
-        kv_policy: KvPolicy::DontKeep,
-        ..settings
+    // Recompute in lockstep: the layout lends its hooks to the retouch stage's recomputation.
+    let (_, phrase, class, prompt) = case("dreambooth");
+    let recompute = settings.with_kv_policy(KvPolicy::Recompute);
+    let req = LayoutRequest {
+        prompts: SubjectPrompts::new(&prompt, &phrase, &class, &recompute.reference_prefix)
+            .unwrap(),
+        noise: tensor4("dreambooth", "noise"),
+        settings: recompute,
     };
-    let (_, fallback, _) = run(&models, "dreambooth", dont_keep);
+    let (_, lockstep) = MultiSourceRetouch::new()
+        .retouch_with(
+            &models,
+            &req,
+            &mut StepBlendedLayout,
+            &tensor4("dreambooth", "reference_image"),
+            &mut PassHooks::none(),
+            &mut layret_core::ignore_progress,
+        )
+        .unwrap();
     let r = bits(replayed);
     assert_eq!(r, bits(recomputed), "recompute differs from replay");
     assert_eq!(
         r,
-        bits(fallback),
-        "DontKeep (recompute) differs from replay"
+        bits(lockstep.latents),
+        "recompute in lockstep differs from replay"
     );
 }
 
@@ -193,15 +210,15 @@ fn pipeline_batches_prompts_and_caches_the_reference() {
         class_phrase: class,
         references: vec![tensor4("ti", "reference_image")],
     };
-    let req = GenerateRequest {
-        prompts: vec![prompt.clone(), "a <cat-toy> in the snow".into()],
-        num_samples: 2,
-        width: 128,
-        height: 128,
-        noise: NoiseSource::Tensor(tensor4("ti", "noise")),
-        settings,
-        return_masks: true,
-    };
+    let req = GenerateRequest::new(
+        vec![prompt.clone(), "a <cat-toy> in the snow".into()],
+        128,
+        128,
+    )
+    .with_samples(2)
+    .with_noise(NoiseSource::Tensor(tensor4("ti", "noise")))
+    .with_settings(settings)
+    .with_masks(true);
     let mut pipe = LayoutAndRetouch::default();
     let mut stages = std::collections::BTreeSet::new();
     let out = pipe
@@ -233,18 +250,11 @@ fn prompt_rules_are_enforced() {
         class_phrase: "cat toy".into(),
         references: vec![tensor4("ti", "reference_image")],
     };
-    let mut req = GenerateRequest {
-        prompts: vec!["a dog on the beach".into()],
-        num_samples: 1,
-        width: 128,
-        height: 128,
-        noise: NoiseSource::Seed(1),
-        settings: MethodSettings {
-            steps: 2,
-            ..MethodSettings::default()
-        },
-        return_masks: false,
-    };
+    let mut req = GenerateRequest::new(["a dog on the beach"], 128, 128)
+        .with_samples(1)
+        .with_noise(NoiseSource::Seed(1))
+        .with_settings(MethodSettings::default().with_steps(2))
+        .with_masks(false);
     let mut pipe = LayoutAndRetouch::default();
     assert!(matches!(
         pipe.generate(&models, &subject, &req, &mut layret_core::ignore_progress),
@@ -271,12 +281,12 @@ fn prompt_rules_are_enforced() {
         Err(Error::InvalidArgument { .. })
     ));
     // Subject token positions (BOS = 0).
-    let tok = models.tokenizer(Which::Personal);
+    let tok = models.tokenizer(ModelRole::Personalized);
     assert_eq!(
         subject_tokens(tok, "a <cat-toy> on the beach", "<cat-toy>").unwrap(),
         vec![2]
     );
-    let vt = models.tokenizer(Which::Vanilla);
+    let vt = models.tokenizer(ModelRole::Vanilla);
     assert_eq!(
         subject_tokens(vt, "a cat toy on the beach", "cat toy").unwrap(),
         vec![2, 3]
@@ -294,15 +304,11 @@ fn reference_cache_on_disk_gives_identical_outputs() {
         class_phrase: class,
         references: vec![tensor4("ti", "reference_image")],
     };
-    let req = GenerateRequest {
-        prompts: vec![prompt],
-        num_samples: 2,
-        width: 128,
-        height: 128,
-        noise: NoiseSource::Tensor(tensor4("ti", "noise")),
-        settings,
-        return_masks: false,
-    };
+    let req = GenerateRequest::new(vec![prompt], 128, 128)
+        .with_samples(2)
+        .with_noise(NoiseSource::Tensor(tensor4("ti", "noise")))
+        .with_settings(settings)
+        .with_masks(false);
     let tmp = tempdir();
     let dir = tmp.path().join("cache");
     let run = || {
@@ -380,15 +386,11 @@ fn reference_cache_keys_follow_content_and_recompute_bad_entries() {
         class_phrase: class,
         references: vec![tensor4("ti", "reference_image")],
     };
-    let req = GenerateRequest {
-        prompts: vec![prompt],
-        num_samples: 2,
-        width: 128,
-        height: 128,
-        noise: NoiseSource::Tensor(tensor4("ti", "noise")),
-        settings: settings.clone(),
-        return_masks: false,
-    };
+    let req = GenerateRequest::new(vec![prompt], 128, 128)
+        .with_samples(2)
+        .with_noise(NoiseSource::Tensor(tensor4("ti", "noise")))
+        .with_settings(settings.clone())
+        .with_masks(false);
     // Returns (latent bits, misses, disk hits, warnings).
     let run = |models: &ModelPair| {
         let mut pipe = LayoutAndRetouch::new(
@@ -438,11 +440,8 @@ fn reference_cache_keys_follow_content_and_recompute_bad_entries() {
 
     // Another dtype is another key.
     let f16 = load(burn::tensor::DType::F16);
-    assert_ne!(f16.fingerprint().unwrap(), models.fingerprint().unwrap());
-    let other_settings = MethodSettings {
-        guidance: 5.0,
-        ..settings.clone()
-    };
+    assert_ne!(f16.fingerprint(), models.fingerprint());
+    let other_settings = settings.clone().with_guidance(5.0);
     let other = ReferenceKey::new(
         &models,
         &subject.references[0],
@@ -542,24 +541,22 @@ fn full_case(c: &Value) -> FullCase {
         Value::String(b) => b.parse::<Blend>().unwrap(),
         v => Blend::Fixed(v.as_f64().unwrap()),
     };
-    let settings = MethodSettings {
-        steps: u("N"),
-        guidance: f("guidance"),
-        negative_prompt: s("negative_prompt"),
-        layout_fraction: f("layout_fraction"),
-        swap_start: u("S"),
-        mask_threshold: f("tau"),
-        mask_factor: u("mf"),
-        swap_divisor: u("div"),
-        blend,
-        blend_start: Some(u("blend_start")),
-        mode: match s("mode").as_str() {
+    let settings = MethodSettings::default()
+        .with_steps(u("N"))
+        .with_guidance(f("guidance"))
+        .with_negative_prompt(s("negative_prompt"))
+        .with_layout_fraction(f("layout_fraction"))
+        .with_swap_start(u("S"))
+        .with_mask_threshold(f("tau"))
+        .with_mask_factor(u("mf"))
+        .with_swap_divisor(u("div"))
+        .with_blend(blend)
+        .with_blend_start(Some(u("blend_start")))
+        .with_mode(match s("mode").as_str() {
             "split" => SwapMode::Split,
             _ => SwapMode::Concat,
-        },
-        reference_prefix: s("reference_prefix"),
-        ..MethodSettings::default()
-    };
+        })
+        .with_reference_prefix(s("reference_prefix"));
     assert_eq!(settings.lambda1(), u("lambda1"), "{tag}: λ1");
     FullCase {
         models: ModelPair::new(base, &personalization).unwrap(),
@@ -603,7 +600,12 @@ fn check_single_reference(c: &FullCase) {
         settings: c.settings.clone(),
     };
     let layout = StepBlendedLayout
-        .layout(&c.models, &req, &mut layret_core::ignore_progress)
+        .layout(
+            &c.models,
+            &req,
+            &mut Router::new(),
+            &mut layret_core::ignore_progress,
+        )
         .unwrap();
     let mut retouch = MultiSourceRetouch {
         mask_log: Some(Vec::new()),
@@ -614,6 +616,7 @@ fn check_single_reference(c: &FullCase) {
             &c.models,
             &layout,
             &tensor4(tag, "reference_image"),
+            &mut PassHooks::none(),
             &mut layret_core::ignore_progress,
         )
         .unwrap();
@@ -671,15 +674,11 @@ fn check_references(c: &FullCase) {
             .map(|r| tensor4(tag, &format!("reference_image{r}")))
             .collect(),
     };
-    let req = GenerateRequest {
-        prompts: vec![c.prompt.clone()],
-        num_samples: n,
-        width: 8 * w,
-        height: 8 * h,
-        noise: NoiseSource::Tensor(noise),
-        settings: c.settings.clone(),
-        return_masks: false,
-    };
+    let req = GenerateRequest::new(vec![c.prompt.clone()], 8 * w, 8 * h)
+        .with_samples(n)
+        .with_noise(NoiseSource::Tensor(noise))
+        .with_settings(c.settings.clone())
+        .with_masks(false);
     let out = LayoutAndRetouch::default()
         .generate(&c.models, &subject, &req, &mut layret_core::ignore_progress)
         .unwrap();
@@ -741,10 +740,7 @@ fn f16_keys_and_values_stay_close_to_f32() {
     // to KeepF32, but within a measured tolerance of the f32 reference.
     let (settings, ..) = case("ti");
     let models = ModelPair::new(base(), &personalization("ti")).unwrap();
-    let f16 = MethodSettings {
-        kv_policy: KvPolicy::KeepF16,
-        ..settings.clone()
-    };
+    let f16 = settings.clone().with_kv_policy(KvPolicy::KeepF16);
     let (_, exact, _) = run(&models, "ti", settings);
     let (context, latents, _) = run(&models, "ti", f16);
     let err = max_abs(context, &golden("ti", "context_latents").unwrap());
@@ -779,15 +775,11 @@ fn lockstep_and_disk_references_give_bit_identical_outputs() {
         class.clone(),
         tensor4("dreambooth", "reference_image"),
     );
-    let req = GenerateRequest {
-        prompts: vec![prompt.clone()],
-        num_samples: 2,
-        width: 128,
-        height: 128,
-        noise: NoiseSource::Tensor(tensor4("dreambooth", "noise")),
-        settings: settings.clone(),
-        return_masks: false,
-    };
+    let req = GenerateRequest::new(vec![prompt.clone()], 128, 128)
+        .with_samples(2)
+        .with_noise(NoiseSource::Tensor(tensor4("dreambooth", "noise")))
+        .with_settings(settings.clone())
+        .with_masks(false);
     let lockstep = LayoutAndRetouch::default()
         .generate(&models, &subject, &req, &mut layret_core::ignore_progress)
         .unwrap();
@@ -801,7 +793,12 @@ fn lockstep_and_disk_references_give_bit_identical_outputs() {
         settings,
     };
     let layout = StepBlendedLayout
-        .layout(&models, &stages, &mut layret_core::ignore_progress)
+        .layout(
+            &models,
+            &stages,
+            &mut Router::new(),
+            &mut layret_core::ignore_progress,
+        )
         .unwrap();
     assert!(layout.kv.is_some(), "the stage path keeps every step's K/V");
     let mut memory = MultiSourceRetouch {
@@ -813,6 +810,7 @@ fn lockstep_and_disk_references_give_bit_identical_outputs() {
             &models,
             &layout,
             &subject.references[0],
+            &mut PassHooks::none(),
             &mut layret_core::ignore_progress,
         )
         .unwrap();
@@ -824,15 +822,11 @@ fn progress_totals_are_known_up_front_and_a_break_cancels() {
     let (settings, phrase, class, prompt) = case("ti");
     let models = ModelPair::new(base(), &personalization("ti")).unwrap();
     let subject = Subject::new(phrase, class, tensor4("ti", "reference_image"));
-    let req = GenerateRequest {
-        prompts: vec![prompt, "a <cat-toy> in the snow".into()],
-        num_samples: 2,
-        width: 128,
-        height: 128,
-        noise: NoiseSource::Tensor(tensor4("ti", "noise")),
-        settings: settings.clone(),
-        return_masks: false,
-    };
+    let req = GenerateRequest::new(vec![prompt, "a <cat-toy> in the snow".into()], 128, 128)
+        .with_samples(2)
+        .with_noise(NoiseSource::Tensor(tensor4("ti", "noise")))
+        .with_settings(settings.clone())
+        .with_masks(false);
     let n = settings.steps;
     // 2 prompts × (layout N + retouch N + decode) + one reference (inversion N + passes N).
     let want_total = 2 * (2 * n + 1) + 2 * n;

@@ -56,7 +56,12 @@ fn main() {
         )
     });
     time("self-attention 8x40 L=4096 (layret kernel)", || {
-        layret::core::nn::attention(q.clone(), q.clone(), q.clone(), None)
+        layret::core::nn::scaled_dot_product_attention(
+            q.clone(),
+            q.clone(),
+            q.clone(),
+            layret::core::nn::AttentionMask::None,
+        )
     });
     let q80 = r([2, 8, 1024, 80]);
     time("self-attention 8x80 L=1024 (burn)", || {
@@ -70,7 +75,12 @@ fn main() {
         )
     });
     time("self-attention 8x80 L=1024 (layret kernel)", || {
-        layret::core::nn::attention(q80.clone(), q80.clone(), q80.clone(), None)
+        layret::core::nn::scaled_dot_product_attention(
+            q80.clone(),
+            q80.clone(),
+            q80.clone(),
+            layret::core::nn::AttentionMask::None,
+        )
     });
     let k = r([2, 8, 77, 40]);
     time("cross-attention 8x40 L=4096x77", || {

@@ -5,8 +5,8 @@
 //! Usage: peer_layret WEIGHTS INPUTS OUT [RUNS]
 
 use layret::burn::tensor::{DType, Device, Tensor};
-use layret::core::attention::{DefaultAttention, StepContext};
 use layret::core::noise::{load_tensor, save_tensors};
+use layret::core::processor::{DefaultAttention, StepContext};
 use layret::core::unet::{UNet2DConditionModel, UNetConfig};
 use layret::core::weights::Weights;
 
@@ -32,7 +32,9 @@ fn main() {
     let mut eps = None;
     for _ in 0..runs {
         let t0 = std::time::Instant::now();
-        let e = unet.forward(sample.clone(), t, &ctx, &mut DefaultAttention, &sc);
+        let e = unet
+            .forward(sample.clone(), t, &ctx, &mut DefaultAttention, &sc)
+            .unwrap();
         let e = Tensor::from_data(e.into_data(), &dev);
         times.push(t0.elapsed().as_secs_f64());
         eps = Some(e);

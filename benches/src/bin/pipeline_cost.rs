@@ -25,7 +25,7 @@ fn main() {
     let kv_policy = match args.get(5).map(String::as_str) {
         None | Some("f32") => KvPolicy::KeepF32,
         Some("f16") => KvPolicy::KeepF16,
-        Some("none") => KvPolicy::DontKeep,
+        Some("none") => KvPolicy::Recompute,
         Some(other) => panic!("KV must be f32, f16 or none, got {other}"),
     };
     let (size, steps, prompts, samples) = (a[0], a[1], a[2], a[3]);
@@ -41,19 +41,15 @@ fn main() {
     let rounds = a.get(4).copied().unwrap_or(1);
     for round in 0..rounds {
         for p in 0..prompts {
-            let req = GenerateRequest {
-                prompts: vec![all[p % all.len()].into()],
-                num_samples: samples,
-                width: size,
-                height: size,
-                noise: NoiseSource::Seed(1),
-                settings: MethodSettings {
-                    steps,
-                    kv_policy,
-                    ..MethodSettings::default()
-                },
-                return_masks: false,
-            };
+            let req = GenerateRequest::new([all[p % all.len()]], size, size)
+                .with_samples(samples)
+                .with_noise(NoiseSource::Seed(1))
+                .with_settings(
+                    MethodSettings::default()
+                        .with_steps(steps)
+                        .with_kv_policy(kv_policy),
+                )
+                .with_masks(false);
             let mut stage_t: Vec<(&'static str, f64)> = Vec::new();
             let mut last = Instant::now();
             let t0 = Instant::now();

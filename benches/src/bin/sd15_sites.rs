@@ -2,7 +2,7 @@
 //! (docs/attention.md is made with it).
 
 use layret::burn::tensor::{DType, Device};
-use layret::core::attention::AttentionKind;
+use layret::core::processor::AttentionKind;
 
 fn main() {
     let (unet, _) = layret_benches::sd15_unet(&Device::flex(), DType::F32, 0);

@@ -9,7 +9,7 @@
 
 use layret::burn::module::Module;
 use layret::burn::tensor::{Device, Tensor};
-use layret::core::attention::{DefaultAttention, StepContext};
+use layret::core::processor::{DefaultAttention, StepContext};
 use layret::core::stable_diffusion::{LoadOptions, StableDiffusion};
 use layret::core::weights::Weights;
 
@@ -60,13 +60,16 @@ fn main() {
     let ctx = t3("encoder_hidden_states");
     let mut report = vec![];
     for t in [981.0, 1.0] {
-        let e = sd.unet.forward(
-            sample.clone(),
-            t,
-            &ctx,
-            &mut DefaultAttention,
-            &StepContext::plain(0, t, 1),
-        );
+        let e = sd
+            .unet
+            .forward(
+                sample.clone(),
+                t,
+                &ctx,
+                &mut DefaultAttention,
+                &StepContext::plain(0, t, 1),
+            )
+            .unwrap();
         report.push(format!(
             "unet t{t} {:.2e}",
             err(e, t4(&format!("eps_t{t}")))

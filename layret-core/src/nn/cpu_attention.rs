@@ -22,17 +22,34 @@ const BK: usize = 256;
 /// Below this many scores per head, burn's kernel (no host round trip) is used.
 const MIN_SCORES: usize = 64 * 1024;
 
-/// `softmax(q kᵀ/√d) v`, masking keys where `exclude[b, j]` is true (a row with every key
-/// excluded gives zeros).
+/// What restricts or weights the keys of [`scaled_dot_product_attention`].
+#[derive(Debug, Clone, Default)]
+pub enum AttentionMask {
+    /// Every key counts.
+    #[default]
+    None,
+    /// `[B, Lk]`, true = key `j` is masked out for every head and query of batch row `b`.
+    ExcludeKeys(Tensor<2, Bool>),
+    /// Added to the scaled scores before the softmax, broadcast from `[B or 1, H or 1,
+    /// Lq or 1, Lk]`; `−∞` masks a key out (FreeCustom-style weighting: `ln w`).
+    Bias(Tensor<4>),
+}
+
+/// `softmax(q kᵀ/√d + bias) v` with keys masked out by `mask`; a query whose every key is
+/// masked out gets zeros (on every backend).
+///
+/// On the flex CPU backend in f32 with long key sequences this is layret's tiled
+/// online-softmax kernel (the UNet's head-split views read in place); elsewhere burn's
+/// attention without a mask, and an explicit softmax with one (the mask broadcast, never
+/// expanded per head).
 ///
 /// # Shapes
-/// `q` `[B, H, Lq, d]`, `k` `[B, H, Lk, d]`, `v` `[B, H, Lk, dv]`, `exclude` `[B, Lk]` →
-/// `[B, H, Lq, dv]`.
-pub fn attention(
+/// `q` `[B, H, Lq, d]`, `k` `[B, H, Lk, d]`, `v` `[B, H, Lk, dv]` → `[B, H, Lq, dv]`.
+pub fn scaled_dot_product_attention(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
-    exclude: Option<Tensor<2, Bool>>,
+    mask: AttentionMask,
 ) -> Tensor<4> {
     let [b, h, lq, d] = q.dims();
     let [_, _, lk, dv] = v.dims();
@@ -44,17 +61,33 @@ pub fn attention(
         && lq * lk >= MIN_SCORES
         && d > 0
         && dv > 0;
-    if !fast {
-        let mask = exclude.map(|m| m.reshape([b, 1, 1, lk]).expand([b, h, lq, lk]));
-        return burn_attention(q, k, v, mask, None, AttentionModuleOptions::default());
-    }
-    // The operands are read in place through their strides (the `[B, L, H, d] → [B, H, L, d]`
-    // views the UNet passes need no copy).
-    let (Some(qf), Some(kf), Some(vf)) = (strided(&q), strided(&k), strided(&v)) else {
-        let mask = exclude.map(|m| m.reshape([b, 1, 1, lk]).expand([b, h, lq, lk]));
-        return burn_attention(q, k, v, mask, None, AttentionModuleOptions::default());
+    let strided_all = if fast {
+        match (strided(&q), strided(&k), strided(&v)) {
+            (Some(qf), Some(kf), Some(vf)) => Some((qf, kf, vf)),
+            _ => None,
+        }
+    } else {
+        None
     };
-    let excl: Option<Vec<bool>> = exclude.and_then(|m| m.into_data().try_to_vec::<bool>().ok());
+    let Some((qf, kf, vf)) = strided_all else {
+        return match mask {
+            AttentionMask::None => {
+                burn_attention(q, k, v, None, None, AttentionModuleOptions::default())
+            }
+            AttentionMask::ExcludeKeys(ex) => {
+                let bias = Tensor::<2>::zeros([b, lk], &device)
+                    .mask_fill(ex, f32::NEG_INFINITY)
+                    .reshape([b, 1, 1, lk]);
+                explicit_attention(q, k, v, bias)
+            }
+            AttentionMask::Bias(bias) => explicit_attention(q, k, v, bias),
+        };
+    };
+    let (excl, bias): (Option<Vec<bool>>, Option<HostBias>) = match mask {
+        AttentionMask::None => (None, None),
+        AttentionMask::ExcludeKeys(m) => (m.into_data().try_to_vec::<bool>().ok(), None),
+        AttentionMask::Bias(t) => (None, HostBias::new(t, [b, h, lq, lk])),
+    };
     let scale = 1.0 / (d as f32).sqrt();
     // Written as `[B, Lq, H, dv]` and returned as a `[B, H, Lq, dv]` view, so the usual
     // `swap_dims(1, 2).reshape([B, Lq, H·dv])` that follows is free.
@@ -63,22 +96,89 @@ pub fn attention(
     (0..b * h).into_par_iter().for_each(|bh| {
         let (bi, hi) = (bh / h, bh % h);
         let ex = excl.as_ref().map(|e| &e[bi * lk..(bi + 1) * lk]);
+        let bias = bias.as_ref().map(|bb| bb.head(bi, hi));
         // SAFETY: each (b, h) writes only its own rows `((bi·lq + i)·h + hi)·dv ..+dv`, all
         // inside `out`; the views stay inside their tensors' storage (checked by `strided`).
         unsafe {
             head(
-                qf.matrix(bi, hi),
-                kf.matrix(bi, hi),
-                vf.matrix(bi, hi),
-                out_ptr.get().add((bi * lq * h + hi) * dv),
-                (h * dv) as isize,
+                [qf.matrix(bi, hi), kf.matrix(bi, hi), vf.matrix(bi, hi)],
+                OutRows {
+                    ptr: out_ptr.get().add((bi * lq * h + hi) * dv),
+                    stride: (h * dv) as isize,
+                },
                 (lq, lk, d, dv),
                 scale,
-                ex,
+                Keys { ex, bias },
             );
         }
     });
     Tensor::<4>::from_data(TensorData::new(out, [b, lq, h, dv]), &device).swap_dims(1, 2)
+}
+
+/// `softmax(q kᵀ/√d + bias) v` written out (any backend and dtype); a row whose every score
+/// is `−∞` gives zeros.
+fn explicit_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, bias: Tensor<4>) -> Tensor<4> {
+    let d = q.dims()[3];
+    let s = q.matmul(k.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt()) + bias.cast(v.dtype());
+    let m = s.clone().max_dim(3);
+    // A row of only −∞ has max −∞: shift it by 0 instead, so every exp is 0.
+    let m = m.clone().mask_fill(m.is_inf(), 0.0);
+    let e = (s - m).exp();
+    let l = e.clone().sum_dim(3);
+    let l = l.clone().mask_fill(l.equal_elem(0.0), 1.0);
+    e.matmul(v) / l
+}
+
+/// An additive bias on the host, `[B, H, Lq, Lk]` with broadcast (stride 0) axes.
+struct HostBias {
+    data: Vec<f32>,
+    /// Element strides of the b, h, q axes (0 where broadcast); keys are contiguous.
+    strides: [usize; 3],
+}
+
+/// The bias rows of one (batch, head).
+#[derive(Clone, Copy)]
+struct HeadBias<'a> {
+    data: &'a [f32],
+    /// Stride between query rows (0 when broadcast).
+    row_stride: usize,
+}
+
+impl HostBias {
+    fn new(t: Tensor<4>, [b, h, lq, lk]: [usize; 4]) -> Option<Self> {
+        let dims = t.dims();
+        let fits = |got: usize, want: usize| got == want || got == 1;
+        if dims[3] != lk || !fits(dims[0], b) || !fits(dims[1], h) || !fits(dims[2], lq) {
+            return None;
+        }
+        let data = t.into_data().convert::<f32>().try_into_vec::<f32>().ok()?;
+        let sq = if dims[2] == 1 { 0 } else { lk };
+        let sh = if dims[1] == 1 { 0 } else { dims[2] * lk };
+        let sb = if dims[0] == 1 {
+            0
+        } else {
+            dims[1] * dims[2] * lk
+        };
+        Some(Self {
+            data,
+            strides: [sb, sh, sq],
+        })
+    }
+
+    fn head(&self, b: usize, h: usize) -> HeadBias<'_> {
+        let start = b * self.strides[0] + h * self.strides[1];
+        HeadBias {
+            data: &self.data[start..],
+            row_stride: self.strides[2],
+        }
+    }
+}
+
+/// How the keys of one (batch, head) are restricted: excluded keys and/or an additive bias.
+#[derive(Clone, Copy)]
+struct Keys<'a> {
+    ex: Option<&'a [bool]>,
+    bias: Option<HeadBias<'a>>,
 }
 
 /// A raw pointer that may cross into rayon tasks (each task writes disjoint rows).
@@ -156,22 +256,34 @@ fn strided(t: &Tensor<4>) -> Option<Strided> {
     })
 }
 
-/// One (batch, head): `o[lq, dv] = softmax(q kᵀ·scale) v`, `o`'s rows `o_rs` apart.
+/// Where one (batch, head) writes its output rows: `ptr` and the stride between rows.
+struct OutRows {
+    ptr: *mut f32,
+    stride: isize,
+}
+
+/// The running state of an online softmax over query rows: max `m`, sum `l` and the
+/// accumulator `acc` (`dv` per row).
+struct Running<'a> {
+    m: &'a mut [f32],
+    l: &'a mut [f32],
+    acc: &'a mut [f32],
+    dv: usize,
+}
+
+/// One (batch, head): `o[lq, dv] = softmax(q kᵀ·scale + bias) v`.
 ///
 /// # Safety
-/// The views must address `[lq, d]`, `[lk, d]`, `[lk, dv]` valid elements and `o` `lq` rows
-/// of `dv` writable elements that no other thread touches.
-#[allow(clippy::too_many_arguments)]
+/// The views `[q, k, v]` must address `[lq, d]`, `[lk, d]`, `[lk, dv]` valid elements and
+/// `o` `lq` rows of `dv` writable elements that no other thread touches.
 unsafe fn head(
-    q: MatView,
-    k: MatView,
-    v: MatView,
-    o: *mut f32,
-    o_rs: isize,
+    [q, k, v]: [MatView; 3],
+    o: OutRows,
     (lq, lk, d, dv): (usize, usize, usize, usize),
     scale: f32,
-    ex: Option<&[bool]>,
+    keys: Keys,
 ) {
+    let (o, o_rs) = (o.ptr, o.stride);
     let mut s = vec![0f32; BQ * BK];
     let mut acc = vec![0f32; BQ * dv];
     let mut m = [0f32; BQ];
@@ -208,15 +320,27 @@ unsafe fn head(
                     gemm::Parallelism::None,
                 );
             }
-            let blk_ex = ex.map(|e| &e[k0..k0 + bk]);
+            let blk_ex = keys.ex.map(|e| &e[k0..k0 + bk]);
+            let masked = blk_ex.is_some() || keys.bias.is_some();
+            if let Some(bias) = keys.bias {
+                for (i, row) in s[..bq * bk].chunks_exact_mut(bk).enumerate() {
+                    let at = (q0 + i) * bias.row_stride + k0;
+                    for (x, b) in row.iter_mut().zip(&bias.data[at..at + bk]) {
+                        *x += b;
+                    }
+                }
+            }
             softmax_block(
                 &mut s[..bq * bk],
                 bk,
-                &mut m[..bq],
-                &mut l[..bq],
-                &mut acc[..bq * dv],
-                dv,
+                &mut Running {
+                    m: &mut m[..bq],
+                    l: &mut l[..bq],
+                    acc: &mut acc[..bq * dv],
+                    dv,
+                },
                 blk_ex,
+                masked,
             );
             // acc[bq, dv] += p[bq, bk] · v[k0.., :]
             // SAFETY: as above.
@@ -258,40 +382,23 @@ unsafe fn head(
 
 /// Online-softmax update of one score block (rows of length `bk`): exponentiate in place
 /// against the running max, update the running sums and rescale the accumulator rows.
-fn softmax_block(
-    s: &mut [f32],
-    bk: usize,
-    m: &mut [f32],
-    l: &mut [f32],
-    acc: &mut [f32],
-    dv: usize,
-    ex: Option<&[bool]>,
-) {
+fn softmax_block(s: &mut [f32], bk: usize, run: &mut Running, ex: Option<&[bool]>, masked: bool) {
+    // Masked blocks (attention swapping, biases with −∞) are rarer; the portable loop
+    // handles them exactly.
     #[cfg(target_arch = "x86_64")]
-    if super::simd::has_avx2_fma() {
+    if !masked && super::simd::has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA.
-        unsafe { softmax_block_avx2(s, bk, m, l, acc, dv, ex) };
+        unsafe { softmax_block_avx2(s, bk, run) };
         return;
     }
-    softmax_block_generic(s, bk, m, l, acc, dv, ex);
+    softmax_block_generic(s, bk, run, ex, masked);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_block_avx2(
-    s: &mut [f32],
-    bk: usize,
-    m: &mut [f32],
-    l: &mut [f32],
-    acc: &mut [f32],
-    dv: usize,
-    ex: Option<&[bool]>,
-) {
-    if ex.is_some() {
-        // Masked blocks (attention swapping) are rarer; the portable loop handles them.
-        softmax_block_generic(s, bk, m, l, acc, dv, ex);
-        return;
-    }
+unsafe fn softmax_block_avx2(s: &mut [f32], bk: usize, run: &mut Running) {
+    let Running { m, l, acc, dv } = run;
+    let dv = *dv;
     for (i, row) in s.chunks_exact_mut(bk).enumerate() {
         // SAFETY: the caller checked AVX2 and FMA.
         let tile_max = unsafe { avx2::max(row) };
@@ -319,16 +426,19 @@ unsafe fn softmax_block_avx2(
 fn softmax_block_generic(
     s: &mut [f32],
     bk: usize,
-    m: &mut [f32],
-    l: &mut [f32],
-    acc: &mut [f32],
-    dv: usize,
+    run: &mut Running,
     ex: Option<&[bool]>,
+    masked: bool,
 ) {
+    let Running { m, l, acc, dv } = run;
+    let dv = *dv;
+    let mut out_keys = vec![false; if masked { bk } else { 0 }];
     for (i, row) in s.chunks_exact_mut(bk).enumerate() {
-        if let Some(ex) = ex {
-            for (x, &e) in row.iter_mut().zip(ex) {
-                if e {
+        if masked {
+            for (j, x) in row.iter_mut().enumerate() {
+                let excluded = ex.is_some_and(|e| e[j]) || *x == f32::NEG_INFINITY;
+                out_keys[j] = excluded;
+                if excluded {
                     *x = f32::NEG_INFINITY;
                 }
             }
@@ -340,17 +450,15 @@ fn softmax_block_generic(
             row.fill(0.0);
             continue;
         }
-        let sum = exp_sub_sum(row, new_max);
-        if let Some(ex) = ex {
+        let mut sum = exp_sub_sum(row, new_max);
+        if masked {
             // exp(−inf − max) is a tiny positive number in the fast exp; make it exactly 0.
-            let mut removed = 0.0;
-            for (x, &e) in row.iter_mut().zip(ex) {
+            for (x, &e) in row.iter_mut().zip(&out_keys) {
                 if e {
-                    removed += *x;
+                    sum -= *x;
                     *x = 0.0;
                 }
             }
-            l[i] -= removed;
         }
         let corr = if m[i] == f32::NEG_INFINITY {
             0.0
@@ -428,7 +536,7 @@ mod tests {
             None,
             AttentionModuleOptions::default(),
         );
-        let got = attention(q, k, v, None);
+        let got = scaled_dot_product_attention(q, k, v, AttentionMask::None);
         assert_eq!(got.dims(), [b, h, lq, d]);
         assert!(max_diff(got.clone(), want.clone()) < 1e-5);
         // The `[B, Lq, H·d]` merge that follows gives the same rows.
@@ -456,7 +564,8 @@ mod tests {
                 None,
                 AttentionModuleOptions::default(),
             );
-            let got = attention(q.clone(), k.clone(), v.clone(), None);
+            let got =
+                scaled_dot_product_attention(q.clone(), k.clone(), v.clone(), AttentionMask::None);
             assert!(max_diff(got, want) < 1e-5);
             // Key masks: exclude every other key of batch 0, none of batch 1.
             let ex: Vec<bool> = (0..2 * lk).map(|i| i < lk && i % 2 == 0).collect();
@@ -470,8 +579,134 @@ mod tests {
                 None,
                 AttentionModuleOptions::default(),
             );
-            let got = attention(q, k, v, Some(ex));
+            let got = scaled_dot_product_attention(q, k, v, AttentionMask::ExcludeKeys(ex));
             assert!(max_diff(got, want) < 1e-5);
+        }
+    }
+
+    /// The reference: scores in f64 on the host, bias added, softmax, zeros for a row with
+    /// every key at −∞.
+    fn host_reference(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, bias: &[f32]) -> Vec<f32> {
+        let [b, h, lq, d] = q.dims();
+        let lk = k.dims()[2];
+        let f = |t: &Tensor<4>| {
+            t.clone()
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap()
+        };
+        let (qv, kv, vv) = (f(q), f(k), f(v));
+        let mut out = vec![0f32; b * h * lq * d];
+        for bh in 0..b * h {
+            for i in 0..lq {
+                let qr = &qv[(bh * lq + i) * d..][..d];
+                let scores: Vec<f64> = (0..lk)
+                    .map(|j| {
+                        let kr = &kv[(bh * lk + j) * d..][..d];
+                        let dot: f64 = qr.iter().zip(kr).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        dot / (d as f64).sqrt() + bias[(bh * lq + i) * lk + j] as f64
+                    })
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                if m == f64::NEG_INFINITY {
+                    continue;
+                }
+                let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for c in 0..d {
+                    let acc: f64 = (0..lk)
+                        .map(|j| e[j] * vv[(bh * lk + j) * d + c] as f64)
+                        .sum();
+                    out[(bh * lq + i) * d + c] = (acc / z) as f32;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn additive_bias_on_every_path() {
+        let dev = Device::flex();
+        // (300, 400) takes the tiled kernel, (20, 30) the explicit fallback.
+        for (lq, lk) in [(300usize, 400usize), (20, 30)] {
+            let (b, h, d) = (2, 2, 8);
+            let q = Tensor::<4>::random([b, h, lq, d], Distribution::Normal(0.0, 1.0), &dev);
+            let k = Tensor::<4>::random([b, h, lk, d], Distribution::Normal(0.0, 1.0), &dev);
+            let v = Tensor::<4>::random([b, h, lk, d], Distribution::Normal(0.0, 1.0), &dev);
+            // Per batch row and key (broadcast over heads and queries): ln 2 on even keys,
+            // −∞ on keys ≥ lk − 5 of row 0; row 1's query 3 excludes every key.
+            let mut small = vec![0f32; b * lk];
+            for j in 0..lk {
+                small[j] = if j >= lk - 5 {
+                    f32::NEG_INFINITY
+                } else if j % 2 == 0 {
+                    2f32.ln()
+                } else {
+                    0.0
+                };
+                small[lk + j] = 0.5 * (j % 3) as f32;
+            }
+            let mut full = vec![0f32; b * h * lq * lk];
+            for bi in 0..b {
+                for hi in 0..h {
+                    for i in 0..lq {
+                        for j in 0..lk {
+                            let mut x = small[bi * lk + j];
+                            if bi == 1 && i == 3 {
+                                x = f32::NEG_INFINITY;
+                            }
+                            full[((bi * h + hi) * lq + i) * lk + j] = x;
+                        }
+                    }
+                }
+            }
+            let want = host_reference(&q, &k, &v, &full);
+            let bias = Tensor::<4>::from_data(TensorData::new(full.clone(), [b, h, lq, lk]), &dev);
+            let got = scaled_dot_product_attention(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                AttentionMask::Bias(bias),
+            );
+            let got: Vec<f32> = got.into_data().convert::<f32>().try_into_vec().unwrap();
+            let err = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(err < 1e-5, "{lq}x{lk}: {err}");
+            // The fully excluded query gives exactly zero.
+            let row = ((h) * lq + 3) * d; // batch 1, head 0, query 3
+            assert!(got[row..row + d].iter().all(|&x| x == 0.0), "{lq}x{lk}");
+            // A broadcast bias [B, 1, 1, Lk] gives the same as its expansion (no row 1 / q 3 rule).
+            let b4 = Tensor::<4>::from_data(TensorData::new(small.clone(), [b, 1, 1, lk]), &dev);
+            let got_b = scaled_dot_product_attention(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                AttentionMask::Bias(b4.clone()),
+            );
+            let want_b = scaled_dot_product_attention(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                AttentionMask::Bias(b4.expand([b, h, lq, lk])),
+            );
+            assert!(max_diff(got_b, want_b) < 1e-6);
+        }
+    }
+
+    #[test]
+    fn every_key_excluded_gives_zeros_on_every_path() {
+        let dev = Device::flex();
+        for (lq, lk) in [(300usize, 400usize), (20, 30)] {
+            let q = Tensor::<4>::random([1, 2, lq, 8], Distribution::Normal(0.0, 1.0), &dev);
+            let k = Tensor::<4>::random([1, 2, lk, 8], Distribution::Normal(0.0, 1.0), &dev);
+            let ex = Tensor::<2, Bool>::from_data(TensorData::new(vec![true; lk], [1, lk]), &dev);
+            let out = scaled_dot_product_attention(q, k.clone(), k, AttentionMask::ExcludeKeys(ex));
+            let v: Vec<f32> = out.into_data().convert::<f32>().try_into_vec().unwrap();
+            assert!(v.iter().all(|&x| x == 0.0), "{lq}x{lk}");
         }
     }
 }

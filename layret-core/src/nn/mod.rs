@@ -15,7 +15,7 @@ mod resize;
 mod simd;
 
 pub use conv2d::Conv2d;
-pub use cpu_attention::attention;
+pub use cpu_attention::{AttentionMask, scaled_dot_product_attention};
 pub(crate) use cpu_pointwise::geglu;
 pub use embedding::Embedding;
 pub use group_norm::GroupNorm;

@@ -318,12 +318,14 @@ impl PersonalModel {
         self.unet.as_ref().unwrap_or(&base.unet)
     }
 
-    /// `last_hidden_state` of prompts through the personalized tokenizer and text encoder.
-    pub fn encode_prompts(&self, prompts: &[&str]) -> Result<burn::tensor::Tensor<3>> {
-        let ids = prompts
-            .iter()
-            .map(|p| self.tokenizer.encode(p))
-            .collect::<Result<Vec<_>>>()?;
-        self.text_encoder.encode(&ids, 0)
+    /// The personalized tokenizer, text encoder and UNet (shared with `base` where not
+    /// replaced), for [`crate::sampling`].
+    pub fn denoiser<'a>(&'a self, base: &'a StableDiffusion) -> crate::sampling::Denoiser<'a> {
+        crate::sampling::Denoiser::new(
+            &self.tokenizer,
+            &self.text_encoder,
+            self.unet(base),
+            crate::processor::ModelRole::Personalized,
+        )
     }
 }

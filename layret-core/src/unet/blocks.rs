@@ -3,9 +3,9 @@ use burn::tensor::Tensor;
 
 use super::resnet::ResnetBlock2D;
 use super::transformer::Transformer2D;
-use crate::attention::AttentionHook;
 use crate::error::Result;
 use crate::nn::{Conv2d, resize_nearest};
+use crate::processor::AttentionHook;
 use crate::weights::WeightsView;
 
 /// `downsamplers.0`: a 3×3 convolution with stride 2 and padding 1.
@@ -104,18 +104,18 @@ impl DownBlock {
     }
 
     /// Runs the block, pushing every output the up path will concatenate onto `skips`.
-    pub fn forward(
+    pub(crate) fn forward(
         &self,
         mut x: Tensor<4>,
         temb: &Tensor<2>,
         context: &Tensor<3>,
         skips: &mut Vec<Tensor<4>>,
         hook: &mut AttentionHook,
-    ) -> Tensor<4> {
+    ) -> Result<Tensor<4>> {
         for (j, resnet) in self.resnets.iter().enumerate() {
             x = resnet.forward(x, Some(temb));
             if let Some(attn) = self.attentions.get(j) {
-                x = attn.forward(x, context, hook);
+                x = attn.forward(x, context, hook)?;
             }
             skips.push(x.clone());
         }
@@ -123,7 +123,7 @@ impl DownBlock {
             x = ds.conv.forward(x);
             skips.push(x.clone());
         }
-        x
+        Ok(x)
     }
 }
 
@@ -149,19 +149,19 @@ impl MidBlock {
 
     /// # Shapes
     /// `[B, C, H, W]` → `[B, C, H, W]`.
-    pub fn forward(
+    pub(crate) fn forward(
         &self,
         x: Tensor<4>,
         temb: &Tensor<2>,
         context: &Tensor<3>,
         hook: &mut AttentionHook,
-    ) -> Tensor<4> {
+    ) -> Result<Tensor<4>> {
         let mut x = self.resnets[0].forward(x, Some(temb));
         for (attn, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
-            x = attn.forward(x, context, hook);
+            x = attn.forward(x, context, hook)?;
             x = resnet.forward(x, Some(temb));
         }
-        x
+        Ok(x)
     }
 }
 
@@ -214,21 +214,21 @@ impl UpBlock {
 
     /// Runs the block, popping its skip connections from `skips`; `up_to` is the size the
     /// upsampler produces (that of the next skip).
-    pub fn forward(
+    pub(crate) fn forward(
         &self,
         mut x: Tensor<4>,
         temb: &Tensor<2>,
         context: &Tensor<3>,
         skips: &mut Vec<Tensor<4>>,
         hook: &mut AttentionHook,
-    ) -> Tensor<4> {
+    ) -> Result<Tensor<4>> {
         for (j, resnet) in self.resnets.iter().enumerate() {
             let skip = skips
                 .pop()
                 .unwrap_or_else(|| unreachable!("the down path pushes one skip per up resnet"));
             x = resnet.forward(Tensor::cat(vec![x, skip], 1), Some(temb));
             if let Some(attn) = self.attentions.get(j) {
-                x = attn.forward(x, context, hook);
+                x = attn.forward(x, context, hook)?;
             }
         }
         if let Some(us) = &self.upsamplers {
@@ -239,6 +239,6 @@ impl UpBlock {
                 .unwrap_or((2 * h, 2 * w));
             x = us.forward(x, th, tw);
         }
-        x
+        Ok(x)
     }
 }

@@ -2,9 +2,9 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::activation::gelu;
 
-use crate::attention::{AttentionHook, AttentionKind, AttentionSite};
 use crate::error::Result;
 use crate::nn::{Conv2d, GroupNorm, LayerNorm, Linear};
+use crate::processor::{AttentionHook, AttentionKind, AttentionSite};
 use crate::weights::WeightsView;
 
 /// `to_out`: diffusers keeps the projection at index 0 of a list (`to_out.0`).
@@ -32,6 +32,8 @@ pub struct Attention {
     pub path: String,
     /// Self (`attn1`) or cross (`attn2`).
     pub cross: bool,
+    /// Scores in f32 under half precision (`upcast_attention`).
+    pub upcast: bool,
 }
 
 impl Attention {
@@ -54,19 +56,20 @@ impl Attention {
             heads,
             path,
             cross: context_dim.is_some(),
+            upcast: false,
         })
     }
 
     /// # Shapes
     /// - `x`: `[B, HW, C]`; `context`: `[B, L, D]` for cross-attention
     /// - returns `[B, HW, C]`
-    pub fn forward(
+    pub(crate) fn forward(
         &self,
         x: Tensor<3>,
         context: Option<&Tensor<3>>,
         (height, width): (usize, usize),
         hook: &mut AttentionHook,
-    ) -> Tensor<3> {
+    ) -> Result<Tensor<3>> {
         let [b, lq, c] = x.dims();
         let d = c / self.heads;
         let kv_src = context.cloned().unwrap_or_else(|| x.clone());
@@ -100,12 +103,21 @@ impl Attention {
             head_dim: d,
             latent_height: hook.latent.0,
             latent_width: hook.latent.1,
+            upcast: self.upcast,
         };
         hook.next_index += 1;
-        let o = hook.processor.attend(&site, hook.ctx, q, k, v);
-        self.to_out
+        let o = hook.processor.attend(&site, hook.ctx, q, k, v)?;
+        if o.dims() != [b, self.heads, lq, d] {
+            return Err(crate::Error::Shape {
+                what: format!("attention processor output at {}", self.path),
+                expected: format!("[{b}, {}, {lq}, {d}]", self.heads),
+                got: o.dims().to_vec(),
+            });
+        }
+        Ok(self
+            .to_out
             .linear
-            .forward(o.swap_dims(1, 2).reshape([b, lq, c]))
+            .forward(o.swap_dims(1, 2).reshape([b, lq, c])))
     }
 }
 
@@ -201,19 +213,19 @@ impl BasicTransformerBlock {
 
     /// # Shapes
     /// `x` `[B, HW, C]`, `context` `[B, L, D]` → `[B, HW, C]`.
-    pub fn forward(
+    pub(crate) fn forward(
         &self,
         x: Tensor<3>,
         context: &Tensor<3>,
         hw: (usize, usize),
         hook: &mut AttentionHook,
-    ) -> Tensor<3> {
-        let x = x.clone() + self.attn1.forward(self.norm1.forward(x), None, hw, hook);
+    ) -> Result<Tensor<3>> {
+        let x = x.clone() + self.attn1.forward(self.norm1.forward(x), None, hw, hook)?;
         let x = x.clone()
             + self
                 .attn2
-                .forward(self.norm2.forward(x), Some(context), hw, hook);
-        x.clone() + self.ff.forward(self.norm3.forward(x))
+                .forward(self.norm2.forward(x), Some(context), hw, hook)?;
+        Ok(x.clone() + self.ff.forward(self.norm3.forward(x)))
     }
 }
 
@@ -276,12 +288,12 @@ impl Transformer2D {
 
     /// # Shapes
     /// `x` `[B, C, H, W]`, `context` `[B, L, D]` → `[B, C, H, W]`.
-    pub fn forward(
+    pub(crate) fn forward(
         &self,
         x: Tensor<4>,
         context: &Tensor<3>,
         hook: &mut AttentionHook,
-    ) -> Tensor<4> {
+    ) -> Result<Tensor<4>> {
         let [b, c, h, w] = x.dims();
         let residual = x.clone();
         let x = self.norm.forward(x);
@@ -291,13 +303,13 @@ impl Transformer2D {
             Projection::Linear(lin) => lin.forward(to_tokens(x)),
         };
         for block in &self.transformer_blocks {
-            t = block.forward(t, context, (h, w), hook);
+            t = block.forward(t, context, (h, w), hook)?;
         }
         let to_map = |t: Tensor<3>| t.swap_dims(1, 2).reshape([b, c, h, w]);
         let x = match &self.proj_out {
             Projection::Conv(conv) => conv.forward(to_map(t)),
             Projection::Linear(lin) => to_map(lin.forward(t)),
         };
-        x + residual
+        Ok(x + residual)
     }
 }

@@ -6,11 +6,11 @@ use burn::tensor::{DType, Device, Tensor};
 use super::blocks::{BlockSpec, DownBlock, MidBlock, UpBlock};
 use super::config::{DownBlockType, UNetConfig, UpBlockType};
 use super::embeddings::{TimestepEmbedding, timestep_embedding};
-use crate::attention::{
-    AttentionHook, AttentionKind, AttentionProcessor, AttentionSite, StepContext,
-};
 use crate::error::{Error, Result};
 use crate::nn::{Conv2d, GroupNorm};
+use crate::processor::{
+    AttentionHook, AttentionKind, AttentionProcessor, AttentionSite, StepContext,
+};
 use crate::weights::Weights;
 
 /// A mutable reference to one parameterized layer of the UNet (see
@@ -54,6 +54,8 @@ pub struct SiteInfo {
     pub latent_height: usize,
     /// Latent width the sizes are for.
     pub latent_width: usize,
+    /// `upcast_attention`.
+    pub upcast: bool,
 }
 
 /// diffusers' `UNet2DConditionModel` for SD 1.x/2.x: predicts the noise (or v) of a latent at a
@@ -207,10 +209,11 @@ impl UNet2DConditionModel {
         Ok(())
     }
 
-    /// Predict ε (or v) for `sample` at `timestep` given the text embeddings `context`.
+    /// Predict ε (or v) for `sample` at `timestep` given the text embeddings `context`, every
+    /// attention call going to `processor` (told the pass's start and end).
     ///
     /// Inputs must be consistent (see [`check_inputs`](Self::check_inputs)); pipelines check
-    /// them once before sampling.
+    /// them once before sampling. A processor's error ends the pass with that error.
     ///
     /// # Shapes
     /// - `sample`: `[B, in_channels, H, W]`, `context`: `[B, L, cross_attention_dim]`
@@ -222,7 +225,7 @@ impl UNet2DConditionModel {
         context: &Tensor<3>,
         processor: &mut dyn AttentionProcessor,
         ctx: &StepContext,
-    ) -> Tensor<4> {
+    ) -> Result<Tensor<4>> {
         let [b, _, lh, lw] = sample.dims();
         let device = sample.device();
         let t = timestep_embedding(
@@ -235,18 +238,20 @@ impl UNet2DConditionModel {
         )
         .cast(sample.dtype());
         let temb = self.time_embedding.forward(t);
+        processor.begin_pass(ctx)?;
         let mut hook = AttentionHook::new(processor, ctx, (lh, lw));
 
         let mut x = self.conv_in.forward(sample);
         let mut skips = vec![x.clone()];
         for block in &self.down_blocks {
-            x = block.forward(x, &temb, context, &mut skips, &mut hook);
+            x = block.forward(x, &temb, context, &mut skips, &mut hook)?;
         }
-        x = self.mid_block.forward(x, &temb, context, &mut hook);
+        x = self.mid_block.forward(x, &temb, context, &mut hook)?;
         for block in &self.up_blocks {
-            x = block.forward(x, &temb, context, &mut skips, &mut hook);
+            x = block.forward(x, &temb, context, &mut skips, &mut hook)?;
         }
-        self.conv_out.forward(self.conv_norm_out.forward_silu(x))
+        hook.processor.end_pass(ctx)?;
+        Ok(self.conv_out.forward(self.conv_norm_out.forward_silu(x)))
     }
 
     /// Every Linear and Conv2d layer with its checkpoint path (`time_embedding.linear_1`,
@@ -400,6 +405,7 @@ impl UNet2DConditionModel {
                 head_dim: c / attn.heads,
                 latent_height: height,
                 latent_width: width,
+                upcast: attn.upcast,
             });
         };
         let down = |s: usize| s.div_ceil(2);
@@ -456,6 +462,7 @@ impl SiteInfo {
             head_dim: self.head_dim,
             latent_height: self.latent_height,
             latent_width: self.latent_width,
+            upcast: self.upcast,
         }
     }
 }

@@ -5,9 +5,9 @@ use burn::tensor::ops::PadMode;
 use burn::tensor::{DType, Device, Tensor};
 
 use super::config::VaeConfig;
-use crate::attention::default_attention;
 use crate::error::{Error, Result};
 use crate::nn::{Conv2d, GroupNorm, Linear, resize_nearest};
+use crate::processor::default_attention;
 use crate::unet::{ResnetBlock2D, ToOut};
 use crate::weights::{Weights, WeightsView};
 

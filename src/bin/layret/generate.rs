@@ -128,39 +128,18 @@ pub struct Args {
 }
 
 fn settings(a: &Args) -> Result<MethodSettings> {
-    Ok(MethodSettings {
-        steps: a.steps,
-        guidance: a.guidance,
-        negative_prompt: a.negative_prompt.clone(),
-        layout_fraction: a.layout_fraction,
-        swap_start: a.swap_start,
-        mask_threshold: a.mask_threshold,
-        mask_factor: a.mask_factor,
-        blend: a.blend.parse::<Blend>()?,
-        blend_start: a.blend_start,
-        mode: match a.mode.as_str() {
-            "split" => SwapMode::Split,
-            "concat" => SwapMode::Concat,
-            m => {
-                return Err(Error::invalid(
-                    "mode",
-                    format!("{m:?}; expected split or concat"),
-                ));
-            }
-        },
-        kv_policy: match a.kv.as_str() {
-            "f32" => KvPolicy::KeepF32,
-            "f16" => KvPolicy::KeepF16,
-            "none" => KvPolicy::DontKeep,
-            k => {
-                return Err(Error::invalid(
-                    "kv",
-                    format!("{k:?}; expected f32, f16 or none"),
-                ));
-            }
-        },
-        ..MethodSettings::default()
-    })
+    Ok(MethodSettings::default()
+        .with_steps(a.steps)
+        .with_guidance(a.guidance)
+        .with_negative_prompt(a.negative_prompt.clone())
+        .with_layout_fraction(a.layout_fraction)
+        .with_swap_start(a.swap_start)
+        .with_mask_threshold(a.mask_threshold)
+        .with_mask_factor(a.mask_factor)
+        .with_blend(a.blend.parse::<Blend>()?)
+        .with_blend_start(a.blend_start)
+        .with_mode(a.mode.parse::<SwapMode>()?)
+        .with_kv_policy(a.kv.parse::<KvPolicy>()?))
 }
 
 /// Everything that determines the images of a run, field by field (what a resumed run must
@@ -177,7 +156,7 @@ fn run_key(
     use layret::core::fingerprint::of_tensor;
     let mut text = format!(
         "layret-generate-v1\nmodel {:016x}\nphrase {:?}\nclass {:?}\nnoise {:016x}\nsize {}x{}\n",
-        models.fingerprint()?,
+        models.fingerprint(),
         a.phrase,
         a.class_phrase,
         of_tensor(noise)?,
@@ -214,12 +193,8 @@ fn settings_text(s: &MethodSettings) -> String {
             SwapMode::Concat => "concat",
         },
         s.reference_prefix,
-        match s.kv_policy {
-            KvPolicy::KeepF32 => "f32",
-            KvPolicy::KeepF16 => "f16",
-            KvPolicy::DontKeep => "none",
-        },
-        s.replay
+        s.kv_policy.name(),
+        s.kv_policy != KvPolicy::Recompute
     )
 }
 
@@ -316,9 +291,9 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
             .collect::<String>(),
         t0.elapsed().as_secs_f64()
     ));
-    let size = models.base.default_size();
+    let size = models.base().default_size();
     let (width, height) = (a.width.unwrap_or(size), a.height.unwrap_or(size));
-    let (h, w) = models.base.latent_size(width, height)?;
+    let (h, w) = models.base().latent_size(width, height)?;
     let references = a
         .reference
         .iter()
@@ -328,7 +303,7 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
     if k == 0 {
         return Err(Error::invalid("num-samples", "0; must be at least 1"));
     }
-    let c = models.base.unet.in_channels;
+    let c = models.base().unet.in_channels;
     let (noise, seed_text, seed): (Tensor<4>, String, Option<u64>) = match (&a.noise, a.seed) {
         (Some(p), _) => (
             load_tensor(p, "noise", [k, c, h, w], &device)?,
@@ -349,7 +324,7 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
             }
             (
                 models
-                    .base
+                    .base()
                     .initial_noise(&NoiseSource::Seed(seed), k, h, w)?,
                 seed.to_string(),
                 Some(seed),
@@ -357,15 +332,11 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
         }
     };
 
-    let request = GenerateRequest {
-        prompts: a.prompt.clone(),
-        num_samples: k,
-        width,
-        height,
-        noise: NoiseSource::Tensor(noise.clone()),
-        settings: settings.clone(),
-        return_masks: a.save_masks,
-    };
+    let request = GenerateRequest::new(a.prompt.clone(), width, height)
+        .with_samples(k)
+        .with_noise(NoiseSource::Tensor(noise.clone()))
+        .with_settings(settings.clone())
+        .with_masks(a.save_masks);
     for w in request.warnings() {
         bars.note(&format!("warning: {w}"));
     }
@@ -414,10 +385,8 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
         class_phrase: a.class_phrase.clone(),
         references,
     };
-    let sub_request = GenerateRequest {
-        prompts: pending.iter().map(|&p| a.prompt[p].clone()).collect(),
-        ..request
-    };
+    let mut sub_request = request;
+    sub_request.prompts = pending.iter().map(|&p| a.prompt[p].clone()).collect();
     let method = format!(
         "layout-and-retouch layout_fraction={} swap_start={} mask_threshold={} mask_factor={} blend={} mode={}",
         a.layout_fraction, a.swap_start, a.mask_threshold, a.mask_factor, a.blend, a.mode

@@ -1,8 +1,8 @@
 use std::path::PathBuf;
 
 use layret::burn::tensor::Tensor;
-use layret::core::attention::DefaultAttention;
 use layret::core::noise::save_tensors;
+use layret::core::processor::DefaultAttention;
 
 use crate::model_args::ModelArgs;
 use layret::pipeline::load_reference_tensor;

@@ -3,8 +3,8 @@
 use std::ops::ControlFlow;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use layret::core::stable_diffusion::Progress;
-use layret::pipeline::PipelineProgress;
+use layret::core::progress::StageProgress as Progress;
+use layret::pipeline::RequestProgress;
 
 /// One bar per stage, replaced when the stage changes.
 pub struct Bars {
@@ -39,7 +39,7 @@ impl Bars {
 
     /// One bar for a whole Layout-and-Retouch request (its total known up front), the prompt
     /// and stage in its message; asks to stop once Ctrl-C was pressed.
-    pub fn update_request(&mut self, p: PipelineProgress) -> ControlFlow<()> {
+    pub fn update_request(&mut self, p: RequestProgress) -> ControlFlow<()> {
         if !self.quiet {
             if !matches!(&self.current, Some((s, _)) if *s == "request") {
                 self.finish();

@@ -1,6 +1,6 @@
 use burn::tensor::Device;
 use layret::burn;
-use layret::core::attention::AttentionKind;
+use layret::core::processor::AttentionKind;
 use layret::core::unet::UNet2DConditionModel;
 
 /// List the UNet's attention sites in execution order: path, kind, h×w, heads × head dim
