@@ -1,6 +1,8 @@
 //! The bad-input table of docs/errors.md: one test per row, each asserting the exact `Error`
 //! variant and that the message names the culprit. Rows are numbered as in the table.
 
+#![allow(clippy::single_range_in_vec_init)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -1025,4 +1027,185 @@ fn r53_cancelled() {
         "{e}"
     );
     assert_eq!(calls, 2, "stopped at the step boundary it was asked at");
+}
+
+/// One CFG UNet pass of sd1-tiny at a 16×16 latent with `layout` (its rows) and `processor`.
+fn unet_pass(
+    layout: layret::core::processor::BatchLayout,
+    processor: &mut dyn layret::core::processor::AttentionProcessor,
+) -> Result<Tensor<4>, Error> {
+    use layret::core::sampling::{BatchText, GuidedPass};
+    let sd = sd1();
+    let rows = layout.rows_per_half();
+    let model = sd.denoiser();
+    let text = BatchText::repeated(
+        model.encode(&["a dog"]).unwrap(),
+        model.encode(&[""]).unwrap(),
+        rows,
+    );
+    let x = layret::core::noise::seeded_noise(1, [rows, 4, 16, 16], &dev());
+    let pass = GuidedPass {
+        step: 5,
+        timestep: 501.0,
+        kind: layret::core::processor::Pass::Sample,
+        layout,
+        guidance: 7.5,
+    };
+    model.guided_eps(&pass, x, &text, processor)
+}
+
+fn swapped() -> layret::attention::SiteSelector {
+    layret::pipeline::swapped_sites(2)
+}
+
+#[test]
+fn r54_processor_asks_for_a_branch_the_batch_lacks() {
+    use layret::attention::{MutualSelfAttention, Router};
+    use layret::core::processor::{BatchLayout, Branch};
+    let mut msa = MutualSelfAttention::new(Branch::Source(0), Branch::Target, 0);
+    let mut router = Router::new();
+    router.route(swapped(), &mut msa);
+    let layout = BatchLayout::new(vec![Branch::Context, Branch::Target], 1, true).unwrap();
+    let e = unet_pass(layout, &mut router).unwrap_err();
+    assert!(
+        matches!(&e, Error::UnknownBranch { branch, branches } if branch == "source 0" && branches == "context, target"),
+        "{e}"
+    );
+}
+
+#[test]
+fn r55_replayed_keys_values_missing() {
+    use layret::attention::{KvPolicy, KvSource, KvStore, MultiSourceSwap, Router, SwapMode};
+    use layret::core::processor::{BatchLayout, Branch};
+    let empty = KvStore::new(KvPolicy::KeepF32);
+    let mut swap = MultiSourceSwap::new(
+        Branch::Target,
+        KvSource::Replay {
+            context: &empty,
+            reference: &empty,
+        },
+        0,
+        SwapMode::Split,
+    );
+    let mut router = Router::new();
+    router.route(swapped(), &mut swap);
+    let e = unet_pass(BatchLayout::single(Branch::Target, 1, true), &mut router).unwrap_err();
+    assert!(
+        matches!(&e, Error::MissingKv { branch, site, step: 5, .. } if branch == "context" && site.starts_with("up_blocks.")),
+        "{e}"
+    );
+}
+
+#[test]
+fn r56_replayed_keys_values_of_the_wrong_shape() {
+    use layret::attention::{KvPolicy, KvSource, KvStore, MultiSourceSwap, Router, SwapMode};
+    use layret::core::processor::{BatchLayout, Branch};
+    // Recorded at an 8×8 latent, replayed into a 16×16 pass: the token count differs.
+    let sd = sd1();
+    let mut store = KvStore::new(KvPolicy::KeepF32);
+    for s in sd.unet.sites(16, 16).iter().filter(|s| {
+        s.path.starts_with("up_blocks")
+            && s.kind == layret::core::processor::AttentionKind::SelfAttention
+    }) {
+        let t = Tensor::<4>::zeros([2, s.heads, s.height * s.width / 4, s.head_dim], &dev());
+        store.insert(&s.path, 5, t.clone(), t);
+    }
+    let mut swap = MultiSourceSwap::new(
+        Branch::Target,
+        KvSource::Replay {
+            context: &store,
+            reference: &store,
+        },
+        0,
+        SwapMode::Split,
+    );
+    let mut router = Router::new();
+    router.route(swapped(), &mut swap);
+    let e = unet_pass(BatchLayout::single(Branch::Target, 1, true), &mut router).unwrap_err();
+    assert!(
+        matches!(&e, Error::Shape { what, expected, .. } if what.contains("replayed context keys at up_blocks.") && expected.contains("tokens")),
+        "{e}"
+    );
+}
+
+#[test]
+fn r57_required_route_matching_nothing() {
+    use layret::attention::{Router, SiteSelector};
+    use layret::core::processor::{BatchLayout, Branch, DefaultAttention};
+    let mut p = DefaultAttention;
+    let mut router = Router::new();
+    router.require(SiteSelector::new().path("up_blokcs.*"), &mut p);
+    let e = unet_pass(BatchLayout::single(Branch::Main, 1, true), &mut router).unwrap_err();
+    assert!(
+        matches!(&e, Error::UnmatchedRoute { route, pass } if route == "[path up_blokcs.*]" && pass == "sample"),
+        "{e}"
+    );
+    drop(router);
+    // A plain route that never matched is listed, not an error.
+    let mut router = Router::new();
+    router.route(SiteSelector::new().path("up_blokcs.*"), &mut p);
+    unet_pass(BatchLayout::single(Branch::Main, 1, true), &mut router).unwrap();
+    assert_eq!(
+        router.unmatched(),
+        vec!["route [path up_blokcs.*]".to_string()]
+    );
+}
+
+/// A user processor that fails at its third call, or returns a wrongly shaped output.
+struct Failing {
+    calls: usize,
+    bad_shape: bool,
+}
+
+impl layret::core::processor::AttentionProcessor for Failing {
+    fn attend(
+        &mut self,
+        site: &layret::core::processor::AttentionSite,
+        _ctx: &layret::core::processor::StepContext,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+    ) -> Result<Tensor<4>, Error> {
+        self.calls += 1;
+        if self.bad_shape {
+            return Ok(layret::core::processor::default_attention(q, k, v).slice([0..1]));
+        }
+        if self.calls == 3 {
+            return Err(Error::Processor {
+                site: site.path.into(),
+                message: "my statistics overflowed".into(),
+            });
+        }
+        Ok(layret::core::processor::default_attention(q, k, v))
+    }
+}
+
+#[test]
+fn r58_user_processor_fails_or_returns_a_wrong_shape() {
+    let mut r = Txt2ImgRequest::new("a dog");
+    (r.steps, r.width, r.height) = (2, 64, 64);
+    let sd = sd1();
+    let mut f = Failing {
+        calls: 0,
+        bad_shape: false,
+    };
+    let e = sd
+        .txt2img_latents(&r, &mut f, &mut layret::core::ignore_progress)
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Processor { site, message } if site.starts_with("down_blocks.0") && message == "my statistics overflowed"),
+        "{e}"
+    );
+    assert_eq!(f.calls, 3, "the pass stopped at the failing call");
+    let mut f = Failing {
+        calls: 0,
+        bad_shape: true,
+    };
+    let e = sd
+        .txt2img_latents(&r, &mut f, &mut layret::core::ignore_progress)
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Shape { what, expected, got } if what.contains("attention processor output at down_blocks.0") && expected.starts_with("[2,") && got[0] == 1),
+        "{e}"
+    );
 }

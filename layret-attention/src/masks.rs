@@ -117,6 +117,14 @@ pub fn dilate3x3(mask: Tensor<4>) -> Tensor<4> {
     max_pool2d(mask, options)
 }
 
+/// A mask (or map) `[n, 1, H, W]` resized to the feature map of `site` by the nearest rule,
+/// flattened to its tokens: `[n, site.height · site.width]` — what a processor multiplies
+/// with the site's queries or keys.
+pub fn mask_at_site(mask: Tensor<4>, site: &layret_core::processor::AttentionSite) -> Tensor<2> {
+    let n = mask.dims()[0];
+    resize_nearest(mask, site.height, site.width).reshape([n, site.height * site.width])
+}
+
 /// `[rows, h·w]` → `[rows, 1, h, w]`.
 pub fn to_spatial(map: Tensor<2>, height: usize, width: usize) -> Tensor<4> {
     let rows = map.dims()[0];

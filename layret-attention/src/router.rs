@@ -273,6 +273,16 @@ impl AttentionProcessor for Router<'_> {
         if let (Err(qkv), Some(u)) = (&state, self.under.as_mut()) {
             let qkv = qkv.clone();
             state = u.compute(site, ctx, qkv)?;
+            if state.is_ok()
+                && let Some(r) = self
+                    .routes
+                    .iter_mut()
+                    .find(|r| r.selector.matches(site, ctx))
+            {
+                // The user's route replaced this one here: it counts as matched.
+                r.matched += 1;
+                r.matched_in_pass += 1;
+            }
         }
         if let Err(qkv) = state {
             state = Layer::compute(self, site, ctx, qkv)?;

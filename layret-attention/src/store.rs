@@ -20,6 +20,13 @@ pub struct AttentionRecord {
     pub probs: Tensor<4>,
 }
 
+impl AttentionRecord {
+    /// The probabilities on the host as an array `[rows, heads, Lq, Lk]`.
+    pub fn probs_array(&self) -> Result<layret_core::array::ndarray::Array4<f32>> {
+        layret_core::array::tensor_to_array4(self.probs.clone(), "attention probabilities")
+    }
+}
+
 /// A processor that computes attention explicitly (probabilities, then `· v`) and records the
 /// probabilities of the chosen CFG half, optionally averaged over heads. Route only the sites
 /// you need to it: every other site keeps the fused kernel.

@@ -141,3 +141,107 @@ fn default_routing_is_bit_identical() {
     assert_eq!(p, bits(a));
     assert_eq!(p, bits(b));
 }
+
+/// Records which processor computed each call (by name) and what observers saw.
+struct Named(&'static str, std::rc::Rc<std::cell::RefCell<Vec<String>>>);
+
+impl layret_core::processor::AttentionProcessor for Named {
+    fn attend(
+        &mut self,
+        site: &layret_core::processor::AttentionSite,
+        _ctx: &StepContext,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+    ) -> layret_core::Result<Tensor<4>> {
+        self.1
+            .borrow_mut()
+            .push(format!("{} {}", self.0, site.path));
+        Ok(layret_core::processor::default_attention(q, k, v) * 0.5)
+    }
+}
+
+struct Watch(&'static str, std::rc::Rc<std::cell::RefCell<Vec<String>>>);
+
+impl layret_attention::AttentionObserver for Watch {
+    fn observe(
+        &mut self,
+        site: &layret_core::processor::AttentionSite,
+        _ctx: &StepContext,
+        call: layret_attention::AttentionCall,
+    ) -> layret_core::Result<()> {
+        // The observer sees the output the computing processor gave (halved by Named).
+        let plain = layret_core::processor::default_attention(
+            call.q.clone(),
+            call.k.clone(),
+            call.v.clone(),
+        );
+        let halved = max_abs(call.output.clone(), plain * 0.5) < 1e-6;
+        self.1
+            .borrow_mut()
+            .push(format!("{} saw {} halved={halved}", self.0, site.path));
+        Ok(())
+    }
+}
+
+#[test]
+fn routers_layer_and_observers_share_sites() {
+    use std::{cell::RefCell, rc::Rc};
+    let sd = model();
+    let x = golden("noise");
+    let context = sd.encode_prompts(&["a dog", "a cat"]).unwrap();
+    let ctx = StepContext::plain(0, 501.0, 2);
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let mid = "mid_block.attentions.0.transformer_blocks.0.attn1";
+    let (mut user, mut builtin, mut fallback) = (
+        Named("user", log.clone()),
+        Named("builtin", log.clone()),
+        Named("fallback", log.clone()),
+    );
+    let (mut uw, mut bw) = (
+        Watch("user-obs", log.clone()),
+        Watch("builtin-obs", log.clone()),
+    );
+    let mut user_router = Router::new();
+    user_router
+        .route(SiteSelector::new().path(mid), &mut user)
+        .observe(SiteSelector::new().path(mid), &mut uw);
+    let mut plain = DefaultAttention;
+    {
+        let mut router = Router::new();
+        router
+            .require(SiteSelector::new().path("mid_block.*attn1"), &mut builtin)
+            .route(
+                SiteSelector::new().path("up_blocks.1.attentions.0.*attn1"),
+                &mut plain,
+            )
+            .observe(SiteSelector::new().path(mid), &mut bw)
+            .fallback(&mut fallback)
+            .over(&mut user_router);
+        sd.unet
+            .forward(x, 501.0, &context, &mut router, &ctx)
+            .unwrap();
+        // The built-in required route counts as matched where the user's replaced it.
+        assert!(router.unmatched().is_empty(), "{:?}", router.unmatched());
+    }
+    let log = log.borrow();
+    let mid_lines: Vec<&String> = log.iter().filter(|l| l.contains(mid)).collect();
+    assert_eq!(
+        mid_lines,
+        vec![
+            &format!("user {mid}"),
+            &format!("user-obs saw {mid} halved=true"),
+            &format!("builtin-obs saw {mid} halved=true"),
+        ],
+        "the user's route first, then both observers with its output"
+    );
+    assert!(!log.iter().any(|l| l.starts_with("builtin ")));
+    // Unrouted sites went to the fallback; the DefaultAttention route took its own site.
+    let n_sites = sd.unet.sites(8, 8).len();
+    let fallbacks = log.iter().filter(|l| l.starts_with("fallback ")).count();
+    assert_eq!(fallbacks, n_sites - 2);
+    assert!(
+        !log.iter()
+            .any(|l| l.contains("fallback up_blocks.1.attentions.0.transformer_blocks.0.attn1"))
+    );
+}

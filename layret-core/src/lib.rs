@@ -29,6 +29,7 @@
 // burn slices take one range per axis: `[a..b]` is a 1-axis slice, not a vec of ranges.
 #![allow(clippy::single_range_in_vec_init)]
 
+pub mod array;
 pub mod atomic;
 pub mod clip;
 mod config_file;
@@ -54,3 +55,11 @@ pub mod weights;
 
 pub use error::{Error, Result};
 pub use progress::ignore_progress;
+
+/// Loaded models can be shared between threads (checked at compile time).
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<stable_diffusion::StableDiffusion>();
+    send_sync::<personalization::PersonalModel>();
+    send_sync::<sampling::Denoiser<'static>>();
+};

@@ -711,6 +711,13 @@ impl StableDiffusion {
         image_io::to_rgb8(images)
     }
 
+    /// [`decode_to_rgb8`](Self::decode_to_rgb8) as an array `[B, 8h, 8w, 3]` of 8-bit RGB.
+    pub fn decode_to_array(&self, latents: Tensor<4>) -> Result<ndarray::Array4<u8>> {
+        Ok(crate::array::images_to_array(
+            &self.decode_to_rgb8(latents)?,
+        ))
+    }
+
     /// Scaled latents of images in [-1, 1]: `VAE.encode(image).mean · scaling_factor`.
     ///
     /// # Shapes

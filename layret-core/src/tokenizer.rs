@@ -383,6 +383,11 @@ impl ClipTokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// The vocabulary entry of `id` (e.g. `"dog</w>"`, `</w>` marking a word's end), if any.
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     /// Add new tokens (e.g. textual-inversion placeholders) as transformers' `add_tokens`
     /// does; returns their ids. Fails if one is already in the vocabulary.
     pub fn add_tokens(&mut self, tokens: &[&str]) -> Result<Vec<u32>> {

@@ -55,13 +55,23 @@ pub use pipeline::{
 };
 pub use prompts::{SubjectPrompts, subject_tokens};
 pub use reference::{
-    ReferenceCache, ReferenceData, ReferenceKey, ReferenceRequest, compute_reference,
+    CacheStats, ReferenceCache, ReferenceData, ReferenceKey, ReferenceRequest, compute_reference,
     load_reference_data,
 };
-pub use reference_image::{load_reference, load_reference_tensor, read_rgb};
+pub use reference_image::{load_reference, load_reference_tensor, read_rgb, reference_from_array};
 pub use retouch::MultiSourceRetouch;
 pub use settings::{Blend, MethodSettings};
 pub use stage::{
     ContextStep, LayoutRequest, LayoutResult, LayoutStage, ProgressFn, RetouchResult, RetouchStage,
     StepMasks, StepSink,
+};
+
+/// Loaded models and the reference cache can serve requests from several threads at once
+/// (checked at compile time).
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<ModelPair>();
+    send_sync::<ReferenceCache>();
+    send_sync::<ReferenceData>();
+    send_sync::<LayoutAndRetouch>();
 };

@@ -142,6 +142,23 @@ pub struct MaskImages {
     pub blend: Option<image::GrayImage>,
 }
 
+impl MaskImages {
+    /// The masks as `[H, W]` arrays (255 = subject), named `target`, `context`, `reference`
+    /// and, if blending ran, `blend`.
+    pub fn to_arrays(&self) -> Vec<(&'static str, layret_core::array::ndarray::Array2<u8>)> {
+        use layret_core::array::gray_to_array;
+        let mut out = vec![
+            ("target", gray_to_array(&self.target)),
+            ("context", gray_to_array(&self.context)),
+            ("reference", gray_to_array(&self.reference)),
+        ];
+        if let Some(b) = &self.blend {
+            out.push(("blend", gray_to_array(b)));
+        }
+        out
+    }
+}
+
 /// One generated sample.
 #[derive(Debug, Clone)]
 pub struct Generated {
@@ -161,6 +178,14 @@ pub struct Generated {
     pub context_latents: Tensor<4>,
     /// Masks, if asked for.
     pub masks: Option<MaskImages>,
+}
+
+impl Generated {
+    /// The final image as an array `[H, W, 3]`.
+    pub fn image_array(&self) -> layret_core::array::ndarray::Array3<u8> {
+        let a = layret_core::array::images_to_array(std::slice::from_ref(&self.image));
+        a.index_axis_move(layret_core::array::ndarray::Axis(0), 0)
+    }
 }
 
 /// Progress of the whole pipeline: which prompt, the stage's own progress, and the steps of

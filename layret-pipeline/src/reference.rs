@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use burn::tensor::{Device, Tensor};
 use layret_attention::{KvPolicy, KvStore};
@@ -183,6 +183,28 @@ enum Place {
     },
 }
 
+/// How often a [`ReferenceCache`] found what it was asked for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Hits (memory or disk).
+    pub hits: usize,
+    /// Of the hits, those read from disk.
+    pub disk_hits: usize,
+    /// Misses (computed).
+    pub misses: usize,
+}
+
+#[derive(Debug)]
+struct CacheState {
+    entries: HashMap<ReferenceKey, Arc<ReferenceData>>,
+    place: Place,
+    warnings: Vec<String>,
+    stats: CacheStats,
+    /// One lock per key being looked up, so a key is computed once even when several
+    /// threads ask for it at the same time.
+    slots: HashMap<ReferenceKey, Arc<Mutex<()>>>,
+}
+
 /// A cache of references (reused across prompts and seeds). Entries live on disk —
 /// memory-mapped, one step read at a time — in a folder that later runs reuse
 /// ([`with_disk`](Self::with_disk)) or a temporary one ([`new`](Self::new),
@@ -190,17 +212,14 @@ enum Place {
 /// Entries on disk are loaded onto the device of the models that ask for them; an entry that
 /// cannot be read (corrupt, truncated, from another version) is recomputed, with a
 /// [warning](Self::take_warnings).
+///
+/// The cache is shared by reference (`&self`, `Send + Sync`): put it in an [`Arc`] and give
+/// it to several pipelines (e.g. one per server thread, see
+/// [`MultiSourceRetouch::with_cache`](crate::MultiSourceRetouch::with_cache)); a reference
+/// asked for by two of them at once is computed once.
 #[derive(Debug)]
 pub struct ReferenceCache {
-    entries: HashMap<ReferenceKey, Arc<ReferenceData>>,
-    place: Place,
-    warnings: Vec<String>,
-    /// Hits so far (memory or disk).
-    pub hits: usize,
-    /// Of the hits, those read from disk.
-    pub disk_hits: usize,
-    /// Misses so far (computed).
-    pub misses: usize,
+    state: Mutex<CacheState>,
 }
 
 impl Default for ReferenceCache {
@@ -237,18 +256,30 @@ impl ReferenceCache {
 
     fn with_place(place: Place) -> Self {
         Self {
-            entries: HashMap::new(),
-            place,
-            warnings: Vec::new(),
-            hits: 0,
-            disk_hits: 0,
-            misses: 0,
+            state: Mutex::new(CacheState {
+                entries: HashMap::new(),
+                place,
+                warnings: Vec::new(),
+                stats: CacheStats::default(),
+                slots: HashMap::new(),
+            }),
         }
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, CacheState> {
+        // A panic while holding the lock leaves plain data behind; keep using it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hits and misses so far.
+    pub fn stats(&self) -> CacheStats {
+        self.state().stats
+    }
+
     /// The folder entries are written to (created if needed), or `None` in memory.
-    fn folder(&mut self) -> Result<Option<PathBuf>> {
-        match &mut self.place {
+    fn folder(&self) -> Result<Option<PathBuf>> {
+        let mut st = self.state();
+        match &mut st.place {
             Place::Memory => Ok(None),
             Place::Dir(d) => {
                 std::fs::create_dir_all(&*d).map_err(|e| Error::io("creating", &*d, e))?;
@@ -272,7 +303,7 @@ impl ReferenceCache {
 
     /// The file of `key` in the persistent cache folder, if the cache has one.
     pub fn file(&self, key: &ReferenceKey) -> Option<PathBuf> {
-        match &self.place {
+        match &self.state().place {
             Place::Dir(d) => Some(d.join(key.file_name())),
             _ => None,
         }
@@ -280,27 +311,41 @@ impl ReferenceCache {
 
     /// Whether `key` is in the cache (in memory, or as a file in the cache folder).
     pub fn contains(&self, key: &ReferenceKey) -> bool {
-        self.entries.contains_key(key) || self.file(key).is_some_and(|f| f.exists())
+        let in_memory = self.state().entries.contains_key(key);
+        in_memory || self.file(key).is_some_and(|f| f.exists())
     }
 
     /// Messages about entries that could not be used (and were recomputed), oldest first;
     /// the list is emptied.
-    pub fn take_warnings(&mut self) -> Vec<String> {
-        std::mem::take(&mut self.warnings)
+    pub fn take_warnings(&self) -> Vec<String> {
+        std::mem::take(&mut self.state().warnings)
     }
 
     /// The cached reference of `key`: from memory, else from disk (onto `device`), else
     /// computed (see [`compute_reference`]) and written to disk, atomically, one step at a
-    /// time.
+    /// time. Callers asking for the same key at the same time wait for one computation.
     pub fn get_or_compute(
-        &mut self,
+        &self,
         key: ReferenceKey,
         device: &Device,
         compute: impl FnOnce(Option<(&Path, &ReferenceKey)>) -> Result<ReferenceData>,
     ) -> Result<Arc<ReferenceData>> {
-        if let Some(v) = self.entries.get(&key) {
-            self.hits += 1;
-            return Ok(v.clone());
+        let slot = {
+            let mut st = self.state();
+            if let Some(v) = st.entries.get(&key).cloned() {
+                st.stats.hits += 1;
+                return Ok(v);
+            }
+            st.slots.entry(key.clone()).or_default().clone()
+        };
+        let _computing = slot.lock().unwrap_or_else(|e| e.into_inner());
+        // Another caller may have finished it while this one waited.
+        {
+            let mut st = self.state();
+            if let Some(v) = st.entries.get(&key).cloned() {
+                st.stats.hits += 1;
+                return Ok(v);
+            }
         }
         let folder = self.folder()?;
         let file = folder.as_ref().map(|d| d.join(key.file_name()));
@@ -308,7 +353,7 @@ impl ReferenceCache {
             Some(f) => match load_reference_data(f, &key, device) {
                 Ok(d) => Some(d),
                 Err(e) => {
-                    self.warnings.push(format!(
+                    self.state().warnings.push(format!(
                         "reference cache entry {} is unusable ({e}); recomputing it",
                         f.display()
                     ));
@@ -319,16 +364,19 @@ impl ReferenceCache {
         };
         let v = match cached {
             Some(d) => {
-                self.hits += 1;
-                self.disk_hits += 1;
+                let mut st = self.state();
+                st.stats.hits += 1;
+                st.stats.disk_hits += 1;
                 Arc::new(d)
             }
             None => {
-                self.misses += 1;
+                self.state().stats.misses += 1;
                 Arc::new(compute(file.as_deref().map(|f| (f, &key)))?)
             }
         };
-        self.entries.insert(key, v.clone());
+        let mut st = self.state();
+        st.entries.insert(key.clone(), v.clone());
+        st.slots.remove(&key);
         Ok(v)
     }
 }

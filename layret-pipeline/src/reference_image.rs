@@ -67,11 +67,33 @@ pub fn read_rgb(path: &Path) -> Result<RgbImage> {
 /// `width × height` and resize it there with a bicubic filter (no resampling when it already
 /// has that size). Images under 64 px or over 8192 px on a side are errors naming the file.
 pub fn load_reference(path: &Path, width: usize, height: usize) -> Result<RgbImage> {
+    fit_reference(read_rgb(path)?, width, height, path)
+}
+
+/// A reference photo given as an array `[H, W, 3]` of 8-bit RGB, prepared as
+/// [`load_reference`] prepares a file (center crop, bicubic resize), as a `[1, 3, H, W]`
+/// tensor in [-1, 1].
+pub fn reference_from_array(
+    image: layret_core::array::ndarray::ArrayView3<u8>,
+    width: usize,
+    height: usize,
+    device: &Device,
+) -> Result<Tensor<4>> {
+    let rgb = layret_core::array::array_to_images(
+        image.insert_axis(layret_core::array::ndarray::Axis(0)),
+    )?
+    .pop()
+    .ok_or_else(|| Error::invalid("reference image", "empty array"))?;
+    let rgb = fit_reference(rgb, width, height, Path::new("<array>"))?;
+    image_io::from_rgb8(&[rgb], device)
+}
+
+/// Check a reference's size and fit it to `width × height` (see [`load_reference`]).
+fn fit_reference(rgb: RgbImage, width: usize, height: usize, path: &Path) -> Result<RgbImage> {
     let err = |message: String| Error::Image {
         path: path.to_path_buf(),
         message,
     };
-    let rgb = read_rgb(path)?;
     let (w, h) = rgb.dimensions();
     if w < MIN_SIDE || h < MIN_SIDE {
         return Err(err(format!(

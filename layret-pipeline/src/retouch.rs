@@ -29,8 +29,8 @@ use crate::stage::{
 /// is used by the target's step k and dropped, so memory does not grow with the step count.
 #[derive(Debug, Default)]
 pub struct MultiSourceRetouch {
-    /// References computed so far (per model, image, `y_r`, N).
-    pub cache: ReferenceCache,
+    /// References computed so far (per model, image, `y_r`, N); shareable between pipelines.
+    pub cache: Arc<ReferenceCache>,
     /// When `Some`, the masks of every step are appended here as `(step, masks)` (for
     /// debugging and tests); `None` keeps only the last step's in the result.
     pub mask_log: Option<Vec<(usize, StepMasks)>>,
@@ -40,6 +40,14 @@ impl MultiSourceRetouch {
     /// A stage with an empty cache (see [`ReferenceCache::new`]).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A stage using `cache` (shared with other stages, e.g. one per server thread).
+    pub fn with_cache(cache: Arc<ReferenceCache>) -> Self {
+        Self {
+            cache,
+            mask_log: None,
+        }
     }
 
     /// The reference of `request` for `reference`: from the cache, or computed (and cached);

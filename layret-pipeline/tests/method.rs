@@ -228,9 +228,10 @@ fn pipeline_batches_prompts_and_caches_the_reference() {
         })
         .unwrap();
     assert_eq!(out.len(), 4);
-    assert_eq!(pipe.retouch.cache.misses, 1);
+    assert_eq!(pipe.retouch.cache.stats().misses, 1);
     assert_eq!(
-        pipe.retouch.cache.hits, 1,
+        pipe.retouch.cache.stats().hits,
+        1,
         "the second prompt reuses the reference"
     );
     assert!(stages.contains("layout") && stages.contains("retouch") && stages.contains("invert"));
@@ -314,10 +315,7 @@ fn reference_cache_on_disk_gives_identical_outputs() {
     let run = || {
         let mut pipe = LayoutAndRetouch::new(
             StepBlendedLayout,
-            MultiSourceRetouch {
-                cache: ReferenceCache::with_disk(&dir),
-                mask_log: None,
-            },
+            MultiSourceRetouch::with_cache(std::sync::Arc::new(ReferenceCache::with_disk(&dir))),
         );
         let out = pipe
             .generate(&models, &subject, &req, &mut layret_core::ignore_progress)
@@ -335,8 +333,8 @@ fn reference_cache_on_disk_gives_identical_outputs() {
             .collect();
         (
             bits,
-            pipe.retouch.cache.misses,
-            pipe.retouch.cache.disk_hits,
+            pipe.retouch.cache.stats().misses,
+            pipe.retouch.cache.stats().disk_hits,
         )
     };
     let (a, misses, _) = run();
@@ -395,17 +393,17 @@ fn reference_cache_keys_follow_content_and_recompute_bad_entries() {
     let run = |models: &ModelPair| {
         let mut pipe = LayoutAndRetouch::new(
             StepBlendedLayout,
-            MultiSourceRetouch {
-                cache: ReferenceCache::with_disk(&cache_dir),
-                mask_log: None,
-            },
+            MultiSourceRetouch::with_cache(std::sync::Arc::new(ReferenceCache::with_disk(
+                &cache_dir,
+            ))),
         );
         let out = pipe
             .generate(models, &subject, &req, &mut layret_core::ignore_progress)
             .unwrap();
         let b: Vec<u32> = out.iter().flat_map(|g| bits(g.latents.clone())).collect();
-        let c = &mut pipe.retouch.cache;
-        (b, c.misses, c.disk_hits, c.take_warnings())
+        let c = &pipe.retouch.cache;
+        let st = c.stats();
+        (b, st.misses, st.disk_hits, c.take_warnings())
     };
     let files = || std::fs::read_dir(&cache_dir).unwrap().count();
 
@@ -802,7 +800,7 @@ fn lockstep_and_disk_references_give_bit_identical_outputs() {
         .unwrap();
     assert!(layout.kv.is_some(), "the stage path keeps every step's K/V");
     let mut memory = MultiSourceRetouch {
-        cache: ReferenceCache::in_memory(),
+        cache: ReferenceCache::in_memory().into(),
         mask_log: None,
     };
     let out = memory

@@ -67,8 +67,8 @@ fn main() {
             let total = t0.elapsed().as_secs_f64();
             println!(
                 "{size}px N={steps} K={samples} round {round} prompt {p} [reference cache hits {} misses {}]: {total:.1}s total, {:.1}s/image; stages {:?}",
-                pipe.retouch.cache.hits,
-                pipe.retouch.cache.misses,
+                pipe.retouch.cache.stats().hits,
+                pipe.retouch.cache.stats().misses,
                 total / samples as f64,
                 stage_t
                     .iter()

@@ -372,13 +372,12 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
     }
     let mut pipe = LayoutAndRetouch::new(
         layret::pipeline::StepBlendedLayout,
-        layret::pipeline::MultiSourceRetouch {
-            cache: match &a.reference_cache {
+        layret::pipeline::MultiSourceRetouch::with_cache(std::sync::Arc::new(
+            match &a.reference_cache {
                 Some(dir) => layret::pipeline::ReferenceCache::with_disk(dir),
                 None => layret::pipeline::ReferenceCache::temporary_in(&a.out),
             },
-            mask_log: None,
-        },
+        )),
     );
     let subject = Subject {
         phrase: a.phrase.clone(),
@@ -515,11 +514,12 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
     );
     let mut bars = shared.into_inner();
     bars.finish();
-    let cache = &mut pipe.retouch.cache;
+    let cache = &pipe.retouch.cache;
     for w in cache.take_warnings() {
         bars.note(&format!("warning: {w}"));
     }
-    let stats = Some((cache.hits, cache.disk_hits, cache.misses));
+    let st = cache.stats();
+    let stats = Some((st.hits, st.disk_hits, st.misses));
     match result {
         Ok(()) => {}
         Err(e @ Error::Cancelled { .. }) => {
