@@ -12,19 +12,14 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let p = Path::new("fuzz/config.json");
-    if let Ok(c) = serde_json::from_slice::<UNetConfig>(data) {
-        if c.validate(p).is_ok() {
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(c) = UNetConfig::from_json(text, p) {
             let _ = c.levels();
-            let _ = c.down_types();
         }
-    }
-    if let Ok(c) = serde_json::from_slice::<VaeConfig>(data) {
-        if c.validate(p).is_ok() {
+        let _ = ClipTextConfig::from_json(text, p);
+        if let Ok(c) = VaeConfig::from_json(text, p) {
             let _ = c.downsample_factor();
         }
-    }
-    if let Ok(c) = serde_json::from_slice::<ClipTextConfig>(data) {
-        let _ = c.validate(p);
     }
     if let Ok(c) = serde_json::from_slice::<SchedulerConfig>(data) {
         if c.validate(p).is_ok() && c.num_train_timesteps <= 10_000 {

@@ -21,7 +21,7 @@ fn sd15_unet_runs_at_full_size() {
     let swapped: Vec<_> = sites
         .iter()
         .filter(|s| s.path.starts_with("up_blocks") && s.path.ends_with("attn1") && s.height >= 32)
-        .map(|s| s.path.as_str())
+        .map(|s| s.path)
         .collect();
     assert_eq!(
         swapped.len(),

@@ -77,3 +77,71 @@ fn sites_are_listed_in_execution_order() {
     assert_eq!((last.height, last.width), (16, 16));
     assert!(sites.iter().enumerate().all(|(i, s)| s.index == i));
 }
+
+/// What `forward` really hands the processor, site by site.
+#[derive(Default)]
+struct Recorder {
+    seen: Vec<(String, String, usize, usize, usize, usize, usize, bool)>,
+}
+
+impl layret_core::processor::AttentionProcessor for Recorder {
+    fn attend(
+        &mut self,
+        site: &layret_core::processor::AttentionSite,
+        _ctx: &StepContext,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+    ) -> layret_core::Result<Tensor<4>> {
+        let [_, heads, lq, d] = q.dims();
+        assert_eq!((heads, d), (site.heads, site.head_dim), "{}", site.path);
+        assert_eq!(lq, site.height * site.width, "{}", site.path);
+        self.seen.push(key(site));
+        Ok(layret_core::processor::default_attention(q, k, v))
+    }
+}
+
+fn key(
+    s: &layret_core::processor::AttentionSite,
+) -> (String, String, usize, usize, usize, usize, usize, bool) {
+    (
+        s.path.to_string(),
+        format!("{:?}", s.kind),
+        s.index,
+        s.height,
+        s.width,
+        s.heads,
+        s.head_dim,
+        s.upcast,
+    )
+}
+
+#[test]
+fn sites_are_what_forward_hands_the_processor() {
+    for name in ["sd1-tiny", "sd2-tiny"] {
+        let dir = common::fixtures().join(name).join("unet");
+        let (unet, cfg) =
+            UNet2DConditionModel::from_dir(&dir, &common::device(), DType::F32, None).unwrap();
+        for (h, w) in [(8, 8), (16, 16), (9, 13)] {
+            let sample: Tensor<4> =
+                layret_core::noise::seeded_noise(1, [1, 4, h, w], &common::device());
+            let context: Tensor<3> = layret_core::noise::seeded_noise(
+                2,
+                [1, 77, cfg.cross_attention_dim],
+                &common::device(),
+            );
+            let mut rec = Recorder::default();
+            unet.forward(
+                sample,
+                500.0,
+                &context,
+                &mut rec,
+                &StepContext::plain(0, 500.0, 1),
+            )
+            .unwrap();
+            let listed: Vec<_> = unet.sites(h, w).iter().map(key).collect();
+            assert!(!listed.is_empty());
+            assert_eq!(listed, rec.seen, "{name} at {h}×{w}");
+        }
+    }
+}

@@ -152,7 +152,7 @@ fn observers_hear_every_pass_and_change_nothing() {
     let sites = models.unet(ModelRole::Personalized).sites(16, 16);
     let swapped = sites
         .iter()
-        .filter(|s| swapped_sites(2).matches(&s.as_site(), &StepContext::plain(0, 0.0, 1)))
+        .filter(|s| swapped_sites(2).matches(s, &StepContext::plain(0, 0.0, 1)))
         .count();
     assert!(swapped > 0);
     assert_eq!(tc.calls, N * sites.len());

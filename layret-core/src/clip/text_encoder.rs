@@ -114,7 +114,7 @@ impl ClipEncoderLayer {
             mlp: ClipMlp {
                 fc1: Linear::load(&vb.pp("mlp.fc1"), h, cfg.intermediate_size, true)?,
                 fc2: Linear::load(&vb.pp("mlp.fc2"), cfg.intermediate_size, h, true)?,
-                quick_gelu: cfg.activation() == Some(ClipActivation::QuickGelu),
+                quick_gelu: cfg.hidden_act == ClipActivation::QuickGelu,
             },
         })
     }

@@ -1,8 +1,9 @@
 use burn::module::Module;
 use burn::tensor::Tensor;
 
+use super::config::BlockKind;
 use super::resnet::ResnetBlock2D;
-use super::transformer::Transformer2D;
+use super::transformer::{Transformer2D, TransformerSpec};
 use crate::error::Result;
 use crate::nn::{Conv2d, resize_nearest};
 use crate::processor::AttentionHook;
@@ -30,33 +31,55 @@ impl Upsample2D {
     }
 }
 
-/// What a block needs to know to load.
-pub(crate) struct BlockSpec<'a> {
+/// What every block of a UNet level is built with.
+pub(crate) struct BlockSpec {
+    /// Width of the time embedding.
     pub temb: usize,
-    pub groups: usize,
+    /// GroupNorm epsilon of the ResNets.
     pub eps: f64,
-    pub heads: usize,
-    pub context_dim: usize,
-    pub linear_projection: bool,
-    pub path: &'a str,
+    /// The transformers' settings (heads at this level, text width, norms, projections).
+    pub transformer: TransformerSpec,
 }
 
-impl BlockSpec<'_> {
+impl BlockSpec {
     fn resnet(&self, vb: &WeightsView, c_in: usize, c_out: usize) -> Result<ResnetBlock2D> {
-        ResnetBlock2D::load(vb, c_in, c_out, Some(self.temb), self.groups, self.eps)
+        let groups = self.transformer.groups;
+        ResnetBlock2D::load(vb, c_in, c_out, Some(self.temb), groups, self.eps)
     }
 
     fn transformer(&self, vb: &WeightsView, c: usize, j: usize) -> Result<Transformer2D> {
-        Transformer2D::load(
-            &vb.pp(format!("attentions.{j}")),
-            c,
-            self.heads,
-            self.context_dim,
-            self.groups,
-            self.linear_projection,
-            &format!("{}.attentions.{j}", self.path),
-        )
+        Transformer2D::load(&vb.pp(format!("attentions.{j}")), c, &self.transformer)
     }
+}
+
+/// The shape of one down block.
+pub(crate) struct DownBlockPlan {
+    /// Channels in.
+    pub in_channels: usize,
+    /// Channels out (the level's).
+    pub out_channels: usize,
+    /// ResNets.
+    pub layers: usize,
+    /// With transformers or without.
+    pub kind: BlockKind,
+    /// Whether it ends with a downsampler (all but the last level).
+    pub downsample: bool,
+}
+
+/// The shape of one up block.
+pub(crate) struct UpBlockPlan {
+    /// Channels coming from the block below.
+    pub prev_channels: usize,
+    /// Channels out (the level's).
+    pub out_channels: usize,
+    /// Channels of the last skip connection it takes (the next level's).
+    pub last_skip_channels: usize,
+    /// ResNets minus one (up blocks have `layers + 1`).
+    pub layers: usize,
+    /// With transformers or without.
+    pub kind: BlockKind,
+    /// Whether it ends with an upsampler (all but the last level).
+    pub upsample: bool,
 }
 
 /// `CrossAttnDownBlock2D` (with `attentions`) or `DownBlock2D` (without).
@@ -71,15 +94,9 @@ pub struct DownBlock {
 }
 
 impl DownBlock {
-    pub(crate) fn load(
-        vb: &WeightsView,
-        spec: &BlockSpec,
-        c_in: usize,
-        c_out: usize,
-        layers: usize,
-        cross_attn: bool,
-        downsample: bool,
-    ) -> Result<Self> {
+    pub(crate) fn load(vb: &WeightsView, spec: &BlockSpec, plan: &DownBlockPlan) -> Result<Self> {
+        let (c_in, c_out, layers) = (plan.in_channels, plan.out_channels, plan.layers);
+        let (cross_attn, downsample) = (plan.kind == BlockKind::CrossAttention, plan.downsample);
         let mut resnets = Vec::new();
         let mut attentions = Vec::new();
         for j in 0..layers {
@@ -177,17 +194,17 @@ pub struct UpBlock {
 }
 
 impl UpBlock {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn load(
-        vb: &WeightsView,
-        spec: &BlockSpec,
-        prev_out: usize,
-        c_out: usize,
-        c_skip_last: usize,
-        layers: usize,
-        cross_attn: bool,
-        upsample: bool,
-    ) -> Result<Self> {
+    pub(crate) fn load(vb: &WeightsView, spec: &BlockSpec, plan: &UpBlockPlan) -> Result<Self> {
+        let (prev_out, c_out, c_skip_last) = (
+            plan.prev_channels,
+            plan.out_channels,
+            plan.last_skip_channels,
+        );
+        let (layers, cross_attn, upsample) = (
+            plan.layers,
+            plan.kind == BlockKind::CrossAttention,
+            plan.upsample,
+        );
         let mut resnets = Vec::new();
         let mut attentions = Vec::new();
         for j in 0..=layers {
@@ -212,8 +229,8 @@ impl UpBlock {
         })
     }
 
-    /// Runs the block, popping its skip connections from `skips`; `up_to` is the size the
-    /// upsampler produces (that of the next skip).
+    /// Runs the block, popping its skip connections from `skips`; the upsampler produces the
+    /// size of the next skip (odd sizes round-trip).
     pub(crate) fn forward(
         &self,
         mut x: Tensor<4>,

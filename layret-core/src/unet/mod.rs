@@ -9,11 +9,11 @@ mod transformer;
 mod unet_2d;
 
 pub use blocks::{DownBlock, Downsample2D, MidBlock, UpBlock, Upsample2D};
-pub use config::{DownBlockType, LevelPlan, PerBlock, UNetConfig, UpBlockType};
+pub use config::{BlockKind, LevelPlan, UNetConfig};
 pub use embeddings::{TimestepEmbedding, timestep_embedding};
 pub use resnet::ResnetBlock2D;
 pub use transformer::{
     Attention, BasicTransformerBlock, FeedForward, GeGlu, Projection, ToOut, Transformer2D,
 };
 pub(crate) use unet_2d::UNetPlan;
-pub use unet_2d::{ModuleMut, SiteInfo, UNet2DConditionModel};
+pub use unet_2d::{ModuleMut, UNet2DConditionModel};

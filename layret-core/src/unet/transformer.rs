@@ -38,12 +38,13 @@ pub struct Attention {
 
 impl Attention {
     /// Load `to_q`, `to_k`, `to_v`, `to_out.0`; `context_dim` is `None` for self-attention.
+    /// The site path is the UNet's to set ([`UNet2DConditionModel::load`](super::UNet2DConditionModel::load)
+    /// names every attention from its walk of the tree).
     pub fn load(
         vb: &WeightsView,
         query_dim: usize,
         context_dim: Option<usize>,
         heads: usize,
-        path: String,
     ) -> Result<Self> {
         let kv_dim = context_dim.unwrap_or(query_dim);
         Ok(Self {
@@ -54,7 +55,7 @@ impl Attention {
                 linear: Linear::load(&vb.pp("to_out.0"), query_dim, query_dim, true)?,
             },
             heads,
-            path,
+            path: String::new(),
             cross: context_dim.is_some(),
             upcast: false,
         })
@@ -187,25 +188,13 @@ pub struct BasicTransformerBlock {
 }
 
 impl BasicTransformerBlock {
-    /// Load the block at `path` (its diffusers module path).
-    pub fn load(
-        vb: &WeightsView,
-        dim: usize,
-        heads: usize,
-        context_dim: usize,
-        path: &str,
-    ) -> Result<Self> {
+    /// Load the block at the view's prefix.
+    pub fn load(vb: &WeightsView, dim: usize, heads: usize, context_dim: usize) -> Result<Self> {
         Ok(Self {
             norm1: LayerNorm::load(&vb.pp("norm1"), dim, 1e-5)?,
-            attn1: Attention::load(&vb.pp("attn1"), dim, None, heads, format!("{path}.attn1"))?,
+            attn1: Attention::load(&vb.pp("attn1"), dim, None, heads)?,
             norm2: LayerNorm::load(&vb.pp("norm2"), dim, 1e-5)?,
-            attn2: Attention::load(
-                &vb.pp("attn2"),
-                dim,
-                Some(context_dim),
-                heads,
-                format!("{path}.attn2"),
-            )?,
+            attn2: Attention::load(&vb.pp("attn2"), dim, Some(context_dim), heads)?,
             norm3: LayerNorm::load(&vb.pp("norm3"), dim, 1e-5)?,
             ff: FeedForward::load(&vb.pp("ff"), dim)?,
         })
@@ -248,6 +237,21 @@ impl Projection {
     }
 }
 
+/// What a [`Transformer2D`] is built with (besides its channel count).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TransformerSpec {
+    /// Attention heads.
+    pub heads: usize,
+    /// Width of the text embeddings.
+    pub context_dim: usize,
+    /// GroupNorm groups of its input norm.
+    pub groups: usize,
+    /// Linear (SD 2.x) rather than 1×1-convolution projections.
+    pub linear_projection: bool,
+    /// `upcast_attention`.
+    pub upcast: bool,
+}
+
 /// diffusers' `Transformer2DModel` (one transformer block, as in SD 1.x/2.x).
 #[derive(Module, Debug)]
 pub struct Transformer2D {
@@ -262,27 +266,21 @@ pub struct Transformer2D {
 }
 
 impl Transformer2D {
-    /// Load the model at `path` with `c` channels and `heads` heads.
-    pub fn load(
-        vb: &WeightsView,
-        c: usize,
-        heads: usize,
-        context_dim: usize,
-        groups: usize,
-        linear_projection: bool,
-        path: &str,
-    ) -> Result<Self> {
+    /// Load the model at the view's prefix with `c` channels.
+    pub(crate) fn load(vb: &WeightsView, c: usize, spec: &TransformerSpec) -> Result<Self> {
+        let mut block = BasicTransformerBlock::load(
+            &vb.pp("transformer_blocks.0"),
+            c,
+            spec.heads,
+            spec.context_dim,
+        )?;
+        block.attn1.upcast = spec.upcast;
+        block.attn2.upcast = spec.upcast;
         Ok(Self {
-            norm: GroupNorm::load(&vb.pp("norm"), groups, c, 1e-6)?,
-            proj_in: Projection::load(&vb.pp("proj_in"), c, linear_projection)?,
-            transformer_blocks: vec![BasicTransformerBlock::load(
-                &vb.pp("transformer_blocks.0"),
-                c,
-                heads,
-                context_dim,
-                &format!("{path}.transformer_blocks.0"),
-            )?],
-            proj_out: Projection::load(&vb.pp("proj_out"), c, linear_projection)?,
+            norm: GroupNorm::load(&vb.pp("norm"), spec.groups, c, 1e-6)?,
+            proj_in: Projection::load(&vb.pp("proj_in"), c, spec.linear_projection)?,
+            transformer_blocks: vec![block],
+            proj_out: Projection::load(&vb.pp("proj_out"), c, spec.linear_projection)?,
         })
     }
 

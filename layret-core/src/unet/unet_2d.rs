@@ -3,15 +3,116 @@ use std::path::Path;
 use burn::module::Module;
 use burn::tensor::{DType, Device, Tensor};
 
-use super::blocks::{BlockSpec, DownBlock, MidBlock, UpBlock};
-use super::config::{DownBlockType, UNetConfig, UpBlockType};
+use super::blocks::{BlockSpec, DownBlock, DownBlockPlan, MidBlock, UpBlock, UpBlockPlan};
+use super::config::UNetConfig;
 use super::embeddings::{TimestepEmbedding, timestep_embedding};
+use super::transformer::{Attention, Projection, TransformerSpec};
 use crate::error::{Error, Result};
 use crate::nn::{Conv2d, GroupNorm};
 use crate::processor::{
     AttentionHook, AttentionKind, AttentionProcessor, AttentionSite, StepContext,
 };
 use crate::weights::Weights;
+
+/// The one description of the UNet's tree: every parameterized layer and attention in
+/// execution order, with its checkpoint path and (for attention) the feature-map size of a
+/// `latent`-sized input — the sizes `forward` produces (`⌈h/2⌉` per downsampler, back up to
+/// each skip's size). The immutable walk reports attention sites, the mutable one every
+/// Linear/Conv2d and attention module.
+macro_rules! walk {
+    ($unet:expr, $v:expr, $latent:expr, $($m:tt)?) => {{
+        let unet = & $($m)? *$unet;
+        let (mut h, mut w) = $latent;
+        let mut sizes = vec![(h, w)];
+        walk!(@lin $v, "time_embedding.linear_1", & $($m)? unet.time_embedding.linear_1, $($m)?);
+        walk!(@lin $v, "time_embedding.linear_2", & $($m)? unet.time_embedding.linear_2, $($m)?);
+        walk!(@conv $v, "conv_in", & $($m)? unet.conv_in, $($m)?);
+        for (i, block) in (& $($m)? unet.down_blocks).into_iter().enumerate() {
+            let p = format!("down_blocks.{i}");
+            for j in 0..block.resnets.len() {
+                walk!(@resnet $v, &format!("{p}.resnets.{j}"), & $($m)? block.resnets[j], $($m)?);
+                if j < block.attentions.len() {
+                    walk!(@transformer $v, &format!("{p}.attentions.{j}"), & $($m)? block.attentions[j], (h, w), $($m)?);
+                }
+            }
+            if let Some(d) = & $($m)? block.downsamplers {
+                walk!(@conv $v, &format!("{p}.downsamplers.0.conv"), & $($m)? d.conv, $($m)?);
+                (h, w) = (h.div_ceil(2), w.div_ceil(2));
+                sizes.push((h, w));
+            }
+        }
+        {
+            let mb = & $($m)? unet.mid_block;
+            walk!(@resnet $v, "mid_block.resnets.0", & $($m)? mb.resnets[0], $($m)?);
+            for j in 0..mb.attentions.len() {
+                walk!(@transformer $v, &format!("mid_block.attentions.{j}"), & $($m)? mb.attentions[j], (h, w), $($m)?);
+                walk!(@resnet $v, &format!("mid_block.resnets.{}", j + 1), & $($m)? mb.resnets[j + 1], $($m)?);
+            }
+        }
+        sizes.pop();
+        for (i, block) in (& $($m)? unet.up_blocks).into_iter().enumerate() {
+            let p = format!("up_blocks.{i}");
+            for j in 0..block.resnets.len() {
+                walk!(@resnet $v, &format!("{p}.resnets.{j}"), & $($m)? block.resnets[j], $($m)?);
+                if j < block.attentions.len() {
+                    walk!(@transformer $v, &format!("{p}.attentions.{j}"), & $($m)? block.attentions[j], (h, w), $($m)?);
+                }
+            }
+            if let Some(u) = & $($m)? block.upsamplers {
+                walk!(@conv $v, &format!("{p}.upsamplers.0.conv"), & $($m)? u.conv, $($m)?);
+                (h, w) = sizes.pop().unwrap_or((2 * h, 2 * w));
+            }
+        }
+        walk!(@conv $v, "conv_out", & $($m)? unet.conv_out, $($m)?);
+    }};
+    // Layers: only the mutable walk reports them.
+    (@lin $v:expr, $p:expr, $l:expr, mut) => {{ $v.linear($p, $l) }};
+    (@lin $v:expr, $p:expr, $l:expr, ) => {{ let _ = ($p, $l); }};
+    (@conv $v:expr, $p:expr, $c:expr, mut) => {{ $v.conv($p, $c) }};
+    (@conv $v:expr, $p:expr, $c:expr, ) => {{ let _ = ($p, $c); }};
+    (@proj $v:expr, $p:expr, $pr:expr, $($m:tt)?) => {
+        match $pr {
+            Projection::Linear(l) => walk!(@lin $v, $p, l, $($m)?),
+            Projection::Conv(c) => walk!(@conv $v, $p, c, $($m)?),
+        }
+    };
+    (@attn $v:expr, $p:expr, $a:expr, $hw:expr, $c:expr, mut) => {{
+        let _ = ($hw, $c);
+        let a = $a;
+        $v.linear(&format!("{}.to_q", $p), &mut a.to_q);
+        $v.linear(&format!("{}.to_k", $p), &mut a.to_k);
+        $v.linear(&format!("{}.to_v", $p), &mut a.to_v);
+        $v.linear(&format!("{}.to_out.0", $p), &mut a.to_out.linear);
+        $v.attention($p, a);
+    }};
+    (@attn $v:expr, $p:expr, $a:expr, $hw:expr, $c:expr, ) => {{ let _ = $p; $v.attention($a, $hw, $c) }};
+    (@resnet $v:expr, $p:expr, $r:expr, $($m:tt)?) => {{
+        let r = $r;
+        let p: &str = $p;
+        walk!(@conv $v, &format!("{p}.conv1"), & $($m)? r.conv1, $($m)?);
+        if let Some(l) = & $($m)? r.time_emb_proj {
+            walk!(@lin $v, &format!("{p}.time_emb_proj"), l, $($m)?);
+        }
+        walk!(@conv $v, &format!("{p}.conv2"), & $($m)? r.conv2, $($m)?);
+        if let Some(c) = & $($m)? r.conv_shortcut {
+            walk!(@conv $v, &format!("{p}.conv_shortcut"), c, $($m)?);
+        }
+    }};
+    (@transformer $v:expr, $p:expr, $t:expr, $hw:expr, $($m:tt)?) => {{
+        let t = $t;
+        let p: &str = $p;
+        let channels = t.norm.weight.dims()[0];
+        walk!(@proj $v, &format!("{p}.proj_in"), & $($m)? t.proj_in, $($m)?);
+        for (i, b) in (& $($m)? t.transformer_blocks).into_iter().enumerate() {
+            let bp = format!("{p}.transformer_blocks.{i}");
+            walk!(@attn $v, &format!("{bp}.attn1"), & $($m)? b.attn1, $hw, channels, $($m)?);
+            walk!(@attn $v, &format!("{bp}.attn2"), & $($m)? b.attn2, $hw, channels, $($m)?);
+            walk!(@lin $v, &format!("{bp}.ff.net.0.proj"), & $($m)? b.ff.geglu.proj, $($m)?);
+            walk!(@lin $v, &format!("{bp}.ff.net.2"), & $($m)? b.ff.out, $($m)?);
+        }
+        walk!(@proj $v, &format!("{p}.proj_out"), & $($m)? t.proj_out, $($m)?);
+    }};
+}
 
 /// A mutable reference to one parameterized layer of the UNet (see
 /// [`UNet2DConditionModel::for_each_module_mut`]).
@@ -31,31 +132,6 @@ pub(crate) struct UNetPlan {
     pub down_attention: Vec<bool>,
     /// Per up level, whether it has transformers.
     pub up_attention: Vec<bool>,
-}
-
-/// The static description of one attention site (for listing; see [`UNet2DConditionModel::sites`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SiteInfo {
-    /// diffusers module path.
-    pub path: String,
-    /// Self or cross.
-    pub kind: AttentionKind,
-    /// Execution index within a pass.
-    pub index: usize,
-    /// Feature-map height at the given latent size.
-    pub height: usize,
-    /// Feature-map width.
-    pub width: usize,
-    /// Heads.
-    pub heads: usize,
-    /// Dimension per head.
-    pub head_dim: usize,
-    /// Latent height the sizes are for.
-    pub latent_height: usize,
-    /// Latent width the sizes are for.
-    pub latent_width: usize,
-    /// `upcast_attention`.
-    pub upcast: bool,
 }
 
 /// diffusers' `UNet2DConditionModel` for SD 1.x/2.x: predicts the noise (or v) of a latent at a
@@ -114,78 +190,85 @@ impl UNet2DConditionModel {
         let n = levels.len();
         let c0 = levels[0].channels;
         let temb = 4 * c0;
-        let (groups, eps) = (cfg.norm_num_groups, cfg.norm_eps);
-        fn spec<'p>(cfg: &UNetConfig, temb: usize, heads: usize, path: &'p str) -> BlockSpec<'p> {
-            BlockSpec {
-                temb,
-                groups: cfg.norm_num_groups,
-                eps: cfg.norm_eps,
+        let spec = |heads: usize| BlockSpec {
+            temb,
+            eps: cfg.norm_eps,
+            transformer: TransformerSpec {
                 heads,
                 context_dim: cfg.cross_attention_dim,
+                groups: cfg.norm_num_groups,
                 linear_projection: cfg.use_linear_projection,
-                path,
-            }
-        }
+                upcast: cfg.upcast_attention,
+            },
+        };
 
         let time_embedding = TimestepEmbedding::load(&vb.pp("time_embedding"), c0, temb)?;
         let conv_in = Conv2d::load(&vb.pp("conv_in"), cfg.in_channels, c0, 3, 1, 1)?;
 
         let mut down_blocks = Vec::new();
         let mut c_prev = c0;
-        for (i, (level, kind)) in levels.iter().zip(cfg.down_types()).enumerate() {
-            let path = format!("down_blocks.{i}");
-            let s = spec(cfg, temb, level.heads, &path);
+        for (i, (level, &kind)) in levels.iter().zip(&cfg.down_blocks).enumerate() {
+            let plan = DownBlockPlan {
+                in_channels: c_prev,
+                out_channels: level.channels,
+                layers: cfg.layers_per_block,
+                kind,
+                downsample: i + 1 < n,
+            };
             down_blocks.push(DownBlock::load(
-                &vb.pp(&path),
-                &s,
-                c_prev,
-                level.channels,
-                cfg.layers_per_block,
-                kind == DownBlockType::CrossAttn,
-                i + 1 < n,
+                &vb.pp(format!("down_blocks.{i}")),
+                &spec(level.heads),
+                &plan,
             )?);
             c_prev = level.channels;
         }
 
         let last = &levels[n - 1];
-        let mid_spec = spec(cfg, temb, last.heads, "mid_block");
-        let mid_block = MidBlock::load(&vb.pp("mid_block"), &mid_spec, last.channels)?;
+        let mid_block = MidBlock::load(&vb.pp("mid_block"), &spec(last.heads), last.channels)?;
 
         let mut up_blocks = Vec::new();
         let rev: Vec<_> = levels.iter().rev().collect();
         let mut prev_out = last.channels;
-        for (i, kind) in cfg.up_types().into_iter().enumerate() {
-            let c_out = rev[i].channels;
-            let c_skip_last = rev[(i + 1).min(n - 1)].channels;
-            let path = format!("up_blocks.{i}");
-            let s = spec(cfg, temb, rev[i].heads, &path);
+        for (i, &kind) in cfg.up_blocks.iter().enumerate() {
+            let plan = UpBlockPlan {
+                prev_channels: prev_out,
+                out_channels: rev[i].channels,
+                last_skip_channels: rev[(i + 1).min(n - 1)].channels,
+                layers: cfg.layers_per_block,
+                kind,
+                upsample: i + 1 < n,
+            };
             up_blocks.push(UpBlock::load(
-                &vb.pp(&path),
-                &s,
-                prev_out,
-                c_out,
-                c_skip_last,
-                cfg.layers_per_block,
-                kind == UpBlockType::CrossAttn,
-                i + 1 < n,
+                &vb.pp(format!("up_blocks.{i}")),
+                &spec(rev[i].heads),
+                &plan,
             )?);
-            prev_out = c_out;
+            prev_out = plan.out_channels;
         }
 
-        Ok(Self {
+        let mut unet = Self {
             time_embedding,
             conv_in,
             down_blocks,
             mid_block,
             up_blocks,
-            conv_norm_out: GroupNorm::load(&vb.pp("conv_norm_out"), groups, c0, eps)?,
+            conv_norm_out: GroupNorm::load(
+                &vb.pp("conv_norm_out"),
+                cfg.norm_num_groups,
+                c0,
+                cfg.norm_eps,
+            )?,
             conv_out: Conv2d::load(&vb.pp("conv_out"), c0, cfg.out_channels, 3, 1, 1)?,
             time_proj_dim: c0,
             flip_sin_to_cos: cfg.flip_sin_to_cos,
             freq_shift: cfg.freq_shift,
             in_channels: cfg.in_channels,
             context_dim: cfg.cross_attention_dim,
-        })
+        };
+        // Every attention is named by its place in the tree (the walk below), the same names
+        // the checkpoint's keys and the module visitors use.
+        unet.walk_mut((1, 1), &mut NamePaths);
+        Ok(unet)
     }
 
     /// Check the inputs of [`forward`](Self::forward) and return an error instead of a panic.
@@ -256,92 +339,19 @@ impl UNet2DConditionModel {
 
     /// Every Linear and Conv2d layer with its checkpoint path (`time_embedding.linear_1`,
     /// `down_blocks.0.resnets.1.conv1`, `…attn2.to_k`, `…ff.net.2`, `…proj_in`,
-    /// `…downsamplers.0.conv`, …), in checkpoint order: what personalization (LoRA, LoCon,
+    /// `…downsamplers.0.conv`, …), in execution order: what personalization (LoRA, LoCon,
     /// Custom Diffusion) can update.
     pub fn for_each_module_mut(&mut self, f: &mut dyn FnMut(&str, ModuleMut)) {
-        use super::resnet::ResnetBlock2D;
-        use super::transformer::{Projection, Transformer2D};
-        fn resnet(r: &mut ResnetBlock2D, p: &str, f: &mut dyn FnMut(&str, ModuleMut)) {
-            f(&format!("{p}.conv1"), ModuleMut::Conv(&mut r.conv1));
-            if let Some(l) = &mut r.time_emb_proj {
-                f(&format!("{p}.time_emb_proj"), ModuleMut::Linear(l));
+        struct Modules<'f>(&'f mut dyn FnMut(&str, ModuleMut));
+        impl VisitMut for Modules<'_> {
+            fn linear(&mut self, path: &str, l: &mut crate::nn::Linear) {
+                (self.0)(path, ModuleMut::Linear(l));
             }
-            f(&format!("{p}.conv2"), ModuleMut::Conv(&mut r.conv2));
-            if let Some(c) = &mut r.conv_shortcut {
-                f(&format!("{p}.conv_shortcut"), ModuleMut::Conv(c));
+            fn conv(&mut self, path: &str, c: &mut Conv2d) {
+                (self.0)(path, ModuleMut::Conv(c));
             }
         }
-        fn projection(pr: &mut Projection, p: &str, f: &mut dyn FnMut(&str, ModuleMut)) {
-            match pr {
-                Projection::Linear(l) => f(p, ModuleMut::Linear(l)),
-                Projection::Conv(c) => f(p, ModuleMut::Conv(c)),
-            }
-        }
-        fn transformer(t: &mut Transformer2D, prefix: &str, f: &mut dyn FnMut(&str, ModuleMut)) {
-            projection(&mut t.proj_in, &format!("{prefix}.proj_in"), f);
-            for (i, b) in t.transformer_blocks.iter_mut().enumerate() {
-                let p = format!("{prefix}.transformer_blocks.{i}");
-                for (name, a) in [("attn1", &mut b.attn1), ("attn2", &mut b.attn2)] {
-                    f(&format!("{p}.{name}.to_q"), ModuleMut::Linear(&mut a.to_q));
-                    f(&format!("{p}.{name}.to_k"), ModuleMut::Linear(&mut a.to_k));
-                    f(&format!("{p}.{name}.to_v"), ModuleMut::Linear(&mut a.to_v));
-                    f(
-                        &format!("{p}.{name}.to_out.0"),
-                        ModuleMut::Linear(&mut a.to_out.linear),
-                    );
-                }
-                f(
-                    &format!("{p}.ff.net.0.proj"),
-                    ModuleMut::Linear(&mut b.ff.geglu.proj),
-                );
-                f(&format!("{p}.ff.net.2"), ModuleMut::Linear(&mut b.ff.out));
-            }
-            projection(&mut t.proj_out, &format!("{prefix}.proj_out"), f);
-        }
-        f(
-            "time_embedding.linear_1",
-            ModuleMut::Linear(&mut self.time_embedding.linear_1),
-        );
-        f(
-            "time_embedding.linear_2",
-            ModuleMut::Linear(&mut self.time_embedding.linear_2),
-        );
-        f("conv_in", ModuleMut::Conv(&mut self.conv_in));
-        for (i, block) in self.down_blocks.iter_mut().enumerate() {
-            for (j, r) in block.resnets.iter_mut().enumerate() {
-                resnet(r, &format!("down_blocks.{i}.resnets.{j}"), f);
-            }
-            for (j, t) in block.attentions.iter_mut().enumerate() {
-                transformer(t, &format!("down_blocks.{i}.attentions.{j}"), f);
-            }
-            if let Some(d) = &mut block.downsamplers {
-                f(
-                    &format!("down_blocks.{i}.downsamplers.0.conv"),
-                    ModuleMut::Conv(&mut d.conv),
-                );
-            }
-        }
-        for (j, r) in self.mid_block.resnets.iter_mut().enumerate() {
-            resnet(r, &format!("mid_block.resnets.{j}"), f);
-        }
-        for (j, t) in self.mid_block.attentions.iter_mut().enumerate() {
-            transformer(t, &format!("mid_block.attentions.{j}"), f);
-        }
-        for (i, block) in self.up_blocks.iter_mut().enumerate() {
-            for (j, r) in block.resnets.iter_mut().enumerate() {
-                resnet(r, &format!("up_blocks.{i}.resnets.{j}"), f);
-            }
-            for (j, t) in block.attentions.iter_mut().enumerate() {
-                transformer(t, &format!("up_blocks.{i}.attentions.{j}"), f);
-            }
-            if let Some(u) = &mut block.upsamplers {
-                f(
-                    &format!("up_blocks.{i}.upsamplers.0.conv"),
-                    ModuleMut::Conv(&mut u.conv),
-                );
-            }
-        }
-        f("conv_out", ModuleMut::Conv(&mut self.conv_out));
+        self.walk_mut((1, 1), &mut Modules(f));
     }
 
     /// Every Linear layer with its checkpoint path (see
@@ -387,82 +397,82 @@ impl UNet2DConditionModel {
         out
     }
 
-    /// Every attention site in execution order, with its size for a `height × width` latent.
-    pub fn sites(&self, height: usize, width: usize) -> Vec<SiteInfo> {
-        let mut out = Vec::new();
-        let mut push = |attn: &super::transformer::Attention, h: usize, w: usize, c: usize| {
-            out.push(SiteInfo {
-                path: attn.path.clone(),
-                kind: if attn.cross {
-                    AttentionKind::CrossAttention
-                } else {
-                    AttentionKind::SelfAttention
-                },
-                index: out.len(),
-                height: h,
-                width: w,
-                heads: attn.heads,
-                head_dim: c / attn.heads,
-                latent_height: height,
-                latent_width: width,
-                upcast: attn.upcast,
-            });
+    /// Every attention site in execution order, with its size for a `height × width` latent
+    /// (what [`forward`](Self::forward) hands the processor at that size).
+    pub fn sites(&self, height: usize, width: usize) -> Vec<AttentionSite<'_>> {
+        struct Sites<'u> {
+            out: Vec<AttentionSite<'u>>,
+            latent: (usize, usize),
+        }
+        impl<'u> Visit<'u> for Sites<'u> {
+            fn attention(&mut self, a: &'u Attention, (h, w): (usize, usize), channels: usize) {
+                self.out.push(AttentionSite {
+                    path: &a.path,
+                    kind: if a.cross {
+                        AttentionKind::CrossAttention
+                    } else {
+                        AttentionKind::SelfAttention
+                    },
+                    index: self.out.len(),
+                    height: h,
+                    width: w,
+                    heads: a.heads,
+                    head_dim: channels / a.heads,
+                    latent_height: self.latent.0,
+                    latent_width: self.latent.1,
+                    upcast: a.upcast,
+                });
+            }
+        }
+        let mut v = Sites {
+            out: Vec::new(),
+            latent: (height, width),
         };
-        let down = |s: usize| s.div_ceil(2);
-        let mut sizes = vec![(height, width)];
-        let (mut h, mut w) = (height, width);
-        for block in &self.down_blocks {
-            for t in &block.attentions {
-                let c = t.norm.weight.dims()[0];
-                for tb in &t.transformer_blocks {
-                    push(&tb.attn1, h, w, c);
-                    push(&tb.attn2, h, w, c);
-                }
-            }
-            if block.downsamplers.is_some() {
-                (h, w) = (down(h), down(w));
-                sizes.push((h, w));
-            }
-        }
-        for t in &self.mid_block.attentions {
-            let c = t.norm.weight.dims()[0];
-            for tb in &t.transformer_blocks {
-                push(&tb.attn1, h, w, c);
-                push(&tb.attn2, h, w, c);
-            }
-        }
-        sizes.pop();
-        for block in &self.up_blocks {
-            for t in &block.attentions {
-                let c = t.norm.weight.dims()[0];
-                for tb in &t.transformer_blocks {
-                    push(&tb.attn1, h, w, c);
-                    push(&tb.attn2, h, w, c);
-                }
-            }
-            if block.upsamplers.is_some() {
-                (h, w) = sizes.pop().unwrap_or((2 * h, 2 * w));
-            }
-        }
-        out
+        self.walk((height, width), &mut v);
+        v.out
+    }
+
+    /// Visit the tree in execution order (see [`walk!`]).
+    fn walk<'u>(&'u self, latent: (usize, usize), v: &mut dyn Visit<'u>) {
+        walk!(self, v, latent,);
+    }
+
+    /// Visit the tree in execution order, mutably.
+    fn walk_mut(&mut self, latent: (usize, usize), v: &mut dyn VisitMut) {
+        walk!(self, v, latent, mut);
     }
 }
 
-/// Convenience for the sites' [`AttentionSite`] view.
-impl SiteInfo {
-    /// This site as the socket presents it.
-    pub fn as_site(&self) -> AttentionSite<'_> {
-        AttentionSite {
-            path: &self.path,
-            kind: self.kind,
-            index: self.index,
-            height: self.height,
-            width: self.width,
-            heads: self.heads,
-            head_dim: self.head_dim,
-            latent_height: self.latent_height,
-            latent_width: self.latent_width,
-            upcast: self.upcast,
-        }
+/// Names every attention module by its path in the tree.
+struct NamePaths;
+
+impl VisitMut for NamePaths {
+    fn attention(&mut self, path: &str, a: &mut Attention) {
+        a.path = path.to_string();
+    }
+}
+
+/// What [`UNet2DConditionModel::walk`] calls, in execution order.
+trait Visit<'u> {
+    /// An attention module on a `(h, w)` map of `channels` channels.
+    fn attention(&mut self, a: &'u Attention, hw: (usize, usize), channels: usize) {
+        let _ = (a, hw, channels);
+    }
+}
+
+/// What [`UNet2DConditionModel::walk_mut`] calls, in execution order, with each module's
+/// checkpoint path.
+trait VisitMut {
+    /// A Linear layer.
+    fn linear(&mut self, path: &str, l: &mut crate::nn::Linear) {
+        let _ = (path, l);
+    }
+    /// A convolution.
+    fn conv(&mut self, path: &str, c: &mut Conv2d) {
+        let _ = (path, c);
+    }
+    /// An attention module (`…attn1`, `…attn2`).
+    fn attention(&mut self, path: &str, a: &mut Attention) {
+        let _ = (path, a);
     }
 }
