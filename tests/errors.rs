@@ -1108,7 +1108,7 @@ fn r56_replayed_keys_values_of_the_wrong_shape() {
             && s.kind == layret::core::processor::AttentionKind::SelfAttention
     }) {
         let t = Tensor::<4>::zeros([2, s.heads, s.height * s.width / 4, s.head_dim], &dev());
-        store.insert(&s.path, 5, t.clone(), t);
+        store.insert(s.path, 5, t.clone(), t);
     }
     let mut swap = MultiSourceSwap::new(
         Branch::Target,

@@ -78,10 +78,13 @@ fn sites_are_listed_in_execution_order() {
     assert!(sites.iter().enumerate().all(|(i, s)| s.index == i));
 }
 
+/// A site as plain values: path, kind, index, height, width, heads, head_dim, upcast.
+type SiteKey = (String, String, usize, usize, usize, usize, usize, bool);
+
 /// What `forward` really hands the processor, site by site.
 #[derive(Default)]
 struct Recorder {
-    seen: Vec<(String, String, usize, usize, usize, usize, usize, bool)>,
+    seen: Vec<SiteKey>,
 }
 
 impl layret_core::processor::AttentionProcessor for Recorder {
@@ -101,9 +104,7 @@ impl layret_core::processor::AttentionProcessor for Recorder {
     }
 }
 
-fn key(
-    s: &layret_core::processor::AttentionSite,
-) -> (String, String, usize, usize, usize, usize, usize, bool) {
+fn key(s: &layret_core::processor::AttentionSite) -> SiteKey {
     (
         s.path.to_string(),
         format!("{:?}", s.kind),
