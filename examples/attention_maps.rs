@@ -56,14 +56,14 @@ pub fn run(
         &[("prompt", prompt.to_string())],
     )?;
     // The prompt's tokens (positions 1..=n; 0 is BOS), named by the vocabulary.
-    let ids = sd.tokenizer.encode(prompt)?;
+    let ids = sd.tokenizer().encode(prompt)?;
     let eos = ids
         .iter()
-        .position(|&i| i == sd.tokenizer.eos_id())
+        .position(|&i| i == sd.tokenizer().eos_id())
         .unwrap_or(ids.len());
     let tokens: Vec<(usize, String)> = (1..eos)
         .map(|p| {
-            let t = sd.tokenizer.id_to_token(ids[p]).unwrap_or_default();
+            let t = sd.tokenizer().id_to_token(ids[p]).unwrap_or_default();
             let word: String = t
                 .trim_end_matches("</w>")
                 .chars()

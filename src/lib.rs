@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod device;
+pub mod manifest;
 pub mod model_path;
 
 pub use layret_attention as attention;

@@ -412,7 +412,7 @@ fn r20_textual_inversion_wrong_dimension() {
     let sd = sd1();
     let ti = TextualInversion::load(&d.join("x.safetensors"), None, &dev()).unwrap();
     let e = ti
-        .apply(&mut sd.tokenizer.clone(), &sd.text_encoder)
+        .apply(&mut sd.tokenizer().clone(), sd.text_encoder())
         .unwrap_err();
     assert!(
         matches!(&e, Error::InvalidArgument { message, .. } if message.contains("dimension 24") && message.contains("text encoder 16")),
@@ -430,7 +430,7 @@ fn r21_textual_inversion_token_exists() {
     )
     .unwrap();
     let e = ti
-        .apply(&mut sd.tokenizer.clone(), &sd.text_encoder)
+        .apply(&mut sd.tokenizer().clone(), sd.text_encoder())
         .unwrap_err();
     assert!(
         matches!(&e, Error::Tokenizer { message, .. } if message.contains("<|endoftext|>") && message.contains("already")),
@@ -709,7 +709,7 @@ fn r38_custom_diffusion_for_another_model() {
         &d.join("cd.safetensors"),
     )
     .unwrap();
-    let e = apply_custom_diffusion(&sd2.unet, &d.join("cd.safetensors")).unwrap_err();
+    let e = apply_custom_diffusion(sd2.unet(), &d.join("cd.safetensors")).unwrap_err();
     assert!(
         matches!(&e, Error::InvalidArgument { message, .. } if message.contains("up_blocks.7")),
         "{e}"
@@ -777,7 +777,7 @@ fn r41_mask_factor_not_dividing_the_latent() {
 
 #[test]
 fn r42_text_encoder_ids_out_of_range() {
-    let te: ClipTextEncoder = sd1().text_encoder;
+    let te: ClipTextEncoder = sd1().text_encoder().clone();
     let e = te.encode(&[vec![60000; 77]], 0).unwrap_err();
     assert!(
         matches!(&e, Error::InvalidArgument { message, .. } if message.contains("60000")),
@@ -1103,7 +1103,7 @@ fn r56_replayed_keys_values_of_the_wrong_shape() {
     // Recorded at an 8×8 latent, replayed into a 16×16 pass: the token count differs.
     let sd = sd1();
     let mut store = KvStore::new(KvPolicy::KeepF32);
-    for s in sd.unet.sites(16, 16).iter().filter(|s| {
+    for s in sd.unet().sites(16, 16).iter().filter(|s| {
         s.path.starts_with("up_blocks")
             && s.kind == layret::core::processor::AttentionKind::SelfAttention
     }) {

@@ -93,7 +93,7 @@ fn router_overhead(c: &mut Criterion) {
     g.bench_function("no_router", |b| {
         b.iter(|| {
             sync(
-                sd.unet
+                sd.unet()
                     .forward(x.clone(), 501.0, &ctxt, &mut DefaultAttention, &plain)
                     .unwrap(),
             )
@@ -105,7 +105,7 @@ fn router_overhead(c: &mut Criterion) {
             let mut r = Router::new();
             r.route(SiteSelector::new().path("no_such_block.*"), &mut unused);
             sync(
-                sd.unet
+                sd.unet()
                     .forward(x.clone(), 501.0, &ctxt, &mut r, &plain)
                     .unwrap(),
             )
@@ -124,7 +124,7 @@ fn router_overhead(c: &mut Criterion) {
             &mut rec,
         );
         let _ = sd
-            .unet
+            .unet()
             .forward(x.clone(), 501.0, &ctxt, &mut r, &ctx_uncond)
             .unwrap();
     }
@@ -148,7 +148,7 @@ fn router_overhead(c: &mut Criterion) {
                 &mut swap,
             );
             sync(
-                sd.unet
+                sd.unet()
                     .forward(x.clone(), 501.0, &ctxt, &mut r, &target)
                     .unwrap(),
             )

@@ -3,7 +3,7 @@
 //! How users (and layret's own retouch stage) change what attention does without touching
 //! model code — diffusers' `set_attn_processor`, done the Rust way: typed, no global state,
 //! borrow-checked. Everything here plugs into the socket of `layret-core`
-//! ([`AttentionProcessor`](layret_core::attention::AttentionProcessor)).
+//! ([`AttentionProcessor`](layret_core::processor::AttentionProcessor)).
 //!
 //! - [`SiteSelector`] + [`Router`]: route sites (path glob, kind, execution index, size,
 //!   decoder-at-≥-latent/k, step range, pass, model, branch) to processors, and let any number

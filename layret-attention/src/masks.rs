@@ -1,4 +1,4 @@
-//! Turning attention maps into masks, exactly as METHOD.md defines each operation.
+//! Turning attention maps into masks, exactly as docs/method.md defines each operation.
 
 use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
@@ -49,7 +49,7 @@ pub fn threshold(map: Tensor<2>, tau: f64) -> Tensor<2> {
     map.greater_equal_elem(tau).float()
 }
 
-/// Otsu's boundary over 256 bins, in f64, as METHOD.md defines it: bin `min(⌊256·v⌋, 255)`;
+/// Otsu's boundary over 256 bins, in f64, as docs/method.md defines it: bin `min(⌊256·v⌋, 255)`;
 /// for each boundary `b` in 1..=255, class 0 = bins < b, class 1 = bins ≥ b, `w` = class
 /// count / total, `μ` = mean bin index of the class; score `w0·w1·(μ0 − μ1)²`, 0 if a class is
 /// empty; the first maximal `b` wins. The subject is `bin ≥ b`.

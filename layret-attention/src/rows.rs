@@ -1,5 +1,5 @@
 //! Row slicing of multi-branch CFG batches (see
-//! [`BatchLayout`](layret_core::processor::BatchLayout)): the rows of a branch, of a half, of
+//! [`BatchLayout`]): the rows of a branch, of a half, of
 //! a branch in one half, and putting rows back. Contiguous runs are sliced on the device (no
 //! index tensor is built on the host).
 

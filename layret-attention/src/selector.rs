@@ -50,7 +50,7 @@ impl SiteSelector {
         self
     }
 
-    /// Up (decoder) blocks whose map is at least `latent / divisor` on both axes (METHOD.md's
+    /// Up (decoder) blocks whose map is at least `latent / divisor` on both axes (docs/method.md's
     /// swapped layers: divisor 2).
     pub fn decoder_at_least(mut self, divisor: usize) -> Self {
         self.decoder_min_divisor = Some(divisor.max(1));

@@ -29,7 +29,7 @@ impl AttentionRecord {
 
 /// A processor that computes attention explicitly (probabilities, then `· v`) and records the
 /// probabilities of the chosen CFG half, optionally averaged over heads. Route only the sites
-/// you need to it: every other site keeps the fused kernel.
+/// you need to it: every other site keeps layret's tiled attention kernel.
 #[derive(Debug, Clone)]
 pub struct AttentionStore {
     average_heads: bool,

@@ -1,4 +1,4 @@
-//! METHOD.md stage 2: multi-source attention swapping at the swapped layers.
+//! docs/method.md stage 2: multi-source attention swapping at the swapped layers.
 
 use std::collections::HashMap;
 
@@ -93,7 +93,7 @@ impl SwapMasks {
 }
 
 /// Exclusion mask `[n, L]` (true = masked out) for the tokens where `allowed` is 0, except
-/// rows where nothing is allowed, which get no restriction (METHOD.md's empty-set rule).
+/// rows where nothing is allowed, which get no restriction (docs/method.md's empty-set rule).
 fn exclude_unless_empty(allowed: Tensor<2>) -> Tensor<2, Bool> {
     let [n, l] = allowed.dims();
     let empty = allowed.clone().sum_dim(1).equal_elem(0.0); // [n, 1]
@@ -134,7 +134,7 @@ pub struct SwapSources {
     pub reference: (Tensor<4>, Tensor<4>),
 }
 
-/// The attention output of the target rows at a swapped layer (METHOD.md, docs/method.md):
+/// The attention output of the target rows at a swapped layer (docs/method.md):
 ///
 /// - `step < swap_start`: `softmax(Q_t K_cᵀ/√d) V_c` (structure lock);
 /// - [`SwapMode::Split`]: `M_t ⊙ softmax(Q_t K_rᵀ/√d + log 1[M_r]) V_r +

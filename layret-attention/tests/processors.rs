@@ -52,7 +52,7 @@ fn run(sd: &StableDiffusion, mutual: bool, store: &mut AttentionStore) -> Tensor
         router.route(SiteSelector::new().path(RECORD[0]), store);
         let input = Tensor::cat(vec![latents.clone(), latents.clone()], 0);
         let eps = sd
-            .unet
+            .unet()
             .forward(input, t as f64, &context, &mut router, &ctx)
             .unwrap();
         drop(router);
@@ -104,7 +104,7 @@ fn store_records_only_routed_sites_second_site_too() {
     router.route(SiteSelector::new().path(RECORD[1]), &mut store);
     let input = Tensor::cat(vec![latents.clone(), latents], 0);
     let _ = sd
-        .unet
+        .unet()
         .forward(input, t as f64, &context, &mut router, &ctx)
         .unwrap();
     drop(router);
@@ -122,19 +122,19 @@ fn default_routing_is_bit_identical() {
     let context = sd.encode_prompts(&["a dog", "a cat"]).unwrap();
     let ctx = StepContext::plain(0, 501.0, 2);
     let plain = sd
-        .unet
+        .unet()
         .forward(x.clone(), 501.0, &context, &mut DefaultAttention, &ctx)
         .unwrap();
     let mut empty = Router::new();
     let a = sd
-        .unet
+        .unet()
         .forward(x.clone(), 501.0, &context, &mut empty, &ctx)
         .unwrap();
     let mut unused = DefaultAttention;
     let mut router = Router::new();
     router.route(SiteSelector::new().path("no_such_block.*"), &mut unused);
     let b = sd
-        .unet
+        .unet()
         .forward(x, 501.0, &context, &mut router, &ctx)
         .unwrap();
     let p = bits(plain);
@@ -218,7 +218,7 @@ fn routers_layer_and_observers_share_sites() {
             .observe(SiteSelector::new().path(mid), &mut bw)
             .fallback(&mut fallback)
             .over(&mut user_router);
-        sd.unet
+        sd.unet()
             .forward(x, 501.0, &context, &mut router, &ctx)
             .unwrap();
         // The built-in required route counts as matched where the user's replaced it.
@@ -237,7 +237,7 @@ fn routers_layer_and_observers_share_sites() {
     );
     assert!(!log.iter().any(|l| l.starts_with("builtin ")));
     // Unrouted sites went to the fallback; the DefaultAttention route took its own site.
-    let n_sites = sd.unet.sites(8, 8).len();
+    let n_sites = sd.unet().sites(8, 8).len();
     let fallbacks = log.iter().filter(|l| l.starts_with("fallback ")).count();
     assert_eq!(fallbacks, n_sites - 2);
     assert!(

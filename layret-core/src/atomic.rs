@@ -26,7 +26,7 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     write_with(path, |f| f.write_all(bytes))
 }
 
-/// [`write`] with the content produced by `fill` into the open temporary file.
+/// [`write()`] with the content produced by `fill` into the open temporary file.
 pub fn write_with(
     path: &Path,
     fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,

@@ -1,5 +1,5 @@
 //! One implementation each of prompt encoding, classifier-free guidance, the sampling loop
-//! and DDIM inversion, shared by every model: the vanilla [`StableDiffusion`], a
+//! and DDIM inversion, shared by every model: the vanilla [`StableDiffusion`](crate::stable_diffusion::StableDiffusion), a
 //! personalized model beside it, and whatever a user assembles from their parts (a
 //! [`Denoiser`] is a borrowed tokenizer + text encoder + UNet).
 //!
@@ -151,7 +151,7 @@ impl<'a> Denoiser<'a> {
         }
     }
 
-    /// DDIM inversion as METHOD.md defines it (docs/method.md): from clean latents `x`, for
+    /// DDIM inversion as docs/method.md defines it: from clean latents `x`, for
     /// the scheduler's timesteps in ascending order, `ε = ε(x, t, prompt)` without CFG, then
     /// the [inversion step](DdimScheduler::inversion_step). Returns `(t, z(t))` after each
     /// update, in ascending `t`. Processors see [`Pass::Invert`] passes with step

@@ -2,7 +2,7 @@
 //! AUTOMATIC1111, ComfyUI and model-sharing sites use (`v1-5-pruned-emaonly.safetensors`, a
 //! DreamBooth trainer's `model.ckpt`): the family detected from the tensors themselves, the
 //! standard configs of that family, and key maps from layret's module tree (diffusers' names)
-//! onto the file's names, read through the same checked, key-by-key [`Weights`] loading as a
+//! onto the file's names, read through the same checked, key-by-key [`Weights`](crate::weights::Weights) loading as a
 //! diffusers folder.
 //!
 //! | component | file keys | layret keys |

@@ -181,27 +181,32 @@ pub struct ModelParts {
 }
 
 /// A loaded Stable Diffusion model: tokenizer, text encoder, UNet, VAE and scheduler config.
+///
+/// The parts are read through accessors ([`unet`](Self::unet), [`tokenizer`](Self::tokenizer),
+/// …): a model's [`fingerprint`](Self::fingerprint) (the key of every cache) describes exactly
+/// these parts, so they change only through methods that keep it true
+/// ([`with_personalization`](crate::personalization) and friends build a new model).
 pub struct StableDiffusion {
     /// The model folder.
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// The CLIP tokenizer.
-    pub tokenizer: ClipTokenizer,
+    pub(crate) tokenizer: ClipTokenizer,
     /// The CLIP text encoder.
-    pub text_encoder: ClipTextEncoder,
+    pub(crate) text_encoder: ClipTextEncoder,
     /// Its config.
-    pub text_config: ClipTextConfig,
+    pub(crate) text_config: ClipTextConfig,
     /// The UNet.
-    pub unet: UNet2DConditionModel,
+    pub(crate) unet: UNet2DConditionModel,
     /// Its config.
-    pub unet_config: UNetConfig,
+    pub(crate) unet_config: UNetConfig,
     /// The VAE.
-    pub vae: AutoencoderKL,
+    pub(crate) vae: AutoencoderKL,
     /// Its config.
-    pub vae_config: VaeConfig,
+    pub(crate) vae_config: VaeConfig,
     /// The scheduler settings (DDIM is built from them).
-    pub scheduler: SchedulerConfig,
+    pub(crate) scheduler: SchedulerConfig,
     /// The device everything lives on.
-    pub device: Device,
+    pub(crate) device: Device,
     /// Every file the model was read from, in a fixed order.
     sources: Vec<PathBuf>,
     label: String,
@@ -239,6 +244,49 @@ pub fn check_model_dir(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+impl StableDiffusion {
+    /// The folder (or file) the model was read from.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+    /// The CLIP tokenizer.
+    pub fn tokenizer(&self) -> &ClipTokenizer {
+        &self.tokenizer
+    }
+    /// The CLIP text encoder.
+    pub fn text_encoder(&self) -> &ClipTextEncoder {
+        &self.text_encoder
+    }
+    /// The text encoder's config.
+    pub fn text_config(&self) -> &ClipTextConfig {
+        &self.text_config
+    }
+    /// The UNet.
+    pub fn unet(&self) -> &UNet2DConditionModel {
+        &self.unet
+    }
+    /// The UNet's config.
+    pub fn unet_config(&self) -> &UNetConfig {
+        &self.unet_config
+    }
+    /// The VAE.
+    pub fn vae(&self) -> &AutoencoderKL {
+        &self.vae
+    }
+    /// The VAE's config.
+    pub fn vae_config(&self) -> &VaeConfig {
+        &self.vae_config
+    }
+    /// The scheduler settings (DDIM is built from them).
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler
+    }
+    /// The device everything lives on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
 }
 
 impl StableDiffusion {

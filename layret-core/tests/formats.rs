@@ -64,11 +64,11 @@ fn ids(model: &str) -> Vec<Vec<u32>> {
 /// UNet, text encoder, VAE decode and a 5-step txt2img of `sd` against `model`'s goldens.
 fn check_model(sd: &StableDiffusion, model: &str, what: &str) {
     let err = common::max_abs_diff(
-        eps(&sd.unet, model),
+        eps(sd.unet(), model),
         &common::golden(&format!("unet_{model}.safetensors"), "eps_t981"),
     );
     assert!(err <= 1e-4, "{what}: UNet {err}");
-    let hidden = sd.text_encoder.encode(&ids(model), 0).unwrap();
+    let hidden = sd.text_encoder().encode(&ids(model), 0).unwrap();
     let err = common::max_abs_diff(
         hidden,
         &common::golden(&format!("clip_{model}.safetensors"), "last_hidden_state"),
@@ -76,7 +76,7 @@ fn check_model(sd: &StableDiffusion, model: &str, what: &str) {
     assert!(err <= 1e-4, "{what}: text encoder {err}");
     let vae = format!("vae_{model}.safetensors");
     let decoded = sd
-        .vae
+        .vae()
         .decode(common::golden_tensor(&vae, "latents"))
         .unwrap();
     let err = common::max_abs_diff(decoded, &common::golden(&vae, "decoded"));
@@ -172,7 +172,10 @@ fn sd2_prediction_type_can_be_overridden() {
             .with_config(fx("sd2-tiny"))
             .with_prediction_type(PredictionType::Epsilon),
     );
-    assert_eq!(sd.scheduler.prediction_type, PredictionType::Epsilon);
+    assert_eq!(
+        sd.scheduler_config().prediction_type,
+        PredictionType::Epsilon
+    );
 }
 
 #[test]
@@ -234,7 +237,7 @@ fn lora_in_every_layout() {
             .iter()
             .map(|k| k.as_str().unwrap())
             .collect();
-        let unet = lora.merge_into_unet(&sd.unet, scale).unwrap();
+        let unet = lora.merge_into_unet(sd.unet(), scale).unwrap();
         let err = common::max_abs_diff(
             eps(&unet, model),
             &common::golden("formats_lora.safetensors", keys[0]),
@@ -243,7 +246,7 @@ fn lora_in_every_layout() {
         if let Some(k) = keys.get(1) {
             let want = common::golden("formats_lora.safetensors", k);
             let te = lora
-                .merge_into_text_encoder(&sd.text_encoder, scale)
+                .merge_into_text_encoder(sd.text_encoder(), scale)
                 .unwrap();
             let err = common::max_abs_diff(te.encode(&ids(model), 0).unwrap(), &want);
             assert!(err <= 1e-4, "{name}: text encoder {err}");
@@ -321,7 +324,7 @@ fn another_vae_replaces_the_models_own() {
         LoadOptions::default().with_vae(fx("sd2-tiny/vae")),
     );
     let err = common::max_abs_diff(
-        sd.vae
+        sd.vae()
             .decode(common::golden_tensor("vae_sd2-tiny.safetensors", "latents"))
             .unwrap(),
         &common::golden("vae_sd2-tiny.safetensors", "decoded"),
@@ -332,7 +335,7 @@ fn another_vae_replaces_the_models_own() {
         LoadOptions::default().with_vae(fx("formats/sd1-tiny-ldm.safetensors")),
     );
     let err = common::max_abs_diff(
-        sd.vae
+        sd.vae()
             .decode(common::golden_tensor("vae_sd1-tiny.safetensors", "latents"))
             .unwrap(),
         &common::golden("vae_sd1-tiny.safetensors", "decoded"),
@@ -352,7 +355,7 @@ fn another_vae_replaces_the_models_own() {
     safetensors::serialize_to_file(views, None, &f).unwrap();
     let sd = load("sd2-tiny", LoadOptions::default().with_vae(&f));
     let err = common::max_abs_diff(
-        sd.vae
+        sd.vae()
             .decode(common::golden_tensor("vae_sd1-tiny.safetensors", "latents"))
             .unwrap(),
         &common::golden("vae_sd1-tiny.safetensors", "decoded"),
@@ -538,7 +541,7 @@ fn lora_files_with_unknown_keys_rank_mismatches_or_lycoris_are_refused() {
     let sd = load("sd1-tiny", LoadOptions::default());
     let e = Lora::load(&f, &common::device())
         .unwrap()
-        .merge_into_unet(&sd.unet, 1.0)
+        .merge_into_unet(sd.unet(), 1.0)
         .unwrap_err();
     assert!(
         format!("{e}").contains("down_blocks_7_resnets_0_conv1"),

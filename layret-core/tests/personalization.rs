@@ -30,10 +30,10 @@ fn pers(name: &str) -> std::path::PathBuf {
 fn textual_inversion_matches_diffusers() {
     let sd = base();
     let dev = common::device();
-    let mut tok = sd.tokenizer.clone();
+    let mut tok = sd.tokenizer().clone();
     let a = TextualInversion::load(&pers("ti_cat_toy.safetensors"), None, &dev).unwrap();
     assert_eq!((a.token.as_str(), a.num_vectors()), ("<cat-toy>", 1));
-    let te = a.apply(&mut tok, &sd.text_encoder).unwrap();
+    let te = a.apply(&mut tok, sd.text_encoder()).unwrap();
     let b =
         TextualInversion::load(&pers("ti_a1111_2vec.safetensors"), Some("<sks2>"), &dev).unwrap();
     assert_eq!(b.num_vectors(), 2);
@@ -57,7 +57,7 @@ fn textual_inversion_matches_diffusers() {
         assert!(err <= 1e-4, "{prompt:?}: {err}");
     }
     // The base encoder is untouched (shares all other weights, but not the new rows).
-    assert_eq!(sd.text_encoder.vocab_size(), 49408);
+    assert_eq!(sd.text_encoder().vocab_size(), 49408);
 }
 
 #[test]
@@ -68,11 +68,11 @@ fn textual_inversion_errors() {
     let a1111 = TextualInversion::load(&pers("ti_a1111_2vec.safetensors"), None, &dev).unwrap();
     assert_eq!(a1111.token, "ti_a1111_2vec");
     // Token already in the vocabulary.
-    let mut tok = sd.tokenizer.clone();
+    let mut tok = sd.tokenizer().clone();
     let ti =
         TextualInversion::load(&pers("ti_cat_toy.safetensors"), Some("dog</w>"), &dev).unwrap();
     assert!(
-        matches!(ti.apply(&mut tok, &sd.text_encoder), Err(Error::Tokenizer { message, .. }) if message.contains("already"))
+        matches!(ti.apply(&mut tok, sd.text_encoder()), Err(Error::Tokenizer { message, .. }) if message.contains("already"))
     );
     // Dimension mismatch names both numbers.
     let dir_guard = common::tempdir();
@@ -90,8 +90,8 @@ fn textual_inversion_errors() {
         safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![24], &bytes).unwrap();
     safetensors::serialize_to_file(vec![("<x>", view)], None, &f).unwrap();
     let ti = TextualInversion::load(&f, None, &dev).unwrap();
-    let mut tok = sd.tokenizer.clone();
-    match ti.apply(&mut tok, &sd.text_encoder) {
+    let mut tok = sd.tokenizer().clone();
+    match ti.apply(&mut tok, sd.text_encoder()) {
         Err(Error::InvalidArgument { message, .. }) => {
             assert!(
                 message.contains("dimension 24") && message.contains("text encoder 16"),
@@ -128,7 +128,7 @@ fn unet_golden_eps(model: &layret_core::unet::UNet2DConditionModel) -> Tensor<4>
 fn custom_diffusion_matches_diffusers() {
     let sd = base();
     let path = pers("custom_diffusion/pytorch_custom_diffusion_weights.safetensors");
-    let unet = apply_custom_diffusion(&sd.unet, &path).unwrap();
+    let unet = apply_custom_diffusion(sd.unet(), &path).unwrap();
     let err = common::max_abs_diff(
         unet_golden_eps(&unet),
         &common::golden("cd_sd1-tiny.safetensors", "eps_t981"),
@@ -136,7 +136,7 @@ fn custom_diffusion_matches_diffusers() {
     assert!(err <= 1e-4, "custom diffusion eps: {err}");
     // The base UNet is unchanged.
     let err = common::max_abs_diff(
-        unet_golden_eps(&sd.unet),
+        unet_golden_eps(sd.unet()),
         &common::golden("unet_sd1-tiny.safetensors", "eps_t981"),
     );
     assert!(err <= 1e-4);
@@ -150,7 +150,7 @@ fn custom_diffusion_matches_diffusers() {
     let want = common::golden_file(&pers("custom_diffusion/new1.safetensors"), "<new1>");
     let err = common::max_abs_diff(m.text_encoder.token_embedding(49408).unwrap(), &want);
     assert_eq!(err, 0.0, "the <new1> row is the file's vector");
-    let last_base = common::to_f64(sd.text_encoder.token_embedding(49407).unwrap());
+    let last_base = common::to_f64(sd.text_encoder().token_embedding(49407).unwrap());
     let last = common::to_f64(m.text_encoder.token_embedding(49407).unwrap());
     assert_eq!(last, last_base);
 }
@@ -172,13 +172,15 @@ fn lora_matches_diffusers_in_both_formats() {
         ("kohya", "lora_kohya.safetensors"),
     ] {
         let lora = Lora::load(&pers(file), &common::device()).unwrap();
-        let unet = lora.merge_into_unet(&sd.unet, 0.7).unwrap();
+        let unet = lora.merge_into_unet(sd.unet(), 0.7).unwrap();
         let err = common::max_abs_diff(
             unet_golden_eps(&unet),
             &common::golden("lora_sd1-tiny.safetensors", &format!("{tag}.eps_t981")),
         );
         assert!(err <= 1e-4, "{tag} unet: {err}");
-        let te = lora.merge_into_text_encoder(&sd.text_encoder, 0.7).unwrap();
+        let te = lora
+            .merge_into_text_encoder(sd.text_encoder(), 0.7)
+            .unwrap();
         let err = common::max_abs_diff(
             te.encode(&ids, 0).unwrap(),
             &common::golden("lora_sd1-tiny.safetensors", &format!("{tag}.hidden")),
@@ -212,7 +214,7 @@ fn dreambooth_folder_shares_the_vae_and_loads_its_own_unet() {
     let m = p.apply(&sd).unwrap();
     let unet = m.unet.as_ref().expect("a fine-tuned UNet");
     let a = common::to_f64(unet_golden_eps(unet));
-    let b = common::to_f64(unet_golden_eps(&sd.unet));
+    let b = common::to_f64(unet_golden_eps(sd.unet()));
     assert!(
         a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-3),
         "the DreamBooth UNet differs"

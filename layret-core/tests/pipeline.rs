@@ -229,7 +229,7 @@ fn inversion_then_sampling_reconstructs_the_image() {
     for (j, (t, z)) in traj.iter().enumerate() {
         let ctx = StepContext::plain(steps - 1 - j, *t as f64, 1);
         let eps = sd
-            .unet
+            .unet()
             .forward(prev.clone(), *t as f64, &cond, &mut DefaultAttention, &ctx)
             .unwrap();
         assert_eq!(

@@ -26,7 +26,7 @@ fn sd15_unet_runs_at_full_size() {
     assert_eq!(
         swapped.len(),
         6,
-        "METHOD.md's six swapped layers at 512²: {swapped:?}"
+        "docs/method.md's six swapped layers at 512²: {swapped:?}"
     );
     assert_eq!(sites[0].heads * sites[0].head_dim, 320);
     assert_eq!((sites[0].heads, sites[0].head_dim), (8, 40));

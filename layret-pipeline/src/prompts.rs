@@ -1,4 +1,4 @@
-//! METHOD.md's prompt rules: `y_p`, `y_c`, `y_r` and the subject tokens.
+//! docs/method.md's prompt rules: `y_p`, `y_c`, `y_r` and the subject tokens.
 
 use layret_core::tokenizer::ClipTokenizer;
 use layret_core::{Error, Result};

@@ -612,7 +612,7 @@ pub fn compute_reference(
     match (disk, writer) {
         (Some((path, key)), Some((w, _))) => {
             w.finish()?;
-            load_reference_data(path, key, &base.device)
+            load_reference_data(path, key, base.device())
         }
         _ => Ok(ReferenceData::in_memory(latents, memory_kv, maps)),
     }

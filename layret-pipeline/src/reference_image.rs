@@ -1,4 +1,4 @@
-//! Loading a reference photo as METHOD.md prescribes: the photos people have, converted as
+//! Loading a reference photo as docs/method.md prescribes: the photos people have, converted as
 //! diffusers' `load_image` (PIL) does.
 
 use std::path::Path;

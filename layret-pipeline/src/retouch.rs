@@ -83,7 +83,7 @@ impl MultiSourceRetouch {
         }
         let key = ReferenceKey::new(models, reference, &request.prompts.reference, s)?;
         self.cache
-            .get_or_compute(key, &models.base().device, |disk| {
+            .get_or_compute(key, models.base().device(), |disk| {
                 compute_reference(models, &rr, disk, hooks, progress)
             })
     }

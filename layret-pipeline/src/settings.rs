@@ -1,4 +1,4 @@
-//! Every knob of METHOD.md, with its default.
+//! Every knob of docs/method.md, with its default.
 
 use layret_attention::{KvPolicy, SwapMode};
 use layret_core::{Error, Result};
@@ -32,6 +32,17 @@ impl std::str::FromStr for Blend {
     }
 }
 
+impl std::fmt::Display for Blend {
+    /// `otsu`, `off` or the threshold: what [`FromStr`](std::str::FromStr) reads back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Blend::Otsu => f.write_str("otsu"),
+            Blend::Off => f.write_str("off"),
+            Blend::Fixed(t) => write!(f, "{t}"),
+        }
+    }
+}
+
 /// The method's settings; [`Default`] gives docs/method.md's defaults. Build it from
 /// [`Default`] with the `with_*` methods (or set fields on a default):
 ///
@@ -47,7 +58,7 @@ pub struct MethodSettings {
     pub steps: usize,
     /// Guidance `w` (7.5).
     pub guidance: f64,
-    /// The unconditional prompt (""); METHOD.md's negative-prompt knob.
+    /// The unconditional prompt (""); docs/method.md's negative-prompt knob.
     pub negative_prompt: String,
     /// `λ1 = round(layout_fraction · N)` vanilla steps (0.2).
     pub layout_fraction: f64,
@@ -235,5 +246,95 @@ impl MethodSettings {
             ));
         }
         Ok(())
+    }
+}
+
+impl MethodSettings {
+    /// Every setting, one `key value` line each, floats as their bit patterns: stable across
+    /// releases (a versioned line format, not `Debug` output), so it can go into cache and
+    /// resume keys. Two settings give the same text exactly when they make the same images.
+    pub fn key_text(&self) -> String {
+        format!(
+            "steps {}\nguidance {:016x}\nnegative {:?}\nlayout_fraction {:016x}\nswap_start {}\nmask_threshold {:016x}\nmask_factor {}\nswap_divisor {}\nblend {}\nblend_start {}\nmode {}\nreference_prefix {:?}\nkv {}\nreplay {}\n",
+            self.steps,
+            self.guidance.to_bits(),
+            self.negative_prompt,
+            self.layout_fraction.to_bits(),
+            self.swap_start,
+            self.mask_threshold.to_bits(),
+            self.mask_factor,
+            self.swap_divisor,
+            match self.blend {
+                Blend::Fixed(t) => format!("{:016x}", t.to_bits()),
+                b => b.to_string(),
+            },
+            self.blend_start(),
+            self.mode,
+            self.reference_prefix,
+            self.kv_policy.name(),
+            self.kv_policy != KvPolicy::Recompute
+        )
+    }
+
+    /// The Layout-and-Retouch knobs in one line (`layout_fraction=0.2 swap_start=4 …`), for
+    /// image metadata.
+    pub fn summary(&self) -> String {
+        format!(
+            "layout-and-retouch layout_fraction={} swap_start={} mask_threshold={} mask_factor={} blend={} mode={}",
+            self.layout_fraction,
+            self.swap_start,
+            self.mask_threshold,
+            self.mask_factor,
+            self.blend,
+            self.mode
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blend_reads_back_what_it_writes() {
+        for b in [
+            Blend::Otsu,
+            Blend::Off,
+            Blend::Fixed(0.4),
+            Blend::Fixed(-1e-3),
+        ] {
+            assert_eq!(b.to_string().parse::<Blend>().unwrap(), b);
+        }
+        assert!("nan".parse::<Blend>().is_err());
+        assert!("sometimes".parse::<Blend>().is_err());
+    }
+
+    #[test]
+    fn key_text_changes_with_every_setting() {
+        let base = MethodSettings::default();
+        let changed = [
+            base.clone().with_steps(49),
+            base.clone().with_guidance(7.0),
+            base.clone().with_negative_prompt("blurry"),
+            base.clone().with_layout_fraction(0.3),
+            base.clone().with_swap_start(3),
+            base.clone().with_mask_threshold(0.2),
+            base.clone().with_mask_factor(2),
+            base.clone().with_blend(Blend::Off),
+            base.clone().with_blend_start(Some(3)),
+            base.clone().with_mode(SwapMode::Concat),
+            base.clone().with_kv_policy(KvPolicy::KeepF16),
+            base.clone().with_swap_divisor(4),
+            base.clone().with_reference_prefix("a picture of "),
+        ];
+        let mut texts: Vec<String> = changed.iter().map(|s| s.key_text()).collect();
+        texts.push(base.key_text());
+        let n = texts.len();
+        texts.sort();
+        texts.dedup();
+        assert_eq!(texts.len(), n, "two settings share a key text");
+        // Stable: the same settings give the same text.
+        assert_eq!(base.key_text(), MethodSettings::default().key_text());
+        assert!(base.summary().contains("blend=otsu mode=split"));
     }
 }

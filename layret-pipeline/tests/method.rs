@@ -1,4 +1,4 @@
-//! The pipeline against an independent PyTorch implementation of METHOD.md
+//! The pipeline against an independent PyTorch implementation of docs/method.md
 //! (tools/reference/method_reference.py) on the tiny personalized fixtures: context latents,
 //! final target latents and the masks of every step, for textual inversion (split and concat)
 //! and DreamBooth; replay vs recompute; the prompt rules.
@@ -711,7 +711,7 @@ fn every_knob_matches_the_reference() {
 
 #[test]
 fn the_split_case_really_splits_the_latent() {
-    // The blend masks of `blend_split` are neither all ones nor all zeros (METHOD.md's
+    // The blend masks of `blend_split` are neither all ones nor all zeros (docs/method.md's
     // adaptive blending is exercised, not a no-op): the fraction of ones per step.
     let c = full_cases()
         .into_iter()

@@ -6,7 +6,9 @@ use layret::core::processor::AttentionKind;
 
 fn main() {
     let (unet, _) = layret_benches::sd15_unet(&Device::flex(), DType::F32, 0);
-    println!("| # | path | kind | h×w | heads × dim | swapped (METHOD.md) | mask level (16×16) |");
+    println!(
+        "| # | path | kind | h×w | heads × dim | swapped (docs/method.md) | mask level (16×16) |"
+    );
     println!("|---|---|---|---|---|---|---|");
     for s in unet.sites(64, 64) {
         let kind = if s.kind == AttentionKind::SelfAttention {

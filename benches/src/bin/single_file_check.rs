@@ -41,7 +41,7 @@ fn main() {
     let sd = StableDiffusion::load(&path, &dev, &LoadOptions::default()).expect("load");
     let secs = t0.elapsed().as_secs_f64();
     let peak = vm_hwm_kb() * 1024;
-    let params = sd.unet.num_params() + sd.vae.num_params() + sd.text_encoder.num_params();
+    let params = sd.unet().num_params() + sd.vae().num_params() + sd.text_encoder().num_params();
     let g = Weights::open(root.join(format!("golden_{model}.safetensors")), &dev).expect("goldens");
     let t4 = |k: &str| -> Tensor<4> {
         let s = g.shape_of(k).expect(k).to_vec();
@@ -61,7 +61,7 @@ fn main() {
     let mut report = vec![];
     for t in [981.0, 1.0] {
         let e = sd
-            .unet
+            .unet()
             .forward(
                 sample.clone(),
                 t,
@@ -75,7 +75,7 @@ fn main() {
             err(e, t4(&format!("eps_t{t}")))
         ));
     }
-    let dec = sd.vae.decode(t4("latents")).expect("decode");
+    let dec = sd.vae().decode(t4("latents")).expect("decode");
     report.push(format!("vae {:.2e}", err(dec, t4("decoded"))));
     let bytes = std::fs::read(root.join(format!("golden_{model}.safetensors"))).expect("read");
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("goldens");
@@ -86,7 +86,7 @@ fn main() {
         .chunks_exact(8)
         .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as u32)
         .collect();
-    let h = sd.text_encoder.encode(&[ids], 0).expect("encode");
+    let h = sd.text_encoder().encode(&[ids], 0).expect("encode");
     let want = t3("last_hidden_state");
     let he = (h - want).abs().max().into_scalar::<f32>();
     report.push(format!("text {he:.2e}"));

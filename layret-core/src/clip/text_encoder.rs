@@ -327,3 +327,39 @@ impl ClipTextEncoder {
         Ok(self.forward(t, clip_skip))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{DType, Device};
+
+    fn tiny() -> ClipTextConfig {
+        ClipTextConfig {
+            vocab_size: 50,
+            hidden_size: 16,
+            intermediate_size: 24,
+            num_hidden_layers: 3,
+            num_attention_heads: 2,
+            max_position_embeddings: 9,
+            ..ClipTextConfig::v1_5()
+        }
+    }
+
+    #[test]
+    fn encode_shapes_and_clip_skip() {
+        let dev = Device::flex();
+        let te =
+            ClipTextEncoder::load(&Weights::random(&dev, DType::F32, 1, 0.1), &tiny()).unwrap();
+        assert_eq!(te.num_layers(), 3);
+        let ids = vec![vec![0, 5, 7, 49, 1], vec![3, 3, 3, 3, 3]];
+        let h = te.encode(&ids, 0).unwrap();
+        assert_eq!(h.dims(), [2, 5, 16]);
+        let skipped = te.encode(&ids, 1).unwrap();
+        assert_eq!(skipped.dims(), [2, 5, 16]);
+        let diff: f32 = (h - skipped).abs().max().into_scalar();
+        assert!(diff > 0.0, "clip_skip 1 stops one layer earlier");
+        // An id outside the vocabulary and a row longer than the positions are refused.
+        assert!(te.encode(&[vec![0, 50]], 0).is_err());
+        assert!(te.encode(&[vec![0; 10]], 0).is_err());
+    }
+}

@@ -22,4 +22,3 @@ pub use group_norm::GroupNorm;
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
 pub use resize::{nearest_indices, resize_nearest};
-pub use simd::exp_approx;

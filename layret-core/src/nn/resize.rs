@@ -1,7 +1,7 @@
 use burn::tensor::{Int, Tensor, TensorData};
 
 /// Source indices of a nearest-neighbour resize from `input` to `output` samples:
-/// `src = ⌊dst · input / output⌋` (PyTorch's `nearest`, and METHOD.md's rule).
+/// `src = ⌊dst · input / output⌋` (PyTorch's `nearest`, and docs/method.md's rule).
 pub fn nearest_indices(input: usize, output: usize) -> Vec<usize> {
     (0..output).map(|d| (d * input) / output).collect()
 }

@@ -160,7 +160,7 @@ impl PeftAlphas {
 
 impl Lora {
     /// Read a LoRA file (`.safetensors`, or a pickle as older diffusers saved it) in any of
-    /// the [`LoraFormat`]s. Every tensor must be understood: a key that is not a LoRA
+    /// the LoRA formats. Every tensor must be understood: a key that is not a LoRA
     /// down/up/alpha tensor of the formats above is an error naming it (never skipped: a
     /// half-applied LoRA is a silent wrong image); LyCORIS algorithms layret does not merge
     /// (LoHa, LoKr, DoRA, …) are refused by name.

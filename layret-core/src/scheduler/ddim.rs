@@ -5,7 +5,7 @@ use super::config::{PredictionType, SchedulerConfig, TimestepSpacing};
 use crate::error::{Error, Result};
 
 /// DDIM (Song et al. 2021) as diffusers' `DDIMScheduler`, with η and injected noise, plus the
-/// DDIM inversion step that METHOD.md defines.
+/// DDIM inversion step that docs/method.md defines.
 #[derive(Debug, Clone)]
 pub struct DdimScheduler {
     config: SchedulerConfig,
@@ -149,7 +149,7 @@ impl DdimScheduler {
         }
     }
 
-    /// One DDIM inversion update at timestep `t` (METHOD.md): the latent is at noise level
+    /// One DDIM inversion update at timestep `t` (docs/method.md): the latent is at noise level
     /// `t⁻ = t − ⌊T/N⌋` and moves to `t`:
     /// `x0 = (x − √(1−ᾱ(t⁻))·ε)/√ᾱ(t⁻)`, `x = √ᾱ(t)·x0 + √(1−ᾱ(t))·ε`, with v-predictions
     /// converted at ᾱ(t⁻) as diffusers' `DDIMInverseScheduler` does.

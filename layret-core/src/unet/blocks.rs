@@ -259,3 +259,29 @@ impl UpBlock {
         Ok(x)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::noise::seeded_noise;
+    use crate::weights::Weights;
+    use burn::tensor::{DType, Device};
+
+    #[test]
+    fn resampling_halves_and_restores_odd_maps() {
+        let dev = Device::flex();
+        let w = Weights::random(&dev, DType::F32, 1, 0.1);
+        let down = Downsample2D {
+            conv: Conv2d::load(&w.pp("d"), 4, 4, 3, 2, 1).unwrap(),
+        };
+        let up = Upsample2D {
+            conv: Conv2d::load(&w.pp("u"), 4, 4, 3, 1, 1).unwrap(),
+        };
+        let x: Tensor<4> = seeded_noise(2, [1, 4, 9, 13], &dev);
+        // ⌈9/2⌉ × ⌈13/2⌉, as a stride-2 padded conv gives; up to the skip's size again.
+        let d = down.conv.forward(x);
+        assert_eq!(d.dims(), [1, 4, 5, 7]);
+        assert_eq!(up.forward(d.clone(), 9, 13).dims(), [1, 4, 9, 13]);
+        assert_eq!(up.forward(d, 10, 14).dims(), [1, 4, 10, 14]);
+    }
+}

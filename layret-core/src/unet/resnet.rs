@@ -72,3 +72,27 @@ impl ResnetBlock2D {
         skip + h
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::noise::seeded_noise;
+    use crate::weights::Weights;
+    use burn::tensor::{DType, Device};
+
+    #[test]
+    fn forward_keeps_the_map_and_maps_channels() {
+        let dev = Device::flex();
+        let w = Weights::random(&dev, DType::F32, 1, 0.1);
+        // 8 → 16 channels: a 1×1 shortcut; with a time embedding of width 12.
+        let block = ResnetBlock2D::load(&w.pp("r"), 8, 16, Some(12), 4, 1e-5).unwrap();
+        assert!(block.conv_shortcut.is_some());
+        let x: Tensor<4> = seeded_noise(2, [2, 8, 5, 7], &dev);
+        let t: Tensor<2> = seeded_noise(3, [2, 12], &dev);
+        assert_eq!(block.forward(x.clone(), Some(&t)).dims(), [2, 16, 5, 7]);
+        // Same width: the input is the skip.
+        let same = ResnetBlock2D::load(&w.pp("s"), 8, 8, None, 4, 1e-6).unwrap();
+        assert!(same.conv_shortcut.is_none() && same.time_emb_proj.is_none());
+        assert_eq!(same.forward(x, None).dims(), [2, 8, 5, 7]);
+    }
+}

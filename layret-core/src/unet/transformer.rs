@@ -311,3 +311,71 @@ impl Transformer2D {
         Ok(x + residual)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::noise::seeded_noise;
+    use crate::processor::{AttentionProcessor, StepContext, default_attention};
+    use crate::weights::Weights;
+    use burn::tensor::{DType, Device};
+
+    /// Records the sites it is called at.
+    struct Sites(Vec<(String, AttentionKind, usize, usize, usize, usize, bool)>);
+
+    impl AttentionProcessor for Sites {
+        fn attend(
+            &mut self,
+            s: &AttentionSite,
+            _: &StepContext,
+            q: Tensor<4>,
+            k: Tensor<4>,
+            v: Tensor<4>,
+        ) -> Result<Tensor<4>> {
+            assert_eq!(q.dims()[1..], [s.heads, s.height * s.width, s.head_dim]);
+            let p = (
+                s.path.to_string(),
+                s.kind,
+                s.height,
+                s.width,
+                s.heads,
+                s.head_dim,
+            );
+            self.0.push((p.0, p.1, p.2, p.3, p.4, p.5, s.upcast));
+            Ok(default_attention(q, k, v))
+        }
+    }
+
+    #[test]
+    fn transformer_keeps_the_map_and_names_its_sites() {
+        let dev = Device::flex();
+        let w = Weights::random(&dev, DType::F32, 1, 0.1);
+        for linear in [false, true] {
+            let spec = TransformerSpec {
+                heads: 2,
+                context_dim: 6,
+                groups: 4,
+                linear_projection: linear,
+                upcast: linear,
+            };
+            let mut t = Transformer2D::load(&w.pp("t"), 16, &spec).unwrap();
+            t.transformer_blocks[0].attn1.path = "t.attn1".into();
+            t.transformer_blocks[0].attn2.path = "t.attn2".into();
+            let x: Tensor<4> = seeded_noise(2, [3, 16, 3, 5], &dev);
+            let context: Tensor<3> = seeded_noise(3, [3, 7, 6], &dev);
+            let mut sites = Sites(Vec::new());
+            let ctx = StepContext::plain(0, 1.0, 3);
+            let mut hook = AttentionHook::new(&mut sites, &ctx, (3, 5));
+            let y = t.forward(x, &context, &mut hook).unwrap();
+            assert_eq!(y.dims(), [3, 16, 3, 5]);
+            use AttentionKind::{CrossAttention as X, SelfAttention as S};
+            assert_eq!(
+                sites.0,
+                [
+                    ("t.attn1".into(), S, 3, 5, 2, 8, linear),
+                    ("t.attn2".into(), X, 3, 5, 2, 8, linear)
+                ]
+            );
+        }
+    }
+}

@@ -353,3 +353,37 @@ impl AutoencoderKL {
         Ok(d.conv_out.forward(d.conv_norm_out.forward_silu(x)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::noise::seeded_noise;
+    use burn::tensor::{DType, Device};
+
+    fn tiny() -> VaeConfig {
+        VaeConfig {
+            block_out_channels: vec![8, 16],
+            layers_per_block: 1,
+            norm_num_groups: 4,
+            sample_size: Some(16),
+            ..VaeConfig::sd()
+        }
+    }
+
+    #[test]
+    fn encode_and_decode_shapes() {
+        let dev = Device::flex();
+        let vae =
+            AutoencoderKL::load(&Weights::random(&dev, DType::F32, 1, 0.05), &tiny()).unwrap();
+        let image: Tensor<4> = seeded_noise(2, [2, 3, 16, 24], &dev);
+        let dist = vae.encode(image).unwrap();
+        assert_eq!(dist.mean.dims(), [2, 4, 8, 12]);
+        assert_eq!(dist.logvar.dims(), [2, 4, 8, 12]);
+        assert_eq!(vae.decode(dist.mean).unwrap().dims(), [2, 3, 16, 24]);
+        // Sizes that are not multiples of the factor, and wrong channel counts, are refused.
+        let odd: Tensor<4> = seeded_noise(3, [1, 3, 15, 16], &dev);
+        assert!(matches!(vae.encode(odd), Err(Error::Shape { .. })));
+        let lat: Tensor<4> = seeded_noise(4, [1, 3, 4, 4], &dev);
+        assert!(matches!(vae.decode(lat), Err(Error::Shape { .. })));
+    }
+}

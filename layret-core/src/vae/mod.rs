@@ -3,8 +3,5 @@
 mod autoencoder;
 mod config;
 
-pub use autoencoder::{
-    AutoencoderKL, Decoder, DecoderBlock, DiagonalGaussian, Encoder, EncoderBlock, VaeAttention,
-    VaeMidBlock,
-};
+pub use autoencoder::{AutoencoderKL, DiagonalGaussian};
 pub use config::VaeConfig;

@@ -9,12 +9,15 @@ use layret::core::personalization::Personalization;
 use layret::core::stable_diffusion::NoiseSource;
 
 use crate::model_args::ModelArgs;
+use layret::manifest::{
+    CacheRecord, ImageEntry, Manifest, RunKey, SettingsRecord, finished_images, image_key,
+};
 use layret::pipeline::{
     Blend, GenerateRequest, LayoutAndRetouch, MethodSettings, ModelPair, Subject,
     load_reference_tensor,
 };
 use layret::{Error, Result};
-use serde_json::json;
+use std::collections::BTreeMap;
 
 use crate::progress::Bars;
 
@@ -63,10 +66,10 @@ pub struct Args {
     #[arg(long)]
     noise: Option<PathBuf>,
     /// DDIM steps N.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = defaults().steps)]
     steps: usize,
     /// Guidance scale.
-    #[arg(long, default_value_t = 7.5)]
+    #[arg(long, default_value_t = defaults().guidance)]
     guidance: f64,
     /// Negative (unconditional) prompt.
     #[arg(long, default_value = "")]
@@ -78,29 +81,30 @@ pub struct Args {
     #[arg(long)]
     height: Option<usize>,
     /// Fraction of the steps run by the vanilla model (λ1 = round(fraction·N)).
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = defaults().layout_fraction)]
     layout_fraction: f64,
     /// Steps of structure lock before the two-source swap (S).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = defaults().swap_start)]
     swap_start: usize,
     /// Mask threshold τ on the normalized maps.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = defaults().mask_threshold)]
     mask_threshold: f64,
     /// Mask level = latent / this factor.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = defaults().mask_factor)]
     mask_factor: usize,
     /// Latent blending: otsu, off, or a fixed threshold.
-    #[arg(long, default_value = "otsu")]
-    blend: String,
+    #[arg(long, default_value_t = defaults().blend)]
+    blend: Blend,
     /// First blended step (default round(0.2·N)).
     #[arg(long)]
     blend_start: Option<usize>,
     /// split (two masked softmaxes) or concat (one softmax over target, context, reference).
-    #[arg(long, default_value = "split")]
-    mode: String,
-    /// Context keys/values kept for replay: f32, f16, or none (recompute the context branch).
-    #[arg(long, default_value = "f32")]
-    kv: String,
+    #[arg(long, default_value_t = defaults().mode)]
+    mode: SwapMode,
+    /// Context keys/values kept for replay: f32, f16, or recompute (also: none; recompute the
+    /// context branch).
+    #[arg(long, default_value_t = defaults().kv_policy)]
+    kv: KvPolicy,
     /// Write final target latents (key `latents`) and context latents (key `context`) here.
     #[arg(long)]
     save_latents: Option<PathBuf>,
@@ -127,8 +131,13 @@ pub struct Args {
     overwrite: bool,
 }
 
-fn settings(a: &Args) -> Result<MethodSettings> {
-    Ok(MethodSettings::default()
+/// The library's defaults, which the flags show and start from.
+fn defaults() -> MethodSettings {
+    MethodSettings::default()
+}
+
+fn settings(a: &Args) -> MethodSettings {
+    defaults()
         .with_steps(a.steps)
         .with_guidance(a.guidance)
         .with_negative_prompt(a.negative_prompt.clone())
@@ -136,128 +145,14 @@ fn settings(a: &Args) -> Result<MethodSettings> {
         .with_swap_start(a.swap_start)
         .with_mask_threshold(a.mask_threshold)
         .with_mask_factor(a.mask_factor)
-        .with_blend(a.blend.parse::<Blend>()?)
+        .with_blend(a.blend)
         .with_blend_start(a.blend_start)
-        .with_mode(a.mode.parse::<SwapMode>()?)
-        .with_kv_policy(a.kv.parse::<KvPolicy>()?))
-}
-
-/// Everything that determines the images of a run, field by field (what a resumed run must
-/// share with the one that wrote the existing images), hashed with each image's prompt and
-/// sample into the key its manifest entry carries.
-fn run_key(
-    a: &Args,
-    models: &ModelPair,
-    references: &[Tensor<4>],
-    noise: &Tensor<4>,
-    settings: &MethodSettings,
-    size: (usize, usize),
-) -> Result<String> {
-    use layret::core::fingerprint::of_tensor;
-    let mut text = format!(
-        "layret-generate-v1\nmodel {:016x}\nphrase {:?}\nclass {:?}\nnoise {:016x}\nsize {}x{}\n",
-        models.fingerprint(),
-        a.phrase,
-        a.class_phrase,
-        of_tensor(noise)?,
-        size.0,
-        size.1
-    );
-    for r in references {
-        text.push_str(&format!("reference {:016x}\n", of_tensor(r)?));
-    }
-    text.push_str(&settings_text(settings));
-    Ok(text)
-}
-
-/// The method settings, one `key value` line each (stable: used in resume keys).
-fn settings_text(s: &MethodSettings) -> String {
-    format!(
-        "steps {}\nguidance {:016x}\nnegative {:?}\nlayout_fraction {:016x}\nswap_start {}\nmask_threshold {:016x}\nmask_factor {}\nswap_divisor {}\nblend {}\nblend_start {}\nmode {}\nreference_prefix {:?}\nkv {}\nreplay {}\n",
-        s.steps,
-        s.guidance.to_bits(),
-        s.negative_prompt,
-        s.layout_fraction.to_bits(),
-        s.swap_start,
-        s.mask_threshold.to_bits(),
-        s.mask_factor,
-        s.swap_divisor,
-        match s.blend {
-            Blend::Otsu => "otsu".to_string(),
-            Blend::Off => "off".to_string(),
-            Blend::Fixed(t) => format!("{:016x}", t.to_bits()),
-        },
-        s.blend_start(),
-        match s.mode {
-            SwapMode::Split => "split",
-            SwapMode::Concat => "concat",
-        },
-        s.reference_prefix,
-        s.kv_policy.name(),
-        s.kv_policy != KvPolicy::Recompute
-    )
-}
-
-/// The key of image (prompt, sample) of a run.
-fn image_key(run: &str, prompt: &str, sample: usize) -> String {
-    let mut f = layret::core::fingerprint::Fingerprinter::new();
-    f.update_str(run);
-    f.update_str(prompt);
-    f.update_u64(sample as u64);
-    format!("{:016x}", f.finish())
-}
-
-/// The manifest entries of a previous run in `out` whose image still exists, is a complete
-/// PNG and was made with the same key: (prompt index, sample) → entry.
-fn finished_images(
-    out: &std::path::Path,
-    keys: &dyn Fn(usize, usize) -> Option<String>,
-) -> std::collections::BTreeMap<(usize, usize), serde_json::Value> {
-    let mut done = std::collections::BTreeMap::new();
-    let Ok(text) = std::fs::read_to_string(out.join("manifest.json")) else {
-        return done;
-    };
-    let Ok(doc) = serde_json::from_str::<serde_json::Value>(&text) else {
-        return done;
-    };
-    for e in doc["images"].as_array().into_iter().flatten() {
-        let (Some(p), Some(s), Some(img), Some(key)) = (
-            e["prompt_index"].as_u64(),
-            e["sample"].as_u64(),
-            e["image"].as_str(),
-            e["key"].as_str(),
-        ) else {
-            continue;
-        };
-        let (p, s) = (p as usize, s as usize);
-        let valid = keys(p, s).as_deref() == Some(key)
-            && layret::core::image_io::read_png_text(&out.join(img)).is_ok();
-        if valid {
-            done.insert((p, s), e.clone());
-        }
-    }
-    done
-}
-
-/// Mark the manifest of a run whose images all exist as complete.
-fn manifest_of_finished(
-    a: &Args,
-    entries: &std::collections::BTreeMap<(usize, usize), serde_json::Value>,
-) -> Result<()> {
-    let path = a.out.join("manifest.json");
-    let mut doc: serde_json::Value = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_else(|| json!({}));
-    doc["images"] = json!(entries.values().collect::<Vec<_>>());
-    doc["complete"] = json!(true);
-    let text = serde_json::to_string_pretty(&doc)
-        .map_err(|e| Error::invalid("manifest", e.to_string()))?;
-    layret::core::atomic::write(&path, text.as_bytes())
+        .with_mode(a.mode)
+        .with_kv_policy(a.kv)
 }
 
 pub fn run(a: Args, quiet: bool) -> Result<()> {
-    let settings = settings(&a)?;
+    let settings = settings(&a);
     settings.validate()?;
     let stack = a
         .personalization
@@ -303,7 +198,7 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
     if k == 0 {
         return Err(Error::invalid("num-samples", "0; must be at least 1"));
     }
-    let c = models.base().unet.in_channels;
+    let c = models.base().unet().in_channels;
     let (noise, seed_text, seed): (Tensor<4>, String, Option<u64>) = match (&a.noise, a.seed) {
         (Some(p), _) => (
             load_tensor(p, "noise", [k, c, h, w], &device)?,
@@ -341,8 +236,42 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
         bars.note(&format!("warning: {w}"));
     }
 
+    let method = settings.summary();
+    let manifest = |entries: &BTreeMap<(usize, usize), ImageEntry>,
+                    complete: bool,
+                    cache: Option<CacheRecord>|
+     -> Result<()> {
+        Manifest {
+            software: format!("layret {}", env!("CARGO_PKG_VERSION")),
+            model: a.model.model.clone(),
+            personalization: a.personalization.clone(),
+            phrase: a.phrase.clone(),
+            class: a.class_phrase.clone(),
+            references: a.reference.clone(),
+            prompts: a.prompt.clone(),
+            num_samples: k,
+            seed: seed_text.clone(),
+            width,
+            height,
+            settings: SettingsRecord::from(&settings),
+            complete,
+            reference_cache: cache,
+            images: entries.values().cloned().collect(),
+        }
+        .write(&a.out)
+    };
+
     // Resume: the images a previous run of the same command finished.
-    let run = run_key(&a, &models, &references, &noise, &settings, (width, height))?;
+    let run = RunKey {
+        models: &models,
+        phrase: &a.phrase,
+        class_phrase: &a.class_phrase,
+        references: &references,
+        noise: &noise,
+        settings: &settings,
+        size: (width, height),
+    }
+    .text()?;
     let key_of = |p: usize, s: usize| a.prompt.get(p).map(|t| image_key(&run, t, s));
     let mut entries = if a.overwrite {
         Default::default()
@@ -362,7 +291,7 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
     }
 
     if pending.is_empty() {
-        manifest_of_finished(&a, &entries)?;
+        manifest(&entries, true, None)?;
         bars.note(&format!(
             "all {} images are already in {}; nothing to do (--overwrite redoes them)",
             entries.len(),
@@ -386,40 +315,6 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
     };
     let mut sub_request = request;
     sub_request.prompts = pending.iter().map(|&p| a.prompt[p].clone()).collect();
-    let method = format!(
-        "layout-and-retouch layout_fraction={} swap_start={} mask_threshold={} mask_factor={} blend={} mode={}",
-        a.layout_fraction, a.swap_start, a.mask_threshold, a.mask_factor, a.blend, a.mode
-    );
-    let manifest = |entries: &std::collections::BTreeMap<(usize, usize), serde_json::Value>,
-                    complete: bool,
-                    cache: Option<(usize, usize, usize)>|
-     -> Result<()> {
-        let doc = json!({
-            "software": format!("layret {}", env!("CARGO_PKG_VERSION")),
-            "model": a.model.model,
-            "personalization": a.personalization,
-            "phrase": a.phrase,
-            "class": a.class_phrase,
-            "references": a.reference,
-            "prompts": a.prompt,
-            "num_samples": k,
-            "seed": seed_text,
-            "width": width,
-            "height": height,
-            "settings": {
-                "steps": a.steps, "guidance": a.guidance, "negative_prompt": a.negative_prompt,
-                "layout_fraction": a.layout_fraction, "lambda1": settings.lambda1(),
-                "swap_start": a.swap_start, "mask_threshold": a.mask_threshold, "mask_factor": a.mask_factor,
-                "blend": a.blend, "blend_start": settings.blend_start(), "mode": a.mode, "kv": a.kv,
-            },
-            "complete": complete,
-            "reference_cache": cache.map(|(hits, disk_hits, misses)| json!({"hits": hits, "disk_hits": disk_hits, "misses": misses})),
-            "images": entries.values().collect::<Vec<_>>(),
-        });
-        let text = serde_json::to_string_pretty(&doc)
-            .map_err(|e| Error::invalid("manifest", e.to_string()))?;
-        layret::core::atomic::write(&a.out.join("manifest.json"), text.as_bytes())
-    };
     let mut generated: Vec<(
         usize,
         usize,
@@ -441,9 +336,9 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
             let r = g.reference_index;
             let prompt = &a.prompt[p];
             let mut fields = vec![
-                ("Steps", a.steps.to_string()),
+                ("Steps", settings.steps.to_string()),
                 ("Sampler", "DDIM".to_string()),
-                ("CFG scale", a.guidance.to_string()),
+                ("CFG scale", settings.guidance.to_string()),
             ];
             if let Some(seed) = seed {
                 fields.push(("Seed", seed.to_string()));
@@ -469,33 +364,43 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
                 ("personalization", a.personalization.join(" ")),
                 ("seed", seed_text.clone()),
                 ("sample", s.to_string()),
-                ("steps", a.steps.to_string()),
-                ("guidance", a.guidance.to_string()),
+                ("steps", settings.steps.to_string()),
+                ("guidance", settings.guidance.to_string()),
                 ("method", method.clone()),
                 ("model", a.model.model.clone()),
                 ("software", format!("layret {}", env!("CARGO_PKG_VERSION"))),
             ];
             let name = format!("p{p}_s{s}");
             let path = a.out.join(format!("{name}.png"));
-            let mut entry = json!({"prompt_index": p, "prompt": prompt, "sample": s,
-                "reference": a.reference[r], "image": format!("{name}.png"),
-                "key": key_of(p, s)});
+            let mut entry = ImageEntry {
+                prompt_index: p,
+                prompt: prompt.clone(),
+                sample: s,
+                reference: a.reference[r].clone(),
+                image: format!("{name}.png"),
+                key: image_key(&run, prompt, s),
+                context: None,
+                mask_target: None,
+                mask_context: None,
+                mask_reference: None,
+                mask_blend: None,
+            };
             if a.save_context {
                 let f = format!("{name}_context.png");
                 save_png(&g.context_image, &a.out.join(&f), &text)?;
-                entry["context"] = json!(f);
+                entry.context = Some(f);
             }
             if let Some(m) = &g.masks {
-                for (kind, img) in [
-                    ("target", Some(&m.target)),
-                    ("context", Some(&m.context)),
-                    ("reference", Some(&m.reference)),
-                    ("blend", m.blend.as_ref()),
+                for (kind, img, slot) in [
+                    ("target", Some(&m.target), &mut entry.mask_target),
+                    ("context", Some(&m.context), &mut entry.mask_context),
+                    ("reference", Some(&m.reference), &mut entry.mask_reference),
+                    ("blend", m.blend.as_ref(), &mut entry.mask_blend),
                 ] {
                     if let Some(img) = img {
                         let f = format!("{name}_mask_{kind}.png");
                         layret::core::image_io::save_gray_png(img, &a.out.join(&f), &[])?;
-                        entry[format!("mask_{kind}")] = json!(f);
+                        *slot = Some(f);
                     }
                 }
             }
@@ -518,8 +423,7 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
     for w in cache.take_warnings() {
         bars.note(&format!("warning: {w}"));
     }
-    let st = cache.stats();
-    let stats = Some((st.hits, st.disk_hits, st.misses));
+    let stats = Some(CacheRecord::from(cache.stats()));
     match result {
         Ok(()) => {}
         Err(e @ Error::Cancelled { .. }) => {

@@ -9,7 +9,7 @@ use layret::pipeline::load_reference_tensor;
 
 use crate::progress::Bars;
 
-/// DDIM-invert an image to its noise (METHOD.md's inversion): VAE mean × scaling factor, then
+/// DDIM-invert an image to its noise (docs/method.md's inversion): VAE mean × scaling factor, then
 /// N inversion steps with the prompt, no guidance. Writes the noisiest latent (key `noise`,
 /// [1, 4, H/8, W/8], usable as `--noise`) and the whole trajectory (key `trajectory`).
 ///

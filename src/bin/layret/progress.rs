@@ -3,7 +3,7 @@
 use std::ops::ControlFlow;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use layret::core::progress::StageProgress as Progress;
+use layret::core::progress::StageProgress;
 use layret::pipeline::RequestProgress;
 
 /// One bar per stage, replaced when the stage changes.
@@ -23,7 +23,7 @@ impl Bars {
     }
 
     /// Feed one progress report; asks to stop once Ctrl-C was pressed.
-    pub fn update(&mut self, p: Progress) -> ControlFlow<()> {
+    pub fn update(&mut self, p: StageProgress) -> ControlFlow<()> {
         self.show(p);
         Self::keep_going()
     }
@@ -76,7 +76,7 @@ impl Bars {
         Self::keep_going()
     }
 
-    fn show(&mut self, p: Progress) {
+    fn show(&mut self, p: StageProgress) {
         if self.quiet {
             return;
         }

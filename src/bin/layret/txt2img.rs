@@ -11,6 +11,11 @@ use crate::model_args::ModelArgs;
 
 use crate::progress::Bars;
 
+/// The library's request defaults, which the flags show.
+fn defaults() -> layret::core::stable_diffusion::Txt2ImgRequest {
+    layret::core::stable_diffusion::Txt2ImgRequest::new("")
+}
+
 /// Text-to-image with Stable Diffusion (DDIM, classifier-free guidance), as diffusers'
 /// StableDiffusionPipeline.
 ///
@@ -34,10 +39,10 @@ pub struct Args {
     #[arg(long, default_value = "")]
     negative_prompt: String,
     /// DDIM steps.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = defaults().steps)]
     steps: usize,
     /// Classifier-free guidance scale (≤ 1 turns guidance off).
-    #[arg(long, default_value_t = 7.5)]
+    #[arg(long, default_value_t = defaults().guidance)]
     guidance: f64,
     /// Image width, a multiple of 8 (default: the model's size, 512 for SD 1.5).
     #[arg(long)]
@@ -46,7 +51,7 @@ pub struct Args {
     #[arg(long)]
     height: Option<usize>,
     /// Images to make.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = defaults().num_images)]
     num_images: usize,
     /// Seed of the initial noise (default: a random one, printed).
     #[arg(long, conflicts_with = "noise")]
@@ -55,7 +60,7 @@ pub struct Args {
     #[arg(long)]
     noise: Option<PathBuf>,
     /// DDIM eta (0 = deterministic).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = defaults().eta)]
     eta: f64,
     /// Output PNG; with several images, `-N` is added before the extension.
     #[arg(long, default_value = "out.png")]
@@ -113,7 +118,7 @@ pub fn run(a: Args, quiet: bool) -> layret::Result<()> {
             let t: Tensor<4> = load_tensor(
                 path,
                 "noise",
-                [a.num_images, sd.unet.in_channels, h, w],
+                [a.num_images, sd.unet().in_channels, h, w],
                 &device,
             )?;
             (
