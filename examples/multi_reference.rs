@@ -140,12 +140,14 @@ pub fn run(
     )?)?;
     let eps_ref = seeded_noise(11, [r, 4, lh, lw], &device);
     let z0 = sd.initial_noise(&NoiseSource::Seed(5), 1 + r, lh, lw)? * sched.init_noise_sigma();
-    let mut pin = |_: usize, t: usize, z: Tensor<4>| -> layret::Result<Tensor<4>> {
+    let mut pin = |_: usize, t: f64, z: Tensor<4>| -> layret::Result<Tensor<4>> {
         // Source rows follow q(z_t | x_r): √ᾱ_t·x_r + √(1 − ᾱ_t)·ε.
-        let a = sched.alpha_bar(t as i64) as f64;
+        let a = sched.alpha_bar(t as i64) as f64; // DDIM: integer timesteps
         let noised = x_ref.clone() * a.sqrt() + eps_ref.clone() * (1.0 - a).sqrt();
         Ok(rows::put_rows(z, 1..1 + r, noised))
     };
+    // The sampler keeps state while it runs; `pin` reads ᾱ from the original.
+    let mut sampler = sched.clone();
     let latents = match weight {
         Some(weight) => {
             let masks = references
@@ -172,7 +174,7 @@ pub fn run(
             sample_with(
                 &den,
                 &batch,
-                &sched,
+                &mut sampler,
                 z0,
                 &mut router,
                 &mut pin,
@@ -182,7 +184,7 @@ pub fn run(
         None => sample_with(
             &den,
             &batch,
-            &sched,
+            &mut sampler,
             z0,
             &mut layret::core::processor::DefaultAttention,
             &mut pin,

@@ -98,7 +98,7 @@ pub fn run(
     let n = prompts.len();
     let text = BatchText::encode(&den, prompts, &vec![""; n])?;
     let batch = SampleBatch::new(text, BatchLayout::single(Branch::Main, n, true), 7.5);
-    let sched = sd.ddim(steps, 0.0)?;
+    let mut sched = sd.ddim(steps, 0.0)?;
     let (h, w) = sd.latent_size(size, size)?;
     // Every image starts from the same noise, as StyleAligned's examples do.
     let noise = sd
@@ -117,7 +117,7 @@ pub fn run(
         sample(
             &den,
             &batch,
-            &sched,
+            &mut sched,
             noise,
             &mut router,
             &mut layret::core::ignore_progress,
@@ -126,7 +126,7 @@ pub fn run(
         sample(
             &den,
             &batch,
-            &sched,
+            &mut sched,
             noise,
             &mut layret::core::processor::DefaultAttention,
             &mut layret::core::ignore_progress,

@@ -76,8 +76,18 @@ pub struct SettingsRecord {
     pub blend_start: usize,
     /// `split` or `concat`.
     pub mode: String,
-    /// `f32`, `f16` or `none`.
+    /// `f32`, `f16` or `recompute`.
     pub kv: String,
+    /// The branches' sampler (`ddim` unless the experimental knob was used).
+    #[serde(default = "ddim")]
+    pub sampler: String,
+    /// Karras sigmas for the sampler.
+    #[serde(default)]
+    pub karras: bool,
+}
+
+fn ddim() -> String {
+    "ddim".into()
 }
 
 impl From<&MethodSettings> for SettingsRecord {
@@ -95,6 +105,8 @@ impl From<&MethodSettings> for SettingsRecord {
             blend_start: s.blend_start(),
             mode: s.mode.to_string(),
             kv: s.kv_policy.to_string(),
+            sampler: s.sampler.to_string(),
+            karras: s.karras,
         }
     }
 }

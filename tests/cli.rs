@@ -719,3 +719,58 @@ fn the_readme_offline_command_runs_as_written() {
     );
     assert!(dir.join("out/p0_s0.png").exists());
 }
+
+#[test]
+fn txt2img_samplers_match_diffusers_from_the_command_line() {
+    use layret::burn::tensor::Tensor;
+    let dir = tempdir();
+    // diffusers' StableDiffusionPipeline with each scheduler, on the same injected noise.
+    let noise: Tensor<4> =
+        layret_test_support::golden_tensor("schedulers.safetensors", "pipe.sd1-tiny.noise");
+    let noise_file = dir.join("noise.safetensors");
+    layret::core::noise::save_tensors(&noise_file, &[("noise", noise)]).unwrap();
+    for (scheduler, karras, golden, sampler) in [
+        ("dpmpp-2m", true, "dpmpp_2m_karras", "DPM++ 2M Karras"),
+        ("unipc", false, "unipc", "UniPC"),
+        ("euler", false, "euler", "Euler"),
+    ] {
+        let png = dir.join(format!("{scheduler}.png"));
+        let lat = dir.join(format!("{scheduler}.safetensors"));
+        let mut cmd = bin();
+        cmd.args(["txt2img", "--model", &fixture("sd1-tiny")])
+            .args(["--prompt", "a photo of a sks dog surfing"])
+            .args(["--negative-prompt", "blurry", "--steps", "5"])
+            .args(["--width", "128", "--height", "128", "--num-images", "2"])
+            .args(["--scheduler", scheduler, "-q", "--noise"])
+            .arg(&noise_file)
+            .arg("--out")
+            .arg(&png)
+            .arg("--save-latents")
+            .arg(&lat);
+        if karras {
+            cmd.arg("--karras");
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = layret_test_support::golden_file(&lat, "latents");
+        let want = layret_test_support::golden(
+            "schedulers.safetensors",
+            &format!("pipe.sd1-tiny.{golden}.5.latents"),
+        );
+        let err = layret_test_support::max_abs_diff_values(&got.values, &want.values);
+        assert!(err <= 1e-4, "{scheduler}: {err}");
+        // The choice is in the metadata other tools read.
+        let png = png.with_file_name(format!("{scheduler}-0.png"));
+        let text = layret::core::image_io::read_png_text(&png).unwrap();
+        let params = text
+            .iter()
+            .find(|(k, _)| k == "parameters")
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        assert!(params.contains(&format!("Sampler: {sampler},")), "{params}");
+    }
+}

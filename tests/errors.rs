@@ -1209,3 +1209,67 @@ fn r58_user_processor_fails_or_returns_a_wrong_shape() {
         "{e}"
     );
 }
+
+#[test]
+fn r59_multistep_sampler_stepped_out_of_order() {
+    use layret::core::scheduler::{SamplerKind, SamplerOptions};
+    let cfg = SchedulerConfig::sd();
+    let mut s = SamplerKind::DpmPp2m
+        .build(&cfg, 4, SamplerOptions::default())
+        .unwrap();
+    let x: Tensor<4> = layret::core::noise::seeded_noise(1, [1, 4, 2, 2], &dev());
+    s.step(x.clone(), 0, x.clone(), None).unwrap();
+    s.step(x.clone(), 1, x.clone(), None).unwrap();
+    // Reused for a second run without reset(): step 0 again.
+    let e = s.step(x.clone(), 0, x, None).unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument { name, message } if name == "step_index"
+            && message.contains("DPM-Solver++") && message.contains("expects step 2")),
+        "{e}"
+    );
+}
+
+#[test]
+fn r60_unknown_sampler_or_option_it_lacks() {
+    use layret::core::scheduler::{SamplerKind, SamplerOptions};
+    let e = "dpm++".parse::<SamplerKind>().unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument { message, .. } if message.contains("\"dpm++\"") && message.contains("dpmpp-2m")),
+        "{e}"
+    );
+    let cfg = SchedulerConfig::sd();
+    let karras = SamplerOptions {
+        karras: true,
+        eta: 0.0,
+    };
+    let e = SamplerKind::Pndm.build(&cfg, 5, karras).err().unwrap();
+    assert!(
+        matches!(&e, Error::InvalidArgument { name, message } if name == "karras" && message.contains("pndm")),
+        "{e}"
+    );
+    let eta = SamplerOptions {
+        karras: false,
+        eta: 0.3,
+    };
+    let e = SamplerKind::UniPc.build(&cfg, 5, eta).err().unwrap();
+    assert!(
+        matches!(&e, Error::InvalidArgument { name, .. } if name == "eta"),
+        "{e}"
+    );
+    // On the command line: clap's usage error (exit 2) with the same message.
+    let out = Command::new(env!("CARGO_BIN_EXE_layret"))
+        .args([
+            "txt2img",
+            "--model",
+            "m",
+            "--prompt",
+            "a dog",
+            "--scheduler",
+            "dpm++",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("dpmpp-2m") && err.contains("euler-a"), "{err}");
+}

@@ -5,7 +5,6 @@
 use burn::tensor::Tensor;
 use layret_attention::{AttentionStore, MutualSelfAttention, Router, SiteSelector};
 use layret_core::processor::{AttentionKind, BatchLayout, Branch, DefaultAttention, StepContext};
-use layret_core::scheduler::Scheduler;
 use layret_core::stable_diffusion::{LoadOptions, StableDiffusion};
 
 use layret_test_support::{bits, device, fixture, golden_tensor, max_abs_diff_tensors as max_abs};
@@ -34,7 +33,7 @@ fn run(sd: &StableDiffusion, mutual: bool, store: &mut AttentionStore) -> Tensor
     let context = Tensor::cat(vec![uncond, cond], 0);
     let mut latents = golden("noise");
     let mut msa = MutualSelfAttention::new(Branch::Source(0), Branch::Target, 2);
-    for (k, &t) in sched.timesteps().iter().enumerate() {
+    for (k, &t) in sched.timesteps().to_vec().iter().enumerate() {
         let ctx = StepContext::new(
             k,
             t as f64,

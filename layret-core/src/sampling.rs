@@ -10,6 +10,7 @@
 //! ```no_run
 //! use layret_core::processor::{BatchLayout, Branch, DefaultAttention};
 //! use layret_core::sampling::{BatchText, SampleBatch, sample};
+//! use layret_core::scheduler::SamplerKind;
 //! use layret_core::stable_diffusion::{LoadOptions, StableDiffusion};
 //! # fn main() -> layret_core::Result<()> {
 //! let device = burn::tensor::Device::flex();
@@ -22,9 +23,11 @@
 //!     BatchLayout::new(vec![Branch::Source(0), Branch::Target], 1, true)?,
 //!     7.5,
 //! );
-//! let scheduler = sd.ddim(30, 0.0)?;
-//! let noise = sd.initial_noise(&layret_core::stable_diffusion::NoiseSource::Seed(1), 2, 64, 64)?;
-//! let latents = sample(&model, &batch, &scheduler, noise, &mut DefaultAttention,
+//! // Any sampler: DDIM, or e.g. DPM++ 2M with Karras sigmas.
+//! let mut scheduler = sd.sampler(SamplerKind::DpmPp2m, 20, true, 0.0)?;
+//! let noise = sd.initial_noise(&layret_core::stable_diffusion::NoiseSource::Seed(1), 2, 64, 64)?
+//!     * scheduler.init_noise_sigma();
+//! let latents = sample(&model, &batch, scheduler.as_mut(), noise, &mut DefaultAttention,
 //!                      &mut layret_core::ignore_progress)?;
 //! # Ok(()) }
 //! ```
@@ -342,16 +345,17 @@ impl SampleBatch {
 }
 
 /// Run `scheduler`'s sampling loop on `latents` (already scaled by its initial sigma) for
-/// `batch`, every attention call going to `processor`; returns the final latents. Reports
-/// `"denoise"` progress per step; a [`ControlFlow::Break`] from `progress` stops at the next
-/// step with [`Error::Cancelled`].
+/// `batch`, every attention call going to `processor`; returns the final latents. The
+/// scheduler is [reset](Scheduler::reset) first. Reports `"denoise"` progress per step; a
+/// [`ControlFlow::Break`] from `progress` stops at the next step with [`Error::Cancelled`].
+/// A stochastic sampler's noise for step `k` is `seeded_noise(batch.noise.base + 1 + k)`.
 ///
 /// # Shapes
 /// `latents` `[R, C, h, w]`, `R = batch.layout().rows_per_half()` → `[R, C, h, w]`.
 pub fn sample(
     model: &Denoiser,
     batch: &SampleBatch,
-    scheduler: &dyn Scheduler,
+    scheduler: &mut dyn Scheduler,
     latents: Tensor<4>,
     processor: &mut dyn AttentionProcessor,
     progress: &mut dyn FnMut(StageProgress) -> ControlFlow<()>,
@@ -372,10 +376,10 @@ pub fn sample(
 pub fn sample_with(
     model: &Denoiser,
     batch: &SampleBatch,
-    scheduler: &dyn Scheduler,
+    scheduler: &mut dyn Scheduler,
     latents: Tensor<4>,
     processor: &mut dyn AttentionProcessor,
-    before_step: &mut dyn FnMut(usize, usize, Tensor<4>) -> Result<Tensor<4>>,
+    before_step: &mut dyn FnMut(usize, f64, Tensor<4>) -> Result<Tensor<4>>,
     progress: &mut dyn FnMut(StageProgress) -> ControlFlow<()>,
 ) -> Result<Tensor<4>> {
     if !batch.guidance.is_finite() {
@@ -385,18 +389,21 @@ pub fn sample_with(
         ));
     }
     let device = latents.device();
-    let total = scheduler.timesteps().len();
+    scheduler.reset();
+    let total = scheduler.num_steps();
     let mut z = latents;
-    for (k, &t) in scheduler.timesteps().iter().enumerate() {
+    for k in 0..total {
+        let t = scheduler.timestep(k);
         z = before_step(k, t, z)?;
         let pass = GuidedPass {
             step: k,
-            timestep: t as f64,
+            timestep: t,
             kind: Pass::Sample,
             layout: batch.layout.clone(),
             guidance: batch.guidance,
         };
-        let eps = model.guided_eps(&pass, z.clone(), &batch.text, processor)?;
+        let input = scheduler.scale_model_input(z.clone(), k);
+        let eps = model.guided_eps(&pass, input, &batch.text, processor)?;
         let noise = scheduler.needs_noise().then(|| {
             seeded_noise(
                 batch.noise.base.wrapping_add(1 + k as u64),

@@ -13,7 +13,7 @@ use crate::noise::seeded_noise;
 use crate::processor::{AttentionProcessor, BatchLayout, Branch, DefaultAttention, ModelRole};
 use crate::progress::{StageProgress, report};
 use crate::sampling::{BatchText, Denoiser, SampleBatch, check_finite, sample};
-use crate::scheduler::{DdimScheduler, Scheduler, SchedulerConfig};
+use crate::scheduler::{DdimScheduler, SamplerKind, SamplerOptions, Scheduler, SchedulerConfig};
 use crate::tokenizer::ClipTokenizer;
 use crate::unet::{UNet2DConditionModel, UNetConfig};
 use crate::vae::{AutoencoderKL, VaeConfig};
@@ -120,6 +120,11 @@ pub struct Txt2ImgRequest {
     /// DDIM η (0 = deterministic); with η > 0 the per-step noise comes from the seed
     /// (`seed + 1 + step`) or, for injected initial noise, from seed `step + 1`.
     pub eta: f64,
+    /// The sampler ([`SamplerKind::Ddim`] by default; `Auto` = the model's own config).
+    /// Stochastic ones (Euler ancestral) draw their step noise like DDIM with η > 0.
+    pub sampler: SamplerKind,
+    /// Karras sigmas (DPM++ 2M, Euler, UniPC).
+    pub karras: bool,
 }
 
 impl Txt2ImgRequest {
@@ -135,6 +140,8 @@ impl Txt2ImgRequest {
             num_images: 1,
             noise: NoiseSource::Seed(0),
             eta: 0.0,
+            sampler: SamplerKind::Ddim,
+            karras: false,
         }
     }
 }
@@ -634,6 +641,18 @@ impl StableDiffusion {
         self.denoiser().encode(prompts)
     }
 
+    /// The sampler `kind` for `steps` steps on the folder's scheduler config (`eta` for DDIM
+    /// only, `karras` for the samplers that have Karras sigmas).
+    pub fn sampler(
+        &self,
+        kind: SamplerKind,
+        steps: usize,
+        karras: bool,
+        eta: f64,
+    ) -> Result<Box<dyn Scheduler + Send>> {
+        kind.build(&self.scheduler, steps, SamplerOptions { karras, eta })
+    }
+
     /// A DDIM scheduler for `steps` steps and `eta`, from the folder's scheduler config.
     pub fn ddim(&self, steps: usize, eta: f64) -> Result<DdimScheduler> {
         DdimScheduler::new(self.scheduler.clone(), steps, eta)
@@ -715,7 +734,7 @@ impl StableDiffusion {
             return Err(Error::invalid("num_images", "0; must be at least 1"));
         }
         let (h, w) = self.latent_size(req.width, req.height)?;
-        let sched = self.ddim(req.steps, req.eta)?;
+        let mut sched = self.sampler(req.sampler, req.steps, req.karras, req.eta)?;
         let n = req.num_images;
         let latents = self.initial_noise(&req.noise, n, h, w)? * sched.init_noise_sigma();
         let cfg = req.guidance > 1.0;
@@ -736,7 +755,7 @@ impl StableDiffusion {
             req.guidance,
         )
         .with_step_noise(step_seed);
-        sample(&model, &batch, &sched, latents, processor, progress)
+        sample(&model, &batch, sched.as_mut(), latents, processor, progress)
     }
 
     /// Decode scaled latents (`latents / scaling_factor` goes into the VAE) to images in

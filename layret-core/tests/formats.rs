@@ -92,6 +92,7 @@ fn check_model(sd: &StableDiffusion, model: &str, what: &str) {
         num_images: 2,
         noise: NoiseSource::Tensor(common::golden_tensor(&file, "noise")),
         eta: 0.0,
+        ..Txt2ImgRequest::new("")
     };
     let out = sd.txt2img(&req, &mut layret_core::ignore_progress).unwrap();
     let err = common::max_abs_diff(out.latents, &common::golden(&file, "latents"));

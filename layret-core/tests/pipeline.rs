@@ -5,7 +5,6 @@ mod common;
 use burn::tensor::Tensor;
 use layret_core::processor::{BatchLayout, Branch, DefaultAttention, Pass, StepContext};
 use layret_core::sampling::{BatchText, GuidedPass};
-use layret_core::scheduler::Scheduler;
 use layret_core::stable_diffusion::{LoadOptions, NoiseSource, StableDiffusion, Txt2ImgRequest};
 use layret_core::{Error, image_io};
 
@@ -29,6 +28,7 @@ fn request(noise: Tensor<4>) -> Txt2ImgRequest {
         num_images: 2,
         noise: NoiseSource::Tensor(noise),
         eta: 0.0,
+        ..Txt2ImgRequest::new("")
     }
 }
 
@@ -45,7 +45,7 @@ fn check_txt2img(name: &str) {
     let text = BatchText::repeated(cond, uncond, 2);
     let traj: Tensor<5> = common::golden_tensor(&file, "trajectory");
     let mut x = noise;
-    for (k, &t) in sched.timesteps().iter().enumerate() {
+    for (k, &t) in sched.timesteps().to_vec().iter().enumerate() {
         let pass = GuidedPass {
             step: k,
             timestep: t as f64,
@@ -241,7 +241,7 @@ fn inversion_then_sampling_reconstructs_the_image() {
         prev = z.clone();
     }
     let mut z = traj.last().unwrap().1.clone();
-    for (k, &t) in sched.timesteps().iter().enumerate() {
+    for (k, &t) in sched.timesteps().to_vec().iter().enumerate() {
         let j = steps - 1 - k;
         assert_eq!(traj[j].0, t);
         z = sched.step(eps_at[j].clone(), k, z, None).unwrap();

@@ -4,7 +4,7 @@
 mod common;
 
 use burn::tensor::Tensor;
-use layret_core::scheduler::{DdimScheduler, Scheduler, SchedulerConfig};
+use layret_core::scheduler::{DdimScheduler, SchedulerConfig};
 use serde_json::Value;
 
 const FILE: &str = "ddim.safetensors";
@@ -87,4 +87,56 @@ fn bad_settings_are_errors() {
         SchedulerConfig::from_file(&f),
         Err(layret_core::Error::Config { .. })
     ));
+}
+
+#[test]
+fn ddim_on_explicit_timesteps_is_ddim_on_even_grids() {
+    use layret_core::scheduler::TimestepSpacing;
+    let dev = common::device();
+    let out: Tensor<4> = layret_core::noise::seeded_noise(1, [1, 4, 3, 3], &dev);
+    let x: Tensor<4> = layret_core::noise::seeded_noise(2, [1, 4, 3, 3], &dev);
+    for spacing in [TimestepSpacing::Leading, TimestepSpacing::Trailing] {
+        let cfg = SchedulerConfig {
+            timestep_spacing: spacing,
+            ..SchedulerConfig::sd()
+        };
+        for n in [5usize, 20, 50] {
+            let plain = DdimScheduler::new(cfg.clone(), n, 0.0).unwrap();
+            let explicit =
+                DdimScheduler::on_timesteps(cfg.clone(), plain.timesteps().to_vec()).unwrap();
+            assert_eq!(explicit.timesteps(), plain.timesteps());
+            for (k, &t) in plain.timesteps().iter().enumerate() {
+                let a = plain.step(out.clone(), k, x.clone(), None).unwrap();
+                let b = explicit.step(out.clone(), k, x.clone(), None).unwrap();
+                assert_eq!(
+                    common::bits(a),
+                    common::bits(b),
+                    "{spacing:?} N={n} step {k}"
+                );
+                let a = plain.inversion_step(out.clone(), t, x.clone());
+                let b = explicit.inversion_step(out.clone(), t, x.clone());
+                assert_eq!(
+                    common::bits(a),
+                    common::bits(b),
+                    "{spacing:?} N={n} invert {t}"
+                );
+            }
+        }
+    }
+    // Uneven timesteps: the previous one is the next smaller in the list.
+    let cfg = SchedulerConfig::sd();
+    let s = DdimScheduler::on_timesteps(cfg.clone(), vec![999, 786, 427, 59, 0]).unwrap();
+    let ac = cfg.alphas_cumprod();
+    let got = s.step(out.clone(), 1, x.clone(), None).unwrap();
+    // x0 at ᾱ(786), then to ᾱ(427) (η = 0, ε prediction).
+    let (at, ap) = (ac[786], ac[427]);
+    let x0 = (x.clone() - out.clone() * (1.0 - at).sqrt()) / at.sqrt();
+    let want = x0 * ap.sqrt() + out.clone() * (1.0 - ap).sqrt();
+    assert!(common::max_abs_diff_tensors(got, want) <= 1e-6);
+    for bad in [vec![], vec![5, 5], vec![3, 7], vec![1000, 1]] {
+        assert!(
+            DdimScheduler::on_timesteps(cfg.clone(), bad.clone()).is_err(),
+            "{bad:?}"
+        );
+    }
 }

@@ -5,7 +5,6 @@ use layret_core::Result;
 use layret_core::processor::{Branch, ModelRole, Pass};
 use layret_core::progress::{StageProgress, report};
 use layret_core::sampling::check_finite;
-use layret_core::scheduler::Scheduler;
 
 use crate::models::{BranchPass, Conditioning, ModelPair, recording_pass};
 use crate::stage::{ContextStep, LayoutRequest, LayoutResult, LayoutStage, ProgressFn, StepSink};
@@ -76,14 +75,15 @@ impl LayoutStage for StepBlendedLayout {
         let s = &request.settings;
         s.validate()?;
         let (_, mask) = geometry(request)?;
-        let sched = models.base().ddim(s.steps, 0.0)?;
+        let mut branch = crate::sampler::branch_sampler(models, s)?;
         let lambda1 = s.lambda1();
         let (vanilla, personal) = context_conditioning(models, request)?;
-        let mut z = request.noise.clone();
+        let mut z = request.noise.clone() * branch.sampler.init_noise_sigma();
         let mut trajectory = vec![z.clone()];
         let mut maps = Vec::with_capacity(s.steps);
-        let total = sched.timesteps().len();
-        for (k, &t) in sched.timesteps().iter().enumerate() {
+        let total = branch.ddim.timesteps().len();
+        branch.sampler.reset();
+        for (k, &t) in branch.ddim.timesteps().to_vec().iter().enumerate() {
             let pass = BranchPass {
                 branch: Branch::Context,
                 kind: Pass::Sample,
@@ -95,9 +95,10 @@ impl LayoutStage for StepBlendedLayout {
                 swap_divisor: s.swap_divisor,
             };
             let kv = s.replays().then_some(s.kv_policy);
-            let rec = recording_pass(models, &pass, z.clone(), kv, None, hooks)?;
+            let input = branch.sampler.scale_model_input(z.clone(), k);
+            let rec = recording_pass(models, &pass, input, kv, None, hooks)?;
             let latent = z.clone();
-            z = sched.step(rec.eps, k, z, None)?;
+            z = branch.sampler.step(rec.eps, k, z, None)?;
             check_finite(&z, "context latents", k)?;
             maps.push(rec.map.clone());
             trajectory.push(z.clone());

@@ -44,6 +44,7 @@ mod prompts;
 mod reference;
 mod reference_image;
 mod retouch;
+mod sampler;
 mod settings;
 mod stage;
 

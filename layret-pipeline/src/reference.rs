@@ -11,7 +11,6 @@ use layret_attention::{KvPolicy, KvStore};
 use layret_core::processor::{Branch, ModelRole, Pass};
 use layret_core::progress::{StageProgress, report};
 use layret_core::safetensors_writer::{SafetensorsWriter, StoredAs};
-use layret_core::scheduler::Scheduler;
 use layret_core::weights::{TensorFile, Weights};
 use layret_core::{Error, Result};
 
@@ -127,6 +126,12 @@ impl ReferenceKey {
             settings.swap_divisor,
             storage_of(settings).name(),
         );
+        let mut text = text;
+        if !settings.uses_ddim() {
+            // Another branch sampler: the reference is inverted onto its timesteps.
+            let ts = crate::sampler::branch_sampler(models, settings)?;
+            text.push_str(&format!("timesteps {:?}\n", ts.ddim.timesteps()));
+        }
         Ok(Self { text })
     }
 
@@ -489,7 +494,7 @@ pub fn compute_reference(
     let [_, _, ih, iw] = image.dims();
     let f = base.vae_factor();
     let mask = settings.mask_level(ih / f, iw / f)?;
-    let sched = base.ddim(settings.steps, 0.0)?;
+    let sched = crate::sampler::branch_sampler(models, settings)?.ddim;
     let cond = Conditioning::new(
         models,
         ModelRole::Personalized,

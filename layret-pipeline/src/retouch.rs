@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
+use crate::sampler::{BranchSampler, branch_sampler};
 use burn::tensor::Tensor;
 use layret_attention::{KvPolicy, KvSource, MultiSourceSwap, Router, SwapMasks, masks};
 use layret_core::processor::{Branch, Pass};
 use layret_core::progress::{StageProgress, report};
 use layret_core::sampling::check_finite;
-use layret_core::scheduler::{DdimScheduler, Scheduler};
 use layret_core::{Error, Result};
 
 use crate::hooks::PassHooks;
@@ -99,7 +99,7 @@ struct TargetRun<'a> {
     models: &'a ModelPair,
     request: &'a LayoutRequest,
     refd: Arc<ReferenceData>,
-    sched: DdimScheduler,
+    branch: BranchSampler,
     vanilla_c: Conditioning,
     target_c: Conditioning,
     lambda1: usize,
@@ -133,7 +133,11 @@ impl<'a> TargetRun<'a> {
             models,
             request,
             refd,
-            sched: models.base().ddim(s.steps, 0.0)?,
+            branch: {
+                let mut b = branch_sampler(models, s)?;
+                b.sampler.reset();
+                b
+            },
             vanilla_c,
             target_c,
             lambda1: s.lambda1(),
@@ -161,10 +165,10 @@ impl<'a> TargetRun<'a> {
         let (hm, wm) = self.mask;
         let n = self.request.noise.dims()[0];
         let k = cs.k;
-        let t =
-            *self.sched.timesteps().get(k).ok_or_else(|| {
-                Error::invalid("layout", format!("step {k} is past N = {}", s.steps))
-            })?;
+        let t = self
+            .branch
+            .timestep(k)
+            .ok_or_else(|| Error::invalid("layout", format!("step {k} is past N = {}", s.steps)))?;
         // The target starts where the context does: z^t_0 = z^c_0.
         let z = match self.z.take() {
             Some(z) => z,
@@ -197,7 +201,7 @@ impl<'a> TargetRun<'a> {
                 let rec = recording_pass(
                     self.models,
                     &pass,
-                    cs.latent.clone(),
+                    self.branch.sampler.scale_model_input(cs.latent.clone(), k),
                     Some(KvPolicy::KeepF32),
                     None,
                     layout_hooks,
@@ -257,13 +261,13 @@ impl<'a> TargetRun<'a> {
         let rec = recording_pass(
             self.models,
             &pass,
-            z.clone(),
+            self.branch.sampler.scale_model_input(z.clone(), k),
             None,
             Some(&mut swap),
             target_hooks,
         )?;
         let (eps, target_map) = (rec.eps, rec.map);
-        let mut z = self.sched.step(eps, k, z, None)?;
+        let mut z = self.branch.sampler.step(eps, k, z, None)?;
         let mut blend_mask = None;
         if k >= s.blend_start() {
             let binary = match s.blend {

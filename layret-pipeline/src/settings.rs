@@ -1,6 +1,7 @@
 //! Every knob of docs/method.md, with its default.
 
 use layret_attention::{KvPolicy, SwapMode};
+use layret_core::scheduler::SamplerKind;
 use layret_core::{Error, Result};
 
 /// Adaptive latent blending (docs/method.md "Adaptive mask blending").
@@ -81,6 +82,14 @@ pub struct MethodSettings {
     /// How the context branch reaches stage 2: its keys/values kept from stage 1 in f32
     /// (default; exact) or f16 (also the reference's storage), or recomputed.
     pub kv_policy: KvPolicy,
+    /// Experimental: the sampler of the context and target branches. The default,
+    /// [`SamplerKind::Ddim`], is docs/method.md's; another one (DPM++ 2M, UniPC, Euler, Euler
+    /// ancestral) steps both branches with its own update on its own timesteps, and the
+    /// reference is DDIM-inverted onto those timesteps (docs/samplers.md says what that
+    /// changes). PNDM, whose timesteps repeat, is refused.
+    pub sampler: SamplerKind,
+    /// Karras sigmas for [`sampler`](Self::sampler).
+    pub karras: bool,
 }
 
 impl Default for MethodSettings {
@@ -99,6 +108,8 @@ impl Default for MethodSettings {
             mode: SwapMode::Split,
             reference_prefix: "a photo of ".into(),
             kv_policy: KvPolicy::KeepF32,
+            sampler: SamplerKind::Ddim,
+            karras: false,
         }
     }
 }
@@ -109,6 +120,18 @@ pub fn round_half_away(x: f64) -> usize {
 }
 
 impl MethodSettings {
+    /// With the experimental branch sampler `sampler` (and Karras sigmas if `karras`).
+    pub fn with_sampler(mut self, sampler: SamplerKind, karras: bool) -> Self {
+        self.sampler = sampler;
+        self.karras = karras;
+        self
+    }
+
+    /// Whether the branches use docs/method.md's DDIM (the default).
+    pub fn uses_ddim(&self) -> bool {
+        self.sampler == SamplerKind::Ddim && !self.karras
+    }
+
     /// With `N` steps.
     pub fn with_steps(mut self, steps: usize) -> Self {
         self.steps = steps;
@@ -245,6 +268,12 @@ impl MethodSettings {
                 "must be positive",
             ));
         }
+        if self.sampler == SamplerKind::Pndm {
+            return Err(Error::invalid(
+                "sampler",
+                "pndm; its timesteps repeat (N + 1 evaluations for N steps), so the reference cannot be inverted onto them: use ddim, dpmpp-2m, unipc, euler or euler-a",
+            ));
+        }
         Ok(())
     }
 }
@@ -273,7 +302,11 @@ impl MethodSettings {
             self.reference_prefix,
             self.kv_policy.name(),
             self.kv_policy != KvPolicy::Recompute
-        )
+        ) + &if self.uses_ddim() {
+            String::new()
+        } else {
+            format!("sampler {}\nkarras {}\n", self.sampler, self.karras)
+        }
     }
 
     /// The Layout-and-Retouch knobs in one line (`layout_fraction=0.2 swap_start=4 …`), for
@@ -287,7 +320,15 @@ impl MethodSettings {
             self.mask_factor,
             self.blend,
             self.mode
-        )
+        ) + &if self.uses_ddim() {
+            String::new()
+        } else {
+            format!(
+                " sampler={}{}",
+                self.sampler,
+                if self.karras { " karras" } else { "" }
+            )
+        }
     }
 }
 
@@ -326,6 +367,8 @@ mod tests {
             base.clone().with_kv_policy(KvPolicy::KeepF16),
             base.clone().with_swap_divisor(4),
             base.clone().with_reference_prefix("a picture of "),
+            base.clone().with_sampler(SamplerKind::Euler, false),
+            base.clone().with_sampler(SamplerKind::DpmPp2m, true),
         ];
         let mut texts: Vec<String> = changed.iter().map(|s| s.key_text()).collect();
         texts.push(base.key_text());

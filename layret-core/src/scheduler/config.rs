@@ -85,6 +85,16 @@ pub struct SchedulerConfig {
     /// Explicit betas (unsupported: must be null).
     #[serde(default)]
     pub trained_betas: Option<Value>,
+    /// The diffusers class the file was written for (`_class_name`, e.g. `PNDMScheduler`):
+    /// what [`SamplerKind::Auto`](super::SamplerKind) picks.
+    #[serde(default, rename = "_class_name")]
+    pub class_name: Option<String>,
+    /// PNDM: skip the Runge–Kutta warm-up (SD checkpoints: true; the class default false).
+    #[serde(default)]
+    pub skip_prk_steps: bool,
+    /// DPM-Solver/Euler/UniPC: Karras sigmas.
+    #[serde(default)]
+    pub use_karras_sigmas: bool,
 }
 
 fn thousand() -> usize {
@@ -129,6 +139,9 @@ impl SchedulerConfig {
             rescale_betas_zero_snr: false,
             thresholding: false,
             trained_betas: None,
+            class_name: None,
+            skip_prk_steps: true,
+            use_karras_sigmas: false,
         }
     }
 

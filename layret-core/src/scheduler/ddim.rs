@@ -15,6 +15,9 @@ pub struct DdimScheduler {
     /// `⌊T/N⌋`: the distance to the previous timestep.
     step_ratio: usize,
     eta: f64,
+    /// For [`on_timesteps`](Self::on_timesteps): each timestep's previous one (the next
+    /// smaller in the list, −1 below the smallest) instead of `t − ⌊T/N⌋`.
+    previous: Option<Vec<i64>>,
 }
 
 /// Coefficients of one DDIM update `x' = a·x0 + b·ε (+ σ·noise)`.
@@ -87,7 +90,78 @@ impl DdimScheduler {
             final_alpha_cumprod,
             timesteps,
             eta,
+            previous: None,
         })
+    }
+
+    /// Deterministic DDIM on the given timesteps (strictly decreasing, below `T`), where the
+    /// previous timestep of `t` is the next smaller one in the list (−1, i.e. ᾱ =
+    /// `final_alpha_cumprod`, below the smallest). For the evenly spaced leading and trailing
+    /// grids this is [`new`](Self::new) exactly; it lets the reference be inverted onto another
+    /// sampler's timesteps.
+    pub fn on_timesteps(config: SchedulerConfig, timesteps: Vec<usize>) -> Result<Self> {
+        let t = config.num_train_timesteps;
+        let ok =
+            !timesteps.is_empty() && timesteps.windows(2).all(|w| w[0] > w[1]) && timesteps[0] < t;
+        if !ok {
+            return Err(Error::invalid(
+                "timesteps",
+                format!("{timesteps:?}; must be strictly decreasing and below {t}"),
+            ));
+        }
+        let mut ddim = Self::new(config, timesteps.len(), 0.0)?;
+        let mut previous: Vec<i64> = timesteps.iter().skip(1).map(|&p| p as i64).collect();
+        previous.push(-1);
+        ddim.timesteps = timesteps;
+        ddim.previous = Some(previous);
+        Ok(ddim)
+    }
+
+    /// The timesteps, in sampling order (noisiest first).
+    pub fn timesteps(&self) -> &[usize] {
+        &self.timesteps
+    }
+
+    /// One DDIM update from sampling step `step_index` to the next (the [`Scheduler`] step,
+    /// callable through a shared reference: DDIM keeps no history).
+    ///
+    /// # Shapes
+    /// `model_output`, `sample`, `noise`: `[B, C, h, w]` → `[B, C, h, w]`.
+    pub fn step(
+        &self,
+        model_output: Tensor<4>,
+        step_index: usize,
+        sample: Tensor<4>,
+        noise: Option<Tensor<4>>,
+    ) -> Result<Tensor<4>> {
+        let Some(&t) = self.timesteps.get(step_index) else {
+            return Err(Error::invalid(
+                "step_index",
+                format!(
+                    "{step_index}; the schedule has {} steps",
+                    self.timesteps.len()
+                ),
+            ));
+        };
+        let c = self.coefs(t);
+        let (x0, eps) = self.predict(model_output, sample, c.alpha_t);
+        let beta_t = 1.0 - c.alpha_t;
+        let beta_prev = 1.0 - c.alpha_prev;
+        let variance = (beta_prev / beta_t) * (1.0 - c.alpha_t / c.alpha_prev);
+        let std = self.eta as f32 * variance.sqrt();
+        let dir = eps * (1.0 - c.alpha_prev - std * std).sqrt();
+        let prev = x0 * c.alpha_prev.sqrt() + dir;
+        if self.eta > 0.0 {
+            let Some(noise) = noise else {
+                return Err(Error::invalid(
+                    "noise",
+                    "DDIM with eta > 0 needs variance noise for every step",
+                ));
+            };
+            Ok(prev + noise * std)
+        } else {
+            Ok(prev)
+        }
     }
 
     /// ᾱ_t for every training timestep.
@@ -143,9 +217,18 @@ impl DdimScheduler {
     }
 
     fn coefs(&self, t: usize) -> Coefs {
+        let prev = match &self.previous {
+            Some(p) => self
+                .timesteps
+                .iter()
+                .position(|&x| x == t)
+                .map(|i| p[i])
+                .unwrap_or(t as i64 - self.step_ratio as i64),
+            None => t as i64 - self.step_ratio as i64,
+        };
         Coefs {
             alpha_t: self.alpha_bar(t as i64),
-            alpha_prev: self.alpha_bar(t as i64 - self.step_ratio as i64),
+            alpha_prev: self.alpha_bar(prev),
         }
     }
 
@@ -185,8 +268,12 @@ fn round_half_even(v: f64) -> f64 {
 }
 
 impl Scheduler for DdimScheduler {
-    fn timesteps(&self) -> &[usize] {
-        &self.timesteps
+    fn num_steps(&self) -> usize {
+        self.timesteps.len()
+    }
+
+    fn timestep(&self, step_index: usize) -> f64 {
+        self.timesteps[step_index] as f64
     }
 
     fn needs_noise(&self) -> bool {
@@ -194,39 +281,12 @@ impl Scheduler for DdimScheduler {
     }
 
     fn step(
-        &self,
+        &mut self,
         model_output: Tensor<4>,
         step_index: usize,
         sample: Tensor<4>,
         noise: Option<Tensor<4>>,
     ) -> Result<Tensor<4>> {
-        let Some(&t) = self.timesteps.get(step_index) else {
-            return Err(Error::invalid(
-                "step_index",
-                format!(
-                    "{step_index}; the schedule has {} steps",
-                    self.timesteps.len()
-                ),
-            ));
-        };
-        let c = self.coefs(t);
-        let (x0, eps) = self.predict(model_output, sample, c.alpha_t);
-        let beta_t = 1.0 - c.alpha_t;
-        let beta_prev = 1.0 - c.alpha_prev;
-        let variance = (beta_prev / beta_t) * (1.0 - c.alpha_t / c.alpha_prev);
-        let std = self.eta as f32 * variance.sqrt();
-        let dir = eps * (1.0 - c.alpha_prev - std * std).sqrt();
-        let prev = x0 * c.alpha_prev.sqrt() + dir;
-        if self.eta > 0.0 {
-            let Some(noise) = noise else {
-                return Err(Error::invalid(
-                    "noise",
-                    "DDIM with eta > 0 needs variance noise for every step",
-                ));
-            };
-            Ok(prev + noise * std)
-        } else {
-            Ok(prev)
-        }
+        DdimScheduler::step(self, model_output, step_index, sample, noise)
     }
 }

@@ -105,6 +105,14 @@ pub struct Args {
     /// context branch).
     #[arg(long, default_value_t = defaults().kv_policy)]
     kv: KvPolicy,
+    /// Experimental: the sampler of the context and target branches (ddim, the method's
+    /// default; dpmpp-2m, unipc, euler). The reference is DDIM-inverted onto its timesteps
+    /// (docs/samplers.md); pndm and euler-a are refused.
+    #[arg(long, default_value_t = defaults().sampler)]
+    sampler: layret::core::scheduler::SamplerKind,
+    /// Karras sigmas for --sampler dpmpp-2m or unipc.
+    #[arg(long)]
+    karras: bool,
     /// Write final target latents (key `latents`) and context latents (key `context`) here.
     #[arg(long)]
     save_latents: Option<PathBuf>,
@@ -149,6 +157,7 @@ fn settings(a: &Args) -> MethodSettings {
         .with_blend_start(a.blend_start)
         .with_mode(a.mode)
         .with_kv_policy(a.kv)
+        .with_sampler(a.sampler, a.karras)
 }
 
 pub fn run(a: Args, quiet: bool) -> Result<()> {
@@ -237,6 +246,10 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
     }
 
     let method = settings.summary();
+    let sampler_name = settings
+        .sampler
+        .resolve(models.base().scheduler_config())
+        .display_name(settings.karras);
     let manifest = |entries: &BTreeMap<(usize, usize), ImageEntry>,
                     complete: bool,
                     cache: Option<CacheRecord>|
@@ -337,7 +350,7 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
             let prompt = &a.prompt[p];
             let mut fields = vec![
                 ("Steps", settings.steps.to_string()),
-                ("Sampler", "DDIM".to_string()),
+                ("Sampler", sampler_name.clone()),
                 ("CFG scale", settings.guidance.to_string()),
             ];
             if let Some(seed) = seed {

@@ -59,9 +59,17 @@ pub struct Args {
     /// Initial noise from a safetensors file (key `noise`, shape [N, 4, H/8, W/8]).
     #[arg(long)]
     noise: Option<PathBuf>,
-    /// DDIM eta (0 = deterministic).
+    /// DDIM eta (0 = deterministic; DDIM only).
     #[arg(long, default_value_t = defaults().eta)]
     eta: f64,
+    /// The sampler: ddim, dpmpp-2m, euler, euler-a, unipc, pndm, or auto (the one the model's
+    /// scheduler_config.json names). Each matches the diffusers class of the same name;
+    /// typical steps: DDIM 50, DPM++ 2M 20–25, Euler/Euler a 30, UniPC 20, PNDM 50.
+    #[arg(long, default_value_t = defaults().sampler)]
+    scheduler: layret::core::scheduler::SamplerKind,
+    /// Karras sigmas (with dpmpp-2m, euler, unipc).
+    #[arg(long)]
+    karras: bool,
     /// Output PNG; with several images, `-N` is added before the extension.
     #[arg(long, default_value = "out.png")]
     out: PathBuf,
@@ -146,7 +154,13 @@ pub fn run(a: Args, quiet: bool) -> layret::Result<()> {
         num_images: a.num_images,
         noise,
         eta: a.eta,
+        sampler: a.scheduler,
+        karras: a.karras,
     };
+    let sampler = a.scheduler.resolve(sd.scheduler_config());
+    let sampler_name = sampler.display_name(
+        a.karras || (sd.scheduler_config().use_karras_sigmas && sampler.supports_karras()),
+    );
     let out = sd.txt2img(&req, &mut |p| bars.update(p))?;
     bars.finish();
     if let Some(path) = &a.save_latents {
@@ -154,7 +168,7 @@ pub fn run(a: Args, quiet: bool) -> layret::Result<()> {
     }
     let mut fields = vec![
         ("Steps", a.steps.to_string()),
-        ("Sampler", "DDIM".to_string()),
+        ("Sampler", sampler_name.clone()),
         ("CFG scale", a.guidance.to_string()),
     ];
     if let Some(s) = a.seed.filter(|_| a.noise.is_none()) {
@@ -185,7 +199,8 @@ pub fn run(a: Args, quiet: bool) -> layret::Result<()> {
         ("size", format!("{width}x{height}")),
         ("model", a.model.model.clone()),
         ("personalization", a.personalization.join(" ")),
-        ("sampler", "DDIM".to_string()),
+        ("sampler", sampler_name.clone()),
+        ("scheduler", sampler.name().to_string()),
         ("software", format!("layret {}", env!("CARGO_PKG_VERSION"))),
     ];
     for (i, img) in out.images.iter().enumerate() {
