@@ -16,6 +16,7 @@
 )]
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod device;
 pub mod manifest;
 pub mod model_path;

@@ -1273,3 +1273,84 @@ fn r60_unknown_sampler_or_option_it_lacks() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("dpmpp-2m") && err.contains("euler-a"), "{err}");
 }
+
+fn batch_manifest(text: &str) -> Result<Vec<layret::batch::BatchRequest>, Error> {
+    let d = tmp();
+    let p = d.join("requests.jsonl");
+    std::fs::write(&p, text).unwrap();
+    let kind = |f: &str| match f {
+        "prompt" => Some(layret::batch::FlagKind::Repeatable),
+        "steps" => Some(layret::batch::FlagKind::Value),
+        _ => None,
+    };
+    layret::batch::read_manifest(&p, &kind)
+}
+
+#[test]
+fn r61_batch_manifest_lines() {
+    let e = batch_manifest("{\"steps\": 2}\n{\"steps\": 2, \"sampling\": 1}\n").unwrap_err();
+    assert!(
+        matches!(&e, Error::Config { file, message } if file.ends_with("requests.jsonl")
+            && message.starts_with("line 2:") && message.contains("`sampling`")),
+        "{e}"
+    );
+    let e = batch_manifest("{\"steps\": 2}\nnot json\n").unwrap_err();
+    assert!(
+        matches!(&e, Error::Config { message, .. } if message.starts_with("line 2: not JSON")),
+        "{e}"
+    );
+    let e = batch_manifest("{\"id\": \"a/b\"}").unwrap_err();
+    assert!(
+        matches!(&e, Error::Config { message, .. } if message.contains("\"a/b\"")),
+        "{e}"
+    );
+}
+
+#[test]
+fn r62_batch_manifest_values_generate_refuses() {
+    let d = tmp();
+    let m = d.join("m.jsonl");
+    std::fs::write(
+        &m,
+        format!(
+            "{{\"model\": \"{}\", \"personalization\": [\"ti:x\"], \"phrase\": \"p\", \"class\": \"c\", \"prompt\": [\"p\"], \"reference\": [\"missing.png\"]}}\n",
+            fx("sd1-tiny").display()
+        ),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_layret"))
+        .arg("batch")
+        .arg(&m)
+        .arg("--out")
+        .arg(d.join("out"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(
+        err.contains("m.jsonl") && err.contains("line 1: `reference` missing.png is not a file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn r63_batch_shard() {
+    use layret::batch::Shard;
+    let e = "4/4".parse::<Shard>().unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument { name, message } if name == "shard" && message.contains("4/4")),
+        "{e}"
+    );
+    let e = Shard::from_env(&|k| (k == "JOB_COMPLETION_INDEX").then(|| "2".into())).unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument { message, .. } if message.contains("JOB_COMPLETIONS")),
+        "{e}"
+    );
+    let e = Shard::from_env(&|_| None).unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument { message, .. } if message.contains("SLURM_ARRAY_TASK_ID")),
+        "{e}"
+    );
+}
+// Row 64 (a failing request recorded in failures.jsonl while the shard goes on):
+// tests/batch.rs, a_failing_request_is_recorded_and_the_shard_goes_on.

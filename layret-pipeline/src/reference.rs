@@ -354,6 +354,13 @@ impl ReferenceCache {
         }
         let folder = self.folder()?;
         let file = folder.as_ref().map(|d| d.join(key.file_name()));
+        // Other processes (shards of a batch on a shared filesystem) may compute the same
+        // entry: one holds the entry's lock file while it checks and computes, the others wait
+        // and then read what it wrote. The kernel drops the lock if the holder dies.
+        let _cross_process = match &file {
+            Some(f) => Some(lock_entry(f)?),
+            None => None,
+        };
         let cached = match file.as_ref().filter(|f| f.exists()) {
             Some(f) => match load_reference_data(f, &key, device) {
                 Ok(d) => Some(d),
@@ -384,6 +391,35 @@ impl ReferenceCache {
         st.slots.remove(&key);
         Ok(v)
     }
+}
+
+/// An exclusive advisory lock on `<entry>.lock` (created if missing), held until dropped; the
+/// lock file is removed on drop, so a cache folder holds only entries once no one works in it.
+/// (A process that opened the old lock file just before the removal may then compute
+/// alongside a newer one: both write the same entry atomically, so that costs time, never a
+/// half-read file.)
+struct EntryLock {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Drop for EntryLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = self.file.unlock();
+    }
+}
+
+fn lock_entry(entry: &Path) -> Result<EntryLock> {
+    let path = entry.with_extension("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("creating", &path, e))?;
+    file.lock().map_err(|e| Error::io("locking", &path, e))?;
+    Ok(EntryLock { file, path })
 }
 
 /// The metadata entry holding the [`ReferenceKey`] text in a cache file.

@@ -160,7 +160,25 @@ fn settings(a: &Args) -> MethodSettings {
         .with_sampler(a.sampler, a.karras)
 }
 
+impl Args {
+    /// What identifies the models of a request (its model flags and personalizations).
+    pub fn model_key(&self) -> String {
+        format!("{:?}\n{:?}", self.model, self.personalization)
+    }
+}
+
+/// Models loaded by earlier requests of this process (`layret batch`), by their flags.
+#[derive(Default)]
+pub struct LoadedModels {
+    entries: std::collections::HashMap<String, ModelPair>,
+}
+
 pub fn run(a: Args, quiet: bool) -> Result<()> {
+    run_with(a, quiet, &mut LoadedModels::default())
+}
+
+/// [`run`], reusing `loaded` models when the request's model flags match.
+pub fn run_with(a: Args, quiet: bool, loaded: &mut LoadedModels) -> Result<()> {
     let settings = settings(&a);
     settings.validate()?;
     let stack = a
@@ -184,17 +202,27 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
 
     let mut bars = Bars::new(quiet);
     let t0 = Instant::now();
-    let (dir, base) = a.model.load(&device)?;
-    let models = ModelPair::stacked(base, &stack)?;
-    bars.note(&format!(
-        "loaded {}{} in {:.1}s",
-        dir.display(),
-        stack
-            .iter()
-            .map(|p| format!(" + {}", p.kind()))
-            .collect::<String>(),
-        t0.elapsed().as_secs_f64()
-    ));
+    let key = a.model_key();
+    if !loaded.entries.contains_key(&key) {
+        let (dir, base) = a.model.load(&device)?;
+        let models = ModelPair::stacked(base, &stack)?;
+        bars.note(&format!(
+            "loaded {}{} in {:.1}s",
+            dir.display(),
+            stack
+                .iter()
+                .map(|p| format!(" + {}", p.kind()))
+                .collect::<String>(),
+            t0.elapsed().as_secs_f64()
+        ));
+        // One model pair at a time: a batch sorted by model reuses it, others reload.
+        loaded.entries.clear();
+        loaded.entries.insert(key.clone(), models);
+    }
+    let models = loaded
+        .entries
+        .get(&key)
+        .ok_or_else(|| Error::invalid("models", "lost from the cache"))?;
     let size = models.base().default_size();
     let (width, height) = (a.width.unwrap_or(size), a.height.unwrap_or(size));
     let (h, w) = models.base().latent_size(width, height)?;
@@ -276,7 +304,7 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
 
     // Resume: the images a previous run of the same command finished.
     let run = RunKey {
-        models: &models,
+        models,
         phrase: &a.phrase,
         class_phrase: &a.class_phrase,
         references: &references,
@@ -339,7 +367,7 @@ pub fn run(a: Args, quiet: bool) -> Result<()> {
     let mut saved = Vec::new();
     let shared = std::cell::RefCell::new(bars);
     let result = pipe.generate_each(
-        &models,
+        models,
         &subject,
         &sub_request,
         &mut |p| shared.borrow_mut().update_request(p),

@@ -1,5 +1,6 @@
 //! The `layret` command line.
 
+mod batch;
 mod cancel;
 mod generate;
 mod inspect;
@@ -36,6 +37,7 @@ enum Command {
     Tokenize(tokenize::Args),
     Sites(sites::Args),
     Generate(generate::Args),
+    Batch(batch::Args),
     Invert(invert::Args),
     Inspect(inspect::Args),
 }
@@ -46,6 +48,7 @@ fn run(cli: Cli) -> layret::Result<()> {
         Command::Tokenize(a) => tokenize::run(a),
         Command::Sites(a) => sites::run(a),
         Command::Generate(a) => generate::run(a, cli.quiet),
+        Command::Batch(a) => batch::run(a, cli.quiet),
         Command::Invert(a) => invert::run(a, cli.quiet),
         Command::Inspect(a) => inspect::run(a),
     }
