@@ -18,6 +18,7 @@
 
 pub mod batch;
 pub mod device;
+pub mod eval;
 pub mod manifest;
 pub mod model_path;
 

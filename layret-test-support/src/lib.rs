@@ -37,8 +37,8 @@ pub struct Golden {
     pub shape: Vec<usize>,
 }
 
-/// The tensor `key` of `tests/fixtures/golden/<file>`, if present (f32, f16, bf16, i64, u8
-/// are read as f64).
+/// The tensor `key` of `tests/fixtures/golden/<file>`, if present (f64, f32, f16, bf16, i64,
+/// u8 are read as f64).
 pub fn try_golden(file: &str, key: &str) -> Option<Golden> {
     try_golden_file(&fixtures().join("golden").join(file), key)
 }
@@ -71,6 +71,10 @@ pub fn try_golden_file(path: &Path, key: &str) -> Option<Golden> {
         Dtype::I64 => data
             .chunks_exact(8)
             .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f64)
+            .collect(),
+        Dtype::F64 => data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
             .collect(),
         Dtype::U8 => data.iter().map(|&b| b as f64).collect(),
         d => panic!("{file}:{key}: unexpected dtype {d:?}"),

@@ -20,7 +20,32 @@ pub struct ClipEmbeddings {
     pub position_embedding: Embedding,
 }
 
-/// Multi-head self-attention with a causal mask (`self_attn.*`).
+/// The shape of one CLIP transformer layer (text or vision tower).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LayerSpec {
+    pub hidden: usize,
+    pub heads: usize,
+    pub intermediate: usize,
+    pub eps: f64,
+    pub quick_gelu: bool,
+    /// Causal attention (the text tower) or full (the vision tower).
+    pub causal: bool,
+}
+
+impl LayerSpec {
+    fn text(cfg: &ClipTextConfig) -> Self {
+        Self {
+            hidden: cfg.hidden_size,
+            heads: cfg.num_attention_heads,
+            intermediate: cfg.intermediate_size,
+            eps: cfg.layer_norm_eps,
+            quick_gelu: cfg.hidden_act == ClipActivation::QuickGelu,
+            causal: true,
+        }
+    }
+}
+
+/// Multi-head self-attention, causal in the text tower (`self_attn.*`).
 #[derive(Module, Debug)]
 pub struct ClipAttention {
     /// Query projection.
@@ -33,17 +58,20 @@ pub struct ClipAttention {
     pub out_proj: Linear,
     /// Number of heads.
     pub heads: usize,
+    /// Causal mask (text) or none (vision).
+    pub causal: bool,
 }
 
 impl ClipAttention {
-    fn load(vb: &WeightsView, cfg: &ClipTextConfig) -> Result<Self> {
-        let h = cfg.hidden_size;
+    fn load(vb: &WeightsView, spec: &LayerSpec) -> Result<Self> {
+        let h = spec.hidden;
         Ok(Self {
             q_proj: Linear::load(&vb.pp("q_proj"), h, h, true)?,
             k_proj: Linear::load(&vb.pp("k_proj"), h, h, true)?,
             v_proj: Linear::load(&vb.pp("v_proj"), h, h, true)?,
             out_proj: Linear::load(&vb.pp("out_proj"), h, h, true)?,
-            heads: cfg.num_attention_heads,
+            heads: spec.heads,
+            causal: spec.causal,
         })
     }
 
@@ -59,7 +87,7 @@ impl ClipAttention {
         let options = AttentionModuleOptions {
             scale: None,
             softcap: None,
-            is_causal: true,
+            is_causal: self.causal,
         };
         let o = attention(q, k, v, None, None, options);
         self.out_proj.forward(o.swap_dims(1, 2).reshape([b, l, h]))
@@ -105,16 +133,16 @@ pub struct ClipEncoderLayer {
 }
 
 impl ClipEncoderLayer {
-    fn load(vb: &WeightsView, cfg: &ClipTextConfig) -> Result<Self> {
-        let h = cfg.hidden_size;
+    pub(crate) fn load(vb: &WeightsView, spec: &LayerSpec) -> Result<Self> {
+        let h = spec.hidden;
         Ok(Self {
-            layer_norm1: LayerNorm::load(&vb.pp("layer_norm1"), h, cfg.layer_norm_eps)?,
-            self_attn: ClipAttention::load(&vb.pp("self_attn"), cfg)?,
-            layer_norm2: LayerNorm::load(&vb.pp("layer_norm2"), h, cfg.layer_norm_eps)?,
+            layer_norm1: LayerNorm::load(&vb.pp("layer_norm1"), h, spec.eps)?,
+            self_attn: ClipAttention::load(&vb.pp("self_attn"), spec)?,
+            layer_norm2: LayerNorm::load(&vb.pp("layer_norm2"), h, spec.eps)?,
             mlp: ClipMlp {
-                fc1: Linear::load(&vb.pp("mlp.fc1"), h, cfg.intermediate_size, true)?,
-                fc2: Linear::load(&vb.pp("mlp.fc2"), cfg.intermediate_size, h, true)?,
-                quick_gelu: cfg.hidden_act == ClipActivation::QuickGelu,
+                fc1: Linear::load(&vb.pp("mlp.fc1"), h, spec.intermediate, true)?,
+                fc2: Linear::load(&vb.pp("mlp.fc2"), spec.intermediate, h, true)?,
+                quick_gelu: spec.quick_gelu,
             },
         })
     }
@@ -176,7 +204,14 @@ impl ClipTextEncoder {
         } else {
             ""
         };
-        let vb = weights.pp(prefix);
+        let model = Self::load_view(&weights.pp(prefix), cfg)?;
+        weights.finish(|k| k.ends_with("embeddings.position_ids"))?;
+        Ok(model)
+    }
+
+    /// Build from the tensors under `vb` (the caller checks for unused tensors).
+    pub(crate) fn load_view(vb: &WeightsView, cfg: &ClipTextConfig) -> Result<Self> {
+        let vb = vb.clone();
         let h = cfg.hidden_size;
         let embeddings = ClipEmbeddings {
             token_embedding: Embedding::load(
@@ -191,10 +226,11 @@ impl ClipTextEncoder {
             )?,
         };
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| ClipEncoderLayer::load(&vb.pp(format!("encoder.layers.{i}")), cfg))
+            .map(|i| {
+                ClipEncoderLayer::load(&vb.pp(format!("encoder.layers.{i}")), &LayerSpec::text(cfg))
+            })
             .collect::<Result<Vec<_>>>()?;
         let final_layer_norm = LayerNorm::load(&vb.pp("final_layer_norm"), h, cfg.layer_norm_eps)?;
-        weights.finish(|k| k.ends_with("embeddings.position_ids"))?;
         Ok(Self {
             embeddings,
             encoder: ClipEncoder { layers },

@@ -2,6 +2,7 @@
 
 mod batch;
 mod cancel;
+mod eval;
 mod generate;
 mod inspect;
 mod invert;
@@ -38,6 +39,7 @@ enum Command {
     Sites(sites::Args),
     Generate(generate::Args),
     Batch(batch::Args),
+    Eval(eval::Args),
     Invert(invert::Args),
     Inspect(inspect::Args),
 }
@@ -49,6 +51,7 @@ fn run(cli: Cli) -> layret::Result<()> {
         Command::Sites(a) => sites::run(a),
         Command::Generate(a) => generate::run(a, cli.quiet),
         Command::Batch(a) => batch::run(a, cli.quiet),
+        Command::Eval(a) => eval::run(a, cli.quiet),
         Command::Invert(a) => invert::run(a, cli.quiet),
         Command::Inspect(a) => inspect::run(a),
     }
