@@ -150,18 +150,19 @@ fn the_command_writes_scores_and_compares_folders() {
         for k in ["clip_t", "clip_i", "dino", "diversity", "layout_diversity"] {
             assert!(v["overall"][k].is_f64(), "overall.{k}");
         }
-        assert!(
-            std::fs::read_to_string(d.join("scores.md"))
-                .unwrap()
-                .contains("| **overall** | 0.4047 |")
+        let want = golden(FILE, "scores.overall").values;
+        let overall = format!(
+            "| **overall** | {:.4} | {:.4} | {:.4} |",
+            want[0], want[1], want[2]
         );
+        let md = std::fs::read_to_string(d.join("scores.md")).unwrap();
+        assert!(md.contains(&overall), "{overall} in {md}");
     }
     let stdout = String::from_utf8(out.stdout).unwrap();
     // The side-by-side table: one row per folder.
-    let rows = stdout
-        .lines()
-        .filter(|l| l.contains("| 0.4047 | 0.8358 | 0.9606 |"))
-        .count();
+    let want = golden(FILE, "scores.overall").values;
+    let cells = format!("| {:.4} | {:.4} | {:.4} |", want[0], want[1], want[2]);
+    let rows = stdout.lines().filter(|l| l.contains(&cells)).count();
     assert_eq!(rows, 4, "{stdout}");
 }
 
