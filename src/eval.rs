@@ -442,15 +442,14 @@ impl Evaluator {
             if idx.is_empty() {
                 continue;
             }
-            let pairs: Vec<(usize, usize)> = idx
-                .iter()
-                .enumerate()
-                .flat_map(|(a, &i)| idx[a + 1..].iter().map(move |&j| (i, j)))
+            // Pairs a < b of positions in `idx` (the prompt's images, in order).
+            let pairs: Vec<(usize, usize)> = (0..idx.len())
+                .flat_map(|a| (a + 1..idx.len()).map(move |b| (a, b)))
                 .collect();
             let diversity = mean(
                 pairs
                     .iter()
-                    .map(|&(i, j)| 1.0 - cosine(&dino_of[i], &dino_of[j])),
+                    .map(|&(a, b)| 1.0 - cosine(&dino_of[idx[a]], &dino_of[idx[b]])),
             );
             let masks: Option<Vec<Vec<bool>>> = idx
                 .iter()
@@ -460,20 +459,13 @@ impl Evaluator {
                 .transpose()?;
             let layout_diversity = match &masks {
                 Some(m) if idx.len() >= 2 => {
-                    let pos = |i: usize| idx.iter().position(|&x| x == i).unwrap_or(0);
-                    for (k, mk) in m.iter().enumerate() {
-                        if mk.len() != m[0].len() {
-                            return Err(bad(
-                                &set.dir,
-                                format!("mask of image {} has another size than the first", idx[k]),
-                            ));
-                        }
+                    if let Some(k) = m.iter().position(|mk| mk.len() != m[0].len()) {
+                        return Err(bad(
+                            &set.dir,
+                            format!("mask of image {} has another size than the first", idx[k]),
+                        ));
                     }
-                    mean(
-                        pairs
-                            .iter()
-                            .map(|&(i, j)| 1.0 - iou(&m[pos(i)], &m[pos(j)])),
-                    )
+                    mean(pairs.iter().map(|&(a, b)| 1.0 - iou(&m[a], &m[b])))
                 }
                 _ => None,
             };
@@ -528,46 +520,49 @@ impl Scores {
 
     /// A markdown table: overall, then one row per prompt.
     pub fn markdown(&self) -> String {
-        let mut s = format!(
-            "# Scores of {}\n\n| | CLIP-T | CLIP-I | DINO | diversity | layout diversity |\n|---|---|---|---|---|---|\n| **overall** | {:.4} | {:.4} | {:.4} | {} | {} |\n",
-            self.dir.display(),
-            self.overall.clip_t,
-            self.overall.clip_i,
-            self.overall.dino,
-            cell(self.overall.diversity),
-            cell(self.overall.layout_diversity)
-        );
+        let o = &self.overall;
+        let mut s = format!("# Scores of {}\n\n{TABLE_HEADER}", self.dir.display());
+        s.push_str(&table_row(
+            "**overall**",
+            [o.clip_t, o.clip_i, o.dino],
+            [o.diversity, o.layout_diversity],
+        ));
         for p in &self.per_prompt {
-            s.push_str(&format!(
-                "| {} | {:.4} | {:.4} | {:.4} | {} | {} |\n",
-                p.prompt.replace('|', "\\|"),
-                p.clip_t,
-                p.clip_i,
-                p.dino,
-                cell(p.diversity),
-                cell(p.layout_diversity)
+            s.push_str(&table_row(
+                &p.prompt.replace('|', "\\|"),
+                [p.clip_t, p.clip_i, p.dino],
+                [p.diversity, p.layout_diversity],
             ));
         }
         s
     }
 }
 
+const TABLE_HEADER: &str =
+    "| | CLIP-T | CLIP-I | DINO | diversity | layout diversity |\n|---|---|---|---|---|---|\n";
+
+/// One table row: a label, the three identity/fidelity scores, the two optional diversities.
+fn table_row(label: &str, scores: [f64; 3], diversities: [Option<f64>; 2]) -> String {
+    format!(
+        "| {label} | {:.4} | {:.4} | {:.4} | {} | {} |\n",
+        scores[0],
+        scores[1],
+        scores[2],
+        cell(diversities[0]),
+        cell(diversities[1])
+    )
+}
+
 /// One table comparing the overall scores of several folders side by side (the paper's
 /// comparison: Layout-and-Retouch vs the personalized model alone).
 pub fn comparison_table(scores: &[Scores]) -> String {
-    let mut s = String::from(
-        "| | CLIP-T | CLIP-I | DINO | diversity | layout diversity |\n|---|---|---|---|---|---|\n",
-    );
+    let mut s = String::from(TABLE_HEADER);
     for sc in scores {
         let o = &sc.overall;
-        s.push_str(&format!(
-            "| {} | {:.4} | {:.4} | {:.4} | {} | {} |\n",
-            sc.dir.display(),
-            o.clip_t,
-            o.clip_i,
-            o.dino,
-            cell(o.diversity),
-            cell(o.layout_diversity)
+        s.push_str(&table_row(
+            &sc.dir.display().to_string(),
+            [o.clip_t, o.clip_i, o.dino],
+            [o.diversity, o.layout_diversity],
         ));
     }
     s

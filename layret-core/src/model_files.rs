@@ -16,6 +16,9 @@ pub enum Component {
     Vae,
     /// `text_encoder/`.
     TextEncoder,
+    /// A transformers model folder (`model.safetensors` / `pytorch_model.bin`), e.g. the CLIP
+    /// and DINO models of the evaluation.
+    Transformers,
 }
 
 impl Component {
@@ -25,7 +28,7 @@ impl Component {
             Component::Unet | Component::Vae => {
                 ("diffusion_pytorch_model", "diffusion_pytorch_model")
             }
-            Component::TextEncoder => ("model", "pytorch_model"),
+            Component::TextEncoder | Component::Transformers => ("model", "pytorch_model"),
         }
     }
 
@@ -35,6 +38,7 @@ impl Component {
             Component::Unet => "UNet weights",
             Component::Vae => "VAE weights",
             Component::TextEncoder => "text encoder weights",
+            Component::Transformers => "model weights",
         }
     }
 }
@@ -83,4 +87,25 @@ pub fn weights_file(dir: &Path, component: Component, variant: Option<&str>) -> 
         ),
         path: plain,
     })
+}
+
+/// `config.json` of a transformers model folder, checked to have `model_type` `want` (`what`
+/// names the kind of model in errors).
+pub(crate) fn transformers_config(
+    dir: &Path,
+    want: &str,
+    what: &str,
+) -> Result<(PathBuf, serde_json::Value)> {
+    let path = dir.join("config.json");
+    let v: serde_json::Value = crate::config_file::read_json(&path, what)?;
+    let kind = v["model_type"].as_str().unwrap_or("");
+    if kind != want {
+        return Err(Error::UnsupportedConfig {
+            file: path,
+            key: "model_type".into(),
+            value: format!("{kind:?}"),
+            supported: format!("{want:?} ({what})"),
+        });
+    }
+    Ok((path, v))
 }

@@ -12,9 +12,9 @@ use burn::tensor::{Device, Tensor};
 use image::RgbImage;
 use serde::Deserialize;
 
-use crate::clip::model::{model_config, model_file};
 use crate::error::{Error, Result};
 use crate::image_processor::ImageProcessor;
+use crate::model_files::{Component, transformers_config, weights_file};
 use crate::nn::{LayerNorm, Linear};
 use crate::patch_embedding::PatchEmbedding;
 use crate::weights::{Weights, WeightsView};
@@ -145,7 +145,7 @@ pub struct VitModel {
 impl VitModel {
     /// Load a ViT folder (`model_type` `vit`; DINO checkpoints such as `facebook/dino-vits16`).
     pub fn from_dir(dir: &Path, device: &Device) -> Result<Self> {
-        let (cfg_path, v) = model_config(dir, "vit", "a ViT model (e.g. DINO)")?;
+        let (cfg_path, v) = transformers_config(dir, "vit", "a ViT model (e.g. DINO)")?;
         let cfg: VitConfig = serde_json::from_value(v).map_err(|e| Error::Config {
             file: cfg_path.clone(),
             message: e.to_string(),
@@ -166,7 +166,7 @@ impl VitModel {
                 supported: format!("a multiple of patch_size {}", cfg.patch_size),
             });
         }
-        let weights = Weights::open(model_file(dir)?, device)?;
+        let weights = Weights::open(weights_file(dir, Component::Transformers, None)?, device)?;
         // transformers writes ViTModel with or without the `vit.` prefix.
         let prefix = if weights.contains("vit.embeddings.cls_token") {
             "vit"

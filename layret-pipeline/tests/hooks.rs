@@ -1,41 +1,20 @@
 //! User attention processors in every pass of Layout-and-Retouch (PassHooks), and one loaded
 //! model serving two threads with a shared reference cache.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
+use common::{models, subject};
 use layret_attention::{AttentionCall, AttentionObserver, Router, SiteSelector};
 use layret_core::Result;
-use layret_core::personalization::Personalization;
 use layret_core::processor::{
     AttentionProcessor, AttentionSite, Branch, DefaultAttention, ModelRole, Pass, StepContext,
 };
-use layret_core::stable_diffusion::{LoadOptions, StableDiffusion};
 use layret_pipeline::*;
-use layret_test_support::{bits, fixtures, golden_tensor};
-
-fn models() -> ModelPair {
-    let base = StableDiffusion::load(
-        fixtures().join("sd1-tiny"),
-        &Device::flex(),
-        &LoadOptions::default(),
-    )
-    .unwrap();
-    let ti = Personalization::TextualInversion {
-        path: fixtures().join("personalization/ti_cat_toy.safetensors"),
-        token: None,
-    };
-    ModelPair::new(base, &ti).unwrap()
-}
-
-fn subject() -> Subject {
-    Subject::new(
-        "<cat-toy>",
-        "cat toy",
-        golden_tensor("method_ti.safetensors", "reference_image"),
-    )
-}
+use layret_test_support::bits;
 
 const N: usize = 5;
 

@@ -2,39 +2,17 @@
 //! for bit; another sampler steps the context and target branches on its own timesteps, and
 //! the reference is inverted onto the same ones, so at step k every branch sees one timestep.
 
+mod common;
+
 use std::collections::BTreeSet;
 
-use burn::tensor::Device;
+use common::{models, subject};
 use layret_attention::{AttentionCall, AttentionObserver, SiteSelector};
-use layret_core::personalization::Personalization;
 use layret_core::processor::{AttentionSite, Pass, StepContext};
 use layret_core::scheduler::{SamplerKind, SamplerOptions};
-use layret_core::stable_diffusion::{LoadOptions, StableDiffusion};
 use layret_core::{Error, Result};
 use layret_pipeline::*;
-use layret_test_support::{bits, fixtures, golden_tensor, to_f64};
-
-fn models() -> ModelPair {
-    let base = StableDiffusion::load(
-        fixtures().join("sd1-tiny"),
-        &Device::flex(),
-        &LoadOptions::default(),
-    )
-    .unwrap();
-    let ti = Personalization::TextualInversion {
-        path: fixtures().join("personalization/ti_cat_toy.safetensors"),
-        token: None,
-    };
-    ModelPair::new(base, &ti).unwrap()
-}
-
-fn subject() -> Subject {
-    Subject::new(
-        "<cat-toy>",
-        "cat toy",
-        golden_tensor("method_ti.safetensors", "reference_image"),
-    )
-}
+use layret_test_support::{bits, to_f64};
 
 const N: usize = 6;
 

@@ -3,7 +3,7 @@
 //! towers with their projections).
 
 mod config;
-pub(crate) mod model;
+mod model;
 mod text_encoder;
 mod vision;
 

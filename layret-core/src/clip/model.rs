@@ -3,7 +3,7 @@
 //! Hugging Face folder (`config.json`, `model.safetensors`, `preprocessor_config.json`,
 //! `vocab.json` + `merges.txt`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use image::RgbImage;
@@ -14,6 +14,7 @@ use super::text_encoder::ClipTextEncoder;
 use super::vision::{ClipVisionConfig, ClipVisionTransformer};
 use crate::error::{Error, Result};
 use crate::image_processor::ImageProcessor;
+use crate::model_files::{Component, transformers_config, weights_file};
 use crate::nn::Linear;
 use crate::tokenizer::{ClipTokenizer, Truncation};
 use crate::weights::Weights;
@@ -38,40 +39,10 @@ pub struct ClipModel {
     device: Device,
 }
 
-/// The weights file of a Hugging Face model folder.
-pub(crate) fn model_file(dir: &Path) -> Result<PathBuf> {
-    for name in ["model.safetensors", "pytorch_model.bin"] {
-        let p = dir.join(name);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    Err(Error::MissingFile {
-        what: "model weights (model.safetensors or pytorch_model.bin)".into(),
-        path: dir.join("model.safetensors"),
-    })
-}
-
-/// `config.json` of a folder, checked to be a `model_type` in `want`.
-pub(crate) fn model_config(dir: &Path, want: &str, what: &str) -> Result<(PathBuf, Value)> {
-    let path = dir.join("config.json");
-    let v: Value = crate::config_file::read_json(&path, what)?;
-    let kind = v["model_type"].as_str().unwrap_or("");
-    if kind != want {
-        return Err(Error::UnsupportedConfig {
-            file: path,
-            key: "model_type".into(),
-            value: format!("{kind:?}"),
-            supported: format!("{want:?} ({what})"),
-        });
-    }
-    Ok((path, v))
-}
-
 impl ClipModel {
     /// Load a CLIP folder (`model_type` `clip`).
     pub fn from_dir(dir: &Path, device: &Device) -> Result<Self> {
-        let (cfg_path, cfg) = model_config(dir, "clip", "a CLIP model")?;
+        let (cfg_path, cfg) = transformers_config(dir, "clip", "a CLIP model")?;
         let sub = |key: &str| -> Result<String> {
             cfg.get(key)
                 .map(Value::to_string)
@@ -88,7 +59,7 @@ impl ClipModel {
             })?;
         let projection = cfg["projection_dim"].as_u64().unwrap_or(512) as usize;
         let eos_token_id = cfg["text_config"]["eos_token_id"].as_u64().unwrap_or(2) as u32;
-        let weights = Weights::open(model_file(dir)?, device)?;
+        let weights = Weights::open(weights_file(dir, Component::Transformers, None)?, device)?;
         let text = ClipTextEncoder::load_view(&weights.pp("text_model"), &text_cfg)?;
         let vision = ClipVisionTransformer::load(&weights.pp("vision_model"), &vision_cfg)?;
         let text_projection = Linear::load(

@@ -54,14 +54,18 @@ struct GenerateLine {
 }
 
 /// How each `generate` flag takes values, from its clap definition.
-fn flag_kind(flag: &str) -> Option<FlagKind> {
-    let cmd = GenerateLine::command();
-    let arg = cmd.get_arguments().find(|a| a.get_long() == Some(flag))?;
-    Some(match arg.get_action() {
-        ArgAction::SetTrue | ArgAction::SetFalse => FlagKind::Switch,
-        ArgAction::Append => FlagKind::Repeatable,
-        _ => FlagKind::Value,
-    })
+fn flag_kinds() -> std::collections::HashMap<String, FlagKind> {
+    GenerateLine::command()
+        .get_arguments()
+        .filter_map(|arg| {
+            let kind = match arg.get_action() {
+                ArgAction::SetTrue | ArgAction::SetFalse => FlagKind::Switch,
+                ArgAction::Append => FlagKind::Repeatable,
+                _ => FlagKind::Value,
+            };
+            Some((arg.get_long()?.to_string(), kind))
+        })
+        .collect()
 }
 
 /// The request as `generate` arguments, with batch's defaults: the output folder, a seed from
@@ -101,7 +105,8 @@ fn parse(r: &BatchRequest, a: &Args) -> Result<generate::Args> {
 }
 
 pub fn run(a: Args, quiet: bool) -> Result<()> {
-    let requests = read_manifest(&a.manifest, &flag_kind)?;
+    let kinds = flag_kinds();
+    let requests = read_manifest(&a.manifest, &|flag| kinds.get(flag).copied())?;
     // Every line, before any work: values, required flags, reference files.
     let parsed = requests
         .iter()
