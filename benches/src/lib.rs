@@ -30,6 +30,15 @@ pub fn devices() -> Vec<(&'static str, Device)> {
     v
 }
 
+/// The repository's `tests/fixtures/` (or `$LAYRET_FIXTURES`, for binaries carried to
+/// another machine).
+pub fn fixtures_dir() -> String {
+    std::env::var("LAYRET_FIXTURES")
+        .ok()
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures").to_string())
+}
+
 /// SD 1.5's UNet with N(0, 0.02²) random weights (seeded), and the weights it asked for.
 pub fn sd15_unet(device: &Device, dtype: DType, seed: u64) -> (UNet2DConditionModel, Weights) {
     let w = Weights::random(device, dtype, seed, 0.02);
@@ -41,7 +50,7 @@ pub fn sd15_unet(device: &Device, dtype: DType, seed: u64) -> (UNet2DConditionMo
 /// personalized by a random textual-inversion token `<tok>`, and a random `size`² reference
 /// of a "dog": everything one Layout-and-Retouch image at SD 1.5 size needs.
 pub fn sd15_textual_inversion(device: &Device, size: usize) -> (ModelPair, Subject) {
-    let fx = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
+    let fx = fixtures_dir();
     let w = |seed| Weights::random(device, DType::F32, seed, 0.02);
     let text_config = ClipTextConfig::v1_5();
     let unet_config = UNetConfig::v1_5();

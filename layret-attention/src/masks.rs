@@ -4,7 +4,7 @@ use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Int, Tensor, TensorData};
 use layret_core::Result;
-pub use layret_core::nn::{nearest_indices, resize_nearest};
+pub use layret_core::nn::{nearest_index_tensor, nearest_indices, resize_nearest};
 
 use crate::store::AttentionRecord;
 
@@ -25,11 +25,31 @@ pub fn average_layers(records: &[&AttentionRecord]) -> Option<Tensor<3>> {
 }
 
 /// The sum over token positions `tokens` of `[rows, Lq, Lk]` maps: `[rows, Lq]`.
+///
+/// Contiguous runs of positions are summed as slices on the device (no index tensor is
+/// uploaded); a subject word's tokens are one run.
 pub fn select_tokens(maps: Tensor<3>, tokens: &[usize]) -> Tensor<2> {
-    let device = maps.device();
-    let idx: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
-    let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [tokens.len()]), &device);
-    maps.select(2, idx).sum_dim(2).squeeze_dim::<2>(2)
+    let [rows, lq, _] = maps.dims();
+    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+    for &t in tokens {
+        match runs.last_mut() {
+            Some(last) if last.end == t => last.end += 1,
+            _ => runs.push(t..t + 1),
+        }
+    }
+    let mut sum: Option<Tensor<2>> = None;
+    for r in runs {
+        let part = maps
+            .clone()
+            .slice([0..rows, 0..lq, r])
+            .sum_dim(2)
+            .squeeze_dim::<2>(2);
+        sum = Some(match sum {
+            Some(s) => s + part,
+            None => part,
+        });
+    }
+    sum.unwrap_or_else(|| Tensor::zeros([rows, lq], &maps.device()))
 }
 
 /// Per-row min-max normalization to [0, 1]; a row with max = min becomes all zeros.
@@ -88,7 +108,13 @@ pub fn otsu_boundary(values: &[f32]) -> usize {
 }
 
 /// Per-row Otsu binarization of maps in [0, 1]: `[rows, N]` → 0/1.
+///
+/// On the flex CPU this is [`otsu_boundary`] in f64, as docs/method.md defines it; on other
+/// devices [`otsu_on_device`] (no device→host read).
 pub fn otsu(map: Tensor<2>) -> Result<Tensor<2>> {
+    if !layret_core::host::is_host_resident(&map.device()) {
+        return Ok(otsu_on_device(map));
+    }
     let [rows, n] = map.dims();
     let device = map.device();
     let values = layret_core::host::to_f32_vec(map, "attention map")?;
@@ -101,6 +127,73 @@ pub fn otsu(map: Tensor<2>) -> Result<Tensor<2>> {
         }));
     }
     Ok(Tensor::from_data(TensorData::new(out, [rows, n]), &device))
+}
+
+/// Values per chunk of the on-device histogram (bounds its `[rows, chunk, 256]` one-hot).
+const HISTOGRAM_CHUNK: usize = 1024;
+
+/// [`otsu`] computed with tensor operations on the map's device: the same bins, boundaries,
+/// scores and first-maximum rule as [`otsu_boundary`], with the scores in f32 instead of f64.
+/// Counts and bin sums are integers below 2²⁴, exact in f32; only boundaries whose f64 scores
+/// differ by less than f32's rounding (≈ 1e-7 relative) could be ordered differently.
+///
+/// # Shapes
+/// `[rows, N]` → `[rows, N]` (0/1).
+pub fn otsu_on_device(map: Tensor<2>) -> Tensor<2> {
+    let [rows, n] = map.dims();
+    let device = map.device();
+    let bins = (map.cast(burn::tensor::DType::F32) * 256.0)
+        .floor()
+        .clamp(0.0, 255.0);
+    let levels = Tensor::<1, Int>::arange(0..256, &device).float();
+    // hist[r, i] = #{values of row r in bin i}, in chunks of the values.
+    let mut hist = Tensor::<2>::zeros([rows, 256], &device);
+    let mut start = 0;
+    while start < n {
+        let end = (start + HISTOGRAM_CHUNK).min(n);
+        let part = bins
+            .clone()
+            .slice([0..rows, start..end])
+            .unsqueeze_dim::<3>(2);
+        let onehot = part
+            .equal(
+                levels
+                    .clone()
+                    .reshape([1, 1, 256])
+                    .expand([rows, end - start, 256]),
+            )
+            .float();
+        hist = hist + onehot.sum_dim(1).squeeze_dim::<2>(1);
+        start = end;
+    }
+    // Class 0 of boundary b (1..=255) holds bins 0..b: cumulative sums up to bin b − 1.
+    let n0 = hist.clone().cumsum(1).slice([0..rows, 0..255]);
+    let s0 = (hist.clone() * levels.clone().reshape([1, 256]))
+        .cumsum(1)
+        .slice([0..rows, 0..255]);
+    let total_sum = (hist * levels.reshape([1, 256])).sum_dim(1); // [rows, 1]
+    let total = n as f64;
+    let n1 = n0.clone().neg().add_scalar(total);
+    let s1 = s0.clone().neg() + total_sum;
+    let empty = n0
+        .clone()
+        .equal_elem(0.0)
+        .bool_or(n1.clone().equal_elem(0.0));
+    let m0 = s0 / n0.clone().clamp_min(1.0);
+    let m1 = s1 / n1.clone().clamp_min(1.0);
+    let diff = m0 - m1;
+    let score = (n0 / total) * (n1 / total) * diff.clone() * diff;
+    let score = score.mask_fill(empty, 0.0);
+    // The first maximal boundary: the smallest index whose score equals the row's maximum.
+    let best = score.clone().max_dim(1);
+    let index = Tensor::<1, Int>::arange(0..255, &device)
+        .float()
+        .reshape([1, 255])
+        .expand([rows, 255]);
+    let at_max = score.equal(best.expand([rows, 255]));
+    let first = index.mask_fill(at_max.bool_not(), 255.0).min_dim(1); // [rows, 1]
+    let boundary = first.add_scalar(1.0);
+    bins.greater_equal(boundary.expand([rows, n])).float()
 }
 
 /// 3×3 max-pool dilation with stride 1 and zero padding 1 (masks are ≥ 0, so padding with
@@ -158,6 +251,61 @@ mod tests {
         assert_eq!(otsu_boundary(&[0.0, 1.0]), 1);
         let m = otsu(t2(&[0.1, 0.1, 0.1, 0.9, 0.0, 1.0, 0.5, 0.5], 2)).unwrap();
         assert_eq!(vals(m), vec![0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn otsu_on_device_agrees_with_the_f64_definition() {
+        // Ties (two clusters with empty bins between), one-bin rows, values at 0 and 1, and
+        // random maps wider than a histogram chunk.
+        let mut rows: Vec<Vec<f32>> = vec![
+            vec![0.1, 0.1, 0.1, 0.9],
+            vec![0.0, 0.0, 0.0, 0.0],
+            vec![0.0, 1.0, 1.0, 1.0],
+            vec![0.5, 0.5, 0.5, 0.5],
+        ];
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        };
+        // Uniform, skewed and bimodal random rows.
+        let mut wide: Vec<Vec<f32>> = Vec::new();
+        for r in 0..6 {
+            let row: Vec<f32> = (0..2500)
+                .map(|i| {
+                    let u = next();
+                    match r % 3 {
+                        0 => u,
+                        1 => u * u * u,
+                        _ => {
+                            if i % 5 == 0 {
+                                0.7 + 0.3 * u
+                            } else {
+                                0.2 * u
+                            }
+                        }
+                    }
+                })
+                .collect();
+            wide.push(row);
+        }
+        for (set, width) in [(&mut rows, 4usize), (&mut wide, 2500)] {
+            let flat: Vec<f32> = set.iter().flatten().copied().collect();
+            let host = vals(otsu(t2(&flat, set.len())).unwrap());
+            let device = vals(otsu_on_device(t2(&flat, set.len())));
+            assert_eq!(host, device, "width {width}");
+            // And the host path is the definition, row by row.
+            for (i, row) in set.iter().enumerate() {
+                let b = otsu_boundary(row);
+                let want: Vec<f32> = row
+                    .iter()
+                    .map(|&v| (((256.0 * v as f64).floor() as usize).min(255) >= b) as u8 as f32)
+                    .collect();
+                assert_eq!(&host[i * width..(i + 1) * width], &want[..]);
+            }
+        }
     }
 
     #[test]

@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
-use burn::tensor::{Bool, Int, Tensor, TensorData};
-use layret_core::nn::{AttentionMask, nearest_indices, scaled_dot_product_attention};
+use burn::tensor::{Bool, Int, Tensor};
+use layret_core::nn::{AttentionMask, nearest_index_tensor, scaled_dot_product_attention};
 use layret_core::processor::{
     AttentionProcessor, AttentionSite, Branch, StepContext, default_attention, default_attention_at,
 };
@@ -74,14 +74,16 @@ impl SwapMasks {
         if (height, width) == (self.height, self.width) {
             return self.clone();
         }
-        let ys = nearest_indices(self.height, height);
-        let xs = nearest_indices(self.width, width);
-        let idx: Vec<i64> = ys
-            .iter()
-            .flat_map(|&y| xs.iter().map(move |&x| (y * self.width + x) as i64))
-            .collect();
+        // Flat source index `y·W + x` of each output token, computed on the masks' device.
         let device = self.reference.device();
-        let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [height * width]), &device);
+        let ys = nearest_index_tensor(self.height, height, &device)
+            .mul_scalar(self.width as i64)
+            .reshape([height, 1])
+            .expand([height, width]);
+        let xs = nearest_index_tensor(self.width, width, &device)
+            .reshape([1, width])
+            .expand([height, width]);
+        let idx: Tensor<1, Int> = (ys + xs).reshape([height * width]);
         SwapMasks {
             height,
             width,
@@ -389,7 +391,7 @@ impl AttentionProcessor for MultiSourceSwap<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::Device;
+    use burn::tensor::{Device, TensorData};
 
     /// `[1, 1, L, 1]` from literal values.
     fn col(v: &[f32]) -> Tensor<4> {

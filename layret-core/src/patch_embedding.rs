@@ -28,7 +28,8 @@ impl PatchEmbedding {
         patch: usize,
         bias: bool,
     ) -> Result<Self> {
-        let w: Tensor<4> = vb.tensor("weight", [hidden, channels, patch, patch])?;
+        // Flattened and transposed in host memory, uploaded once.
+        let w: Tensor<4> = vb.host_tensor("weight", [hidden, channels, patch, patch])?;
         let w = w.reshape([hidden, channels * patch * patch]).transpose();
         let w = Tensor::from_data(w.into_data(), vb.device());
         let bias = if bias {

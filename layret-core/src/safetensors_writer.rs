@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 
 use crate::error::{Error, Result};
 
@@ -101,47 +101,87 @@ impl SafetensorsWriter {
 
     /// Write the next tensor: its name and shape must be the next declared ones.
     pub fn write<const D: usize>(&mut self, name: &str, t: &Tensor<D>) -> Result<()> {
-        let Some((want, dtype, shape)) = self.order.get(self.next) else {
-            return Err(Error::invalid(
-                "tensor file",
-                format!(
-                    "{}: `{name}` is past the declared tensors",
-                    self.path.display()
-                ),
-            ));
-        };
-        if want != name || shape.as_slice() != t.dims() {
-            return Err(Error::invalid(
-                "tensor file",
-                format!(
-                    "{}: expected `{want}` {shape:?} next, got `{name}` {:?}",
-                    self.path.display(),
-                    t.dims()
-                ),
-            ));
+        self.write_batch(&[(name, t)])
+    }
+
+    /// Write the next tensors, in order (each must be the next declared one), reading their
+    /// values back from the device at most twice — once for those stored as f32 and once for
+    /// those stored as f16 — instead of once per tensor.
+    pub fn write_batch<const D: usize>(&mut self, items: &[(&str, &Tensor<D>)]) -> Result<()> {
+        let mut stored = Vec::with_capacity(items.len());
+        for (i, (name, t)) in items.iter().enumerate() {
+            let Some((want, dtype, shape)) = self.order.get(self.next + i) else {
+                return Err(Error::invalid(
+                    "tensor file",
+                    format!(
+                        "{}: `{name}` is past the declared tensors",
+                        self.path.display()
+                    ),
+                ));
+            };
+            if want != name || shape.as_slice() != t.dims() {
+                return Err(Error::invalid(
+                    "tensor file",
+                    format!(
+                        "{}: expected `{want}` {shape:?} next, got `{name}` {:?}",
+                        self.path.display(),
+                        t.dims()
+                    ),
+                ));
+            }
+            stored.push(*dtype);
         }
-        let bytes: Vec<u8> = match dtype {
-            StoredAs::F32 => crate::host::to_f32_vec(t.clone(), name)?
+        // One flattened tensor per stored dtype, read back once.
+        let flat = |as_f16: bool| -> Option<Tensor<1>> {
+            let parts: Vec<Tensor<1>> = items
                 .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect(),
-            StoredAs::F16 => t
-                .clone()
-                .cast(DType::F16)
-                .into_data()
-                .convert::<half::f16>()
-                .try_into_vec::<half::f16>()
-                .map_err(|e| Error::invalid(name, format!("cannot read the values back: {e:?}")))?
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect(),
+                .zip(&stored)
+                .filter(|(_, d)| matches!(d, StoredAs::F16) == as_f16)
+                .map(|((_, t), _)| {
+                    let n: usize = t.dims().iter().product();
+                    (*t).clone().reshape([n])
+                })
+                .collect();
+            (!parts.is_empty()).then(|| Tensor::cat(parts, 0))
         };
+        let what = items.first().map_or("tensors", |(n, _)| *n);
+        let f32_values = match flat(false) {
+            Some(t) => crate::host::to_f32_vec(t, what)?,
+            None => Vec::new(),
+        };
+        let f16_values = match flat(true) {
+            Some(t) => crate::host::to_f16_vec(t, what)?,
+            None => Vec::new(),
+        };
+        let (mut at32, mut at16) = (0usize, 0usize);
+        let mut bytes: Vec<u8> = Vec::new();
+        for ((_, t), dtype) in items.iter().zip(&stored) {
+            let n: usize = t.dims().iter().product();
+            match dtype {
+                StoredAs::F32 => {
+                    bytes.extend(
+                        f32_values[at32..at32 + n]
+                            .iter()
+                            .flat_map(|v| v.to_le_bytes()),
+                    );
+                    at32 += n;
+                }
+                StoredAs::F16 => {
+                    bytes.extend(
+                        f16_values[at16..at16 + n]
+                            .iter()
+                            .flat_map(|v| v.to_le_bytes()),
+                    );
+                    at16 += n;
+                }
+            }
+        }
         let tmp = self.tmp.clone();
         if let Some(out) = self.out.as_mut() {
             out.write_all(&bytes)
                 .map_err(|e| Error::io("writing", &tmp, e))?;
         }
-        self.next += 1;
+        self.next += items.len();
         Ok(())
     }
 

@@ -171,6 +171,7 @@ impl<'a> Denoiser<'a> {
         let text = BatchText::unguided(self.encode(&[prompt])?, b);
         let layout = BatchLayout::single(crate::processor::Branch::Reference, b, false);
         let ts = scheduler.inversion_timesteps();
+        let mut guard = FiniteGuard::new("inverted latents", &latents.device());
         let mut x = latents;
         let mut out = Vec::with_capacity(ts.len());
         for (j, &t) in ts.iter().enumerate() {
@@ -183,7 +184,7 @@ impl<'a> Denoiser<'a> {
             };
             let eps = self.guided_eps(&pass, x.clone(), &text, processor)?;
             x = scheduler.inversion_step(eps, t, x);
-            check_finite(&x, "inverted latents", j)?;
+            guard.check(&x, j)?;
             out.push((t, x.clone()));
             report(
                 progress,
@@ -194,6 +195,7 @@ impl<'a> Denoiser<'a> {
                 },
             )?;
         }
+        guard.finish()?;
         Ok(out)
     }
 }
@@ -392,6 +394,7 @@ pub fn sample_with(
     scheduler.reset();
     let total = scheduler.num_steps();
     let mut z = latents;
+    let mut guard = FiniteGuard::new("latents", &device);
     for k in 0..total {
         let t = scheduler.timestep(k);
         z = before_step(k, t, z)?;
@@ -412,7 +415,7 @@ pub fn sample_with(
             )
         });
         z = scheduler.step(eps, k, z, noise)?;
-        check_finite(&z, "latents", k)?;
+        guard.check(&z, k)?;
         report(
             progress,
             StageProgress {
@@ -422,20 +425,122 @@ pub fn sample_with(
             },
         )?;
     }
+    guard.finish()?;
     Ok(z)
 }
 
-/// [`Error::NonFinite`] if `t` holds NaN or Inf.
+/// [`Error::NonFinite`] if `t` holds NaN or Inf (one device→host read: see [`FiniteGuard`]
+/// for loops).
 pub fn check_finite<const D: usize>(t: &Tensor<D>, what: &str, step: usize) -> Result<()> {
-    let finite: bool = t.clone().is_finite().all().into_scalar();
-    if finite {
+    let finite = crate::host::to_bool_vec(t.clone().is_finite().all(), what)?;
+    if finite.first().copied().unwrap_or(true) {
         Ok(())
     } else {
-        Err(Error::NonFinite {
+        Err(non_finite(what, step))
+    }
+}
+
+fn non_finite(what: &str, step: usize) -> Error {
+    Error::NonFinite {
+        what: what.into(),
+        step,
+        suggestion: "with f16 weights, try f32 or bf16 (`--dtype f32`); keep the VAE in f32".into(),
+    }
+}
+
+/// The NaN/Inf guard of a loop of steps.
+///
+/// On the flex CPU (tensors in host memory) each [`check`](Self::check) reads its flag at
+/// once, so a run stops at the first bad step. On other devices the per-step flags stay on
+/// the device and [`finish`](Self::finish) reads them all at once — one device→host read per
+/// pass instead of a queue synchronization per step; the error names the same first bad step.
+#[derive(Debug)]
+pub struct FiniteGuard {
+    what: String,
+    eager: bool,
+    pending: Vec<(usize, Tensor<1, burn::tensor::Bool>)>,
+}
+
+impl FiniteGuard {
+    /// A guard for the values named `what` (in the error) on `device`.
+    pub fn new(what: &str, device: &burn::tensor::Device) -> Self {
+        Self {
             what: what.into(),
-            step,
-            suggestion: "with f16 weights, try f32 or bf16 (`--dtype f32`); keep the VAE in f32"
-                .into(),
-        })
+            eager: crate::host::is_host_resident(device),
+            pending: Vec::new(),
+        }
+    }
+
+    /// Check `t` after step `step` (now on flex, at [`finish`](Self::finish) elsewhere).
+    pub fn check<const D: usize>(&mut self, t: &Tensor<D>, step: usize) -> Result<()> {
+        if self.eager {
+            return check_finite(t, &self.what, step);
+        }
+        self.pending.push((step, t.clone().is_finite().all()));
+        Ok(())
+    }
+
+    /// [`Error::NonFinite`] naming the first step whose values were not finite.
+    pub fn finish(self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let steps: Vec<usize> = self.pending.iter().map(|(k, _)| *k).collect();
+        let flags = Tensor::cat(self.pending.into_iter().map(|(_, f)| f).collect(), 0);
+        let flags = crate::host::to_bool_vec(flags, &self.what)?;
+        match steps.iter().zip(flags).find(|(_, ok)| !ok) {
+            Some((&k, _)) => Err(non_finite(&self.what, k)),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, TensorData};
+
+    fn t(v: f32) -> Tensor<2> {
+        Tensor::from_data(TensorData::new(vec![1.0, v], [1, 2]), &Device::flex())
+    }
+
+    fn step_of(e: Error) -> usize {
+        match e {
+            Error::NonFinite { step, .. } => step,
+            other => panic!("not NonFinite: {other}"),
+        }
+    }
+
+    #[test]
+    fn the_deferred_guard_names_the_first_bad_step_with_one_read() {
+        // What a GPU device gets: flags kept, read once by `finish`.
+        let mut guard = FiniteGuard {
+            what: "latents".into(),
+            eager: false,
+            pending: Vec::new(),
+        };
+        let before = crate::host::device_reads();
+        for (k, v) in [0.5, f32::NAN, f32::INFINITY, 2.0].into_iter().enumerate() {
+            guard.check(&t(v), k).unwrap();
+        }
+        assert_eq!(step_of(guard.finish().unwrap_err()), 1);
+        // (Other tests in this binary may read too; this one made at least its one read.)
+        assert!(crate::host::device_reads() > before);
+        let mut fine = FiniteGuard::new("latents", &Device::flex());
+        fine.eager = false;
+        for k in 0..3 {
+            fine.check(&t(1.0), k).unwrap();
+        }
+        fine.finish().unwrap();
+    }
+
+    #[test]
+    fn the_eager_guard_stops_at_the_bad_step() {
+        let mut guard = FiniteGuard::new("latents", &Device::flex());
+        guard.check(&t(1.0), 0).unwrap();
+        assert_eq!(
+            step_of(guard.check(&t(f32::NEG_INFINITY), 1).unwrap_err()),
+            1
+        );
     }
 }

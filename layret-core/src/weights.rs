@@ -773,6 +773,21 @@ impl Weights {
         Ok(Tensor::from_data(data, &self.device))
     }
 
+    /// Read the model key `key` as a tensor of shape `shape` in host memory (the flex
+    /// device), for layout changes before [`Tensor::from_data`] uploads it once.
+    pub fn host_tensor<const D: usize>(&self, key: &str, shape: [usize; D]) -> Result<Tensor<D>> {
+        let data = self.read_data(key, &shape, self.dtype)?;
+        Ok(Tensor::from_data(data, &Device::flex()))
+    }
+
+    /// The matrix `key` (`[rows, cols]` in the file) transposed to `[cols, rows]`, contiguous,
+    /// on this file's device: transposed in host memory, then uploaded once (no copy from the
+    /// device back to the host).
+    pub fn transposed_matrix(&self, key: &str, [rows, cols]: [usize; 2]) -> Result<Tensor<2>> {
+        let host = self.host_tensor(key, [rows, cols])?.transpose();
+        Ok(Tensor::from_data(host.into_data(), &self.device))
+    }
+
     /// The file keys this view owns (all of them without a [`KeyMap`]).
     fn owned(&self) -> Vec<String> {
         let Some(file) = &self.file else {
@@ -847,6 +862,17 @@ impl<'a> WeightsView<'a> {
     /// Read `name` (under this view) with shape `shape`.
     pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
         self.weights.tensor(&self.key(name), shape)
+    }
+
+    /// Read `name` (under this view) in host memory (see [`Weights::host_tensor`]).
+    pub fn host_tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
+        self.weights.host_tensor(&self.key(name), shape)
+    }
+
+    /// The matrix `name` (under this view, `[rows, cols]`) as a contiguous `[cols, rows]`
+    /// tensor (see [`Weights::transposed_matrix`]).
+    pub fn transposed_matrix(&self, name: &str, shape: [usize; 2]) -> Result<Tensor<2>> {
+        self.weights.transposed_matrix(&self.key(name), shape)
     }
 
     /// Whether `name` (under this view) exists in the file.

@@ -28,10 +28,10 @@ fn check(name: &str) {
     let file = format!("clip_{name}.safetensors");
     let last = model.encode(&ids, 0).unwrap();
     let err = common::max_abs_diff(last, &common::golden(&file, "last_hidden_state"));
-    assert!(err <= 1e-4, "{name} last_hidden_state max abs error {err}");
+    layret_test_support::assert_within(err, 1e-4, format_args!("{name} last_hidden_state"));
     let skip = model.encode(&ids, 1).unwrap();
     let err = common::max_abs_diff(skip, &common::golden(&file, "clip_skip_1"));
-    assert!(err <= 1e-4, "{name} clip_skip=1 max abs error {err}");
+    layret_test_support::assert_within(err, 1e-4, format_args!("{name} clip_skip=1"));
 }
 
 #[test]

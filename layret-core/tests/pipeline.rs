@@ -60,13 +60,13 @@ fn check_txt2img(name: &str) {
         x = sched.step(eps, k, x, None).unwrap();
         let want = traj.clone().narrow(0, k, 1).squeeze_dim::<4>(0);
         let err = common::max_abs_diff_tensors(x.clone(), want);
-        assert!(err <= 1e-4, "{name} step {k}: {err}");
+        layret_test_support::assert_within(err, 1e-4, format_args!("{name} step {k}"));
     }
 
     // The whole pipeline.
     let out = sd.txt2img(&req, &mut layret_core::ignore_progress).unwrap();
     let err = common::max_abs_diff(out.latents.clone(), &common::golden(&file, "latents"));
-    assert!(err <= 1e-4, "{name} final latents: {err}");
+    layret_test_support::assert_within(err, 1e-4, format_args!("{name} final latents"));
     let common::Golden {
         values: want,
         shape,
@@ -98,7 +98,7 @@ fn check_inversion(name: &str) {
     let image: Tensor<4> = common::golden_tensor(&file, "image");
     let x = sd.encode_image(image).unwrap();
     let err = common::max_abs_diff(x.clone(), &common::golden(&file, "x_start"));
-    assert!(err <= 1e-4, "{name} x_start: {err}");
+    layret_test_support::assert_within(err, 1e-4, format_args!("{name} x_start"));
     let traj = sd
         .invert(
             x,
@@ -112,7 +112,7 @@ fn check_inversion(name: &str) {
     assert_eq!(ts, vec![1, 201, 401, 601, 801]);
     for (t, z) in traj {
         let err = common::max_abs_diff(z, &common::golden(&file, &format!("z_t{t}")));
-        assert!(err <= 1e-4, "{name} z({t}): {err}");
+        layret_test_support::assert_within(err, 1e-4, format_args!("{name} z({t})"));
     }
 }
 
@@ -281,7 +281,7 @@ fn inversion_then_sampling_reconstructs_the_image() {
         )),
         x,
     );
-    assert!(err <= 3.5, "reconstruction error {err}");
+    layret_test_support::assert_within(err, 3.5, format_args!("reconstruction error"));
     assert!(
         control >= 10.0 * err,
         "control {control} vs reconstruction {err}"

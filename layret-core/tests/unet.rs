@@ -26,7 +26,7 @@ fn check(name: &str) {
             )
             .unwrap();
         let err = common::max_abs_diff(eps, &common::golden(&file, &format!("eps_t{t}")));
-        assert!(err <= 1e-4, "{name} t={t}: max abs error {err}");
+        layret_test_support::assert_within(err, 1e-4, format_args!("{name} t={t}"));
     }
 }
 

@@ -18,21 +18,21 @@ fn check(vae: &AutoencoderKL, name: &str) {
     let image: Tensor<4> = common::golden_tensor(&file, "image");
     let dist = vae.encode(image).unwrap();
     let err = common::max_abs_diff(dist.mean.clone(), &common::golden(&file, "latent_mean"));
-    assert!(err <= 1e-4, "{name} encode mean: {err}");
+    layret_test_support::assert_within(err, 1e-4, format_args!("{name} encode mean"));
     let err = common::max_abs_diff(dist.std(), &common::golden(&file, "latent_std"));
-    assert!(err <= 1e-4, "{name} encode std: {err}");
+    layret_test_support::assert_within(err, 1e-4, format_args!("{name} encode std"));
     let noise: Tensor<4> = common::golden_tensor(&file, "sample_noise");
     let err = common::max_abs_diff(
         dist.sample_with(noise),
         &common::golden(&file, "latent_sample"),
     );
-    assert!(err <= 1e-4, "{name} encode sample: {err}");
+    layret_test_support::assert_within(err, 1e-4, format_args!("{name} encode sample"));
     let latents: Tensor<4> = common::golden_tensor(&file, "latents");
     let err = common::max_abs_diff(
         vae.decode(latents).unwrap(),
         &common::golden(&file, "decoded"),
     );
-    assert!(err <= 1e-4, "{name} decode: {err}");
+    layret_test_support::assert_within(err, 1e-4, format_args!("{name} decode"));
 }
 
 #[test]

@@ -4,7 +4,7 @@ use layret_attention::{KvStore, Router};
 use layret_core::Result;
 use layret_core::processor::{Branch, ModelRole, Pass};
 use layret_core::progress::{StageProgress, report};
-use layret_core::sampling::check_finite;
+use layret_core::sampling::FiniteGuard;
 
 use crate::models::{BranchPass, Conditioning, ModelPair, recording_pass};
 use crate::stage::{ContextStep, LayoutRequest, LayoutResult, LayoutStage, ProgressFn, StepSink};
@@ -79,6 +79,7 @@ impl LayoutStage for StepBlendedLayout {
         let lambda1 = s.lambda1();
         let (vanilla, personal) = context_conditioning(models, request)?;
         let mut z = request.noise.clone() * branch.sampler.init_noise_sigma();
+        let mut guard = FiniteGuard::new("context latents", &z.device());
         let mut trajectory = vec![z.clone()];
         let mut maps = Vec::with_capacity(s.steps);
         let total = branch.ddim.timesteps().len();
@@ -99,7 +100,7 @@ impl LayoutStage for StepBlendedLayout {
             let rec = recording_pass(models, &pass, input, kv, None, hooks)?;
             let latent = z.clone();
             z = branch.sampler.step(rec.eps, k, z, None)?;
-            check_finite(&z, "context latents", k)?;
+            guard.check(&z, k)?;
             maps.push(rec.map.clone());
             trajectory.push(z.clone());
             report(
@@ -121,6 +122,7 @@ impl LayoutStage for StepBlendedLayout {
                 hooks,
             )?;
         }
+        guard.finish()?;
         Ok(LayoutResult {
             request: request.clone(),
             trajectory,

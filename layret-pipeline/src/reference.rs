@@ -617,9 +617,14 @@ pub fn compute_reference(
                         decl,
                         &[(KEY_METADATA, key.as_str().to_string())],
                     )?;
-                    for (j, zl) in latents.iter().enumerate() {
-                        w.write(&format!("latents/{j}"), zl)?;
-                    }
+                    let names: Vec<String> =
+                        (0..latents.len()).map(|j| format!("latents/{j}")).collect();
+                    let batch: Vec<(&str, &Tensor<4>)> = names
+                        .iter()
+                        .map(String::as_str)
+                        .zip(latents.iter())
+                        .collect();
+                    w.write_batch(&batch)?;
                     writer = Some((w, sites));
                 }
                 let Some((w, sites)) = writer.as_mut() else {
@@ -633,12 +638,20 @@ pub fn compute_reference(
                         format!("step {k} recorded other sites than step 0"),
                     ));
                 }
+                // The step's map and keys/values in one batch: one read back per dtype.
                 let [mn, ml] = map.dims();
-                w.write(&format!("map/{k}"), &map.clone().reshape([1, 1, mn, ml]))?;
+                let map4 = map.clone().reshape([1, 1, mn, ml]);
+                let mut names = vec![format!("map/{k}")];
+                let mut tensors = vec![&map4];
                 for (s, kt, vt) in &entries {
-                    w.write(&format!("kv/{k}/{s}/k"), kt)?;
-                    w.write(&format!("kv/{k}/{s}/v"), vt)?;
+                    names.push(format!("kv/{k}/{s}/k"));
+                    tensors.push(kt);
+                    names.push(format!("kv/{k}/{s}/v"));
+                    tensors.push(vt);
                 }
+                let batch: Vec<(&str, &Tensor<4>)> =
+                    names.iter().map(String::as_str).zip(tensors).collect();
+                w.write_batch(&batch)?;
             }
         }
         report(

@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 use layret_attention::{KvPolicy, KvSource, MultiSourceSwap, Router, SwapMasks, masks};
 use layret_core::processor::{Branch, Pass};
 use layret_core::progress::{StageProgress, report};
-use layret_core::sampling::check_finite;
+use layret_core::sampling::FiniteGuard;
 use layret_core::{Error, Result};
 
 use crate::hooks::PassHooks;
@@ -110,6 +110,7 @@ struct TargetRun<'a> {
     prev_context_map: Option<Tensor<2>>,
     last_masks: Option<StepMasks>,
     mask_log: Option<&'a mut Vec<(usize, StepMasks)>>,
+    guard: FiniteGuard,
 }
 
 impl<'a> TargetRun<'a> {
@@ -148,6 +149,7 @@ impl<'a> TargetRun<'a> {
             prev_context_map: None,
             last_masks: None,
             mask_log,
+            guard: FiniteGuard::new("target latents", &request.noise.device()),
         })
     }
 
@@ -281,7 +283,7 @@ impl<'a> TargetRun<'a> {
                 blend_mask = Some(m);
             }
         }
-        check_finite(&z, "target latents", k)?;
+        self.guard.check(&z, k)?;
         let used = step_masks.map(|m| StepMasks {
             target: spatial(&m.target, hm, wm),
             context: spatial(&m.context, hm, wm),
@@ -308,6 +310,7 @@ impl<'a> TargetRun<'a> {
     }
 
     fn finish(self) -> Result<RetouchResult> {
+        self.guard.finish()?;
         Ok(RetouchResult {
             latents: self
                 .z

@@ -3,7 +3,7 @@
 //! final target latents and the masks of every step, for textual inversion (split and concat)
 //! and DreamBooth; replay vs recompute; the prompt rules.
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 use layret_attention::{KvPolicy, Router, SwapMode};
 use layret_core::Error;
 use layret_core::personalization::Personalization;
@@ -30,7 +30,7 @@ fn max_abs<const D: usize>(a: Tensor<D>, want: &Golden) -> f64 {
 fn base() -> StableDiffusion {
     StableDiffusion::load(
         fixtures().join("sd1-tiny"),
-        &Device::flex(),
+        &layret_test_support::device(),
         &LoadOptions::default(),
     )
     .unwrap()
@@ -131,9 +131,9 @@ fn check(tag: &str) {
     let models = ModelPair::new(base(), &personalization(tag)).unwrap();
     let (context, latents, masks) = run(&models, tag, settings.clone());
     let err = max_abs(context, &golden(tag, "context_latents").unwrap());
-    assert!(err <= 1e-4, "{tag} context latents: {err}");
+    layret_test_support::assert_within(err, 1e-4, format_args!("{tag} context latents"));
     let err = max_abs(latents, &golden(tag, "latents").unwrap());
-    assert!(err <= 1e-4, "{tag} target latents: {err}");
+    layret_test_support::assert_within(err, 1e-4, format_args!("{tag} target latents"));
     assert_eq!(masks.len(), settings.steps - 1, "masks for steps 1..N");
     for (k, m) in &masks {
         for (name, t) in [("t", &m.target), ("c", &m.context), ("r", &m.reference)] {
@@ -376,7 +376,8 @@ fn reference_cache_keys_follow_content_and_recompute_bad_entries() {
     let (settings, phrase, class, prompt) = case("ti");
     let load = |dtype| {
         let opts = LoadOptions::default().with_dtype(dtype);
-        let base = StableDiffusion::load(&model_dir, &Device::flex(), &opts).unwrap();
+        let base =
+            StableDiffusion::load(&model_dir, &layret_test_support::device(), &opts).unwrap();
         ModelPair::new(base, &personalization("ti")).unwrap()
     };
     let subject = Subject {
@@ -432,9 +433,13 @@ fn reference_cache_keys_follow_content_and_recompute_bad_entries() {
     .unwrap();
     let file = ReferenceCache::with_disk(&cache_dir).file(&key).unwrap();
     assert!(file.exists(), "the file is named by the key");
-    let data = load_reference_data(&file, &key, &Device::flex()).unwrap();
+    let data = load_reference_data(&file, &key, &layret_test_support::device()).unwrap();
     assert_eq!(data.latents.len(), settings.steps);
-    assert!(data.latents.iter().all(|z| z.device() == Device::flex()));
+    assert!(
+        data.latents
+            .iter()
+            .all(|z| z.device() == layret_test_support::device())
+    );
 
     // Another dtype is another key.
     let f16 = load(burn::tensor::DType::F16);
@@ -471,7 +476,7 @@ fn reference_cache_keys_follow_content_and_recompute_bad_entries() {
     // An entry written for another key under this name (e.g. by another version) is stale.
     let stale = ReferenceCache::with_disk(&cache_dir).file(&other).unwrap();
     std::fs::copy(&file, &stale).unwrap();
-    assert!(load_reference_data(&stale, &other, &Device::flex()).is_err());
+    assert!(load_reference_data(&stale, &other, &layret_test_support::device()).is_err());
 
     // Retrained weights at the same path: another key, so the old entry is not reused.
     drop(models);
@@ -531,7 +536,7 @@ fn full_case(c: &Value) -> FullCase {
     };
     let base = StableDiffusion::load(
         fixtures().join(s("model")),
-        &Device::flex(),
+        &layret_test_support::device(),
         &LoadOptions::default(),
     )
     .unwrap();
@@ -627,9 +632,9 @@ fn check_single_reference(c: &FullCase) {
         tol == 1e-4 || tag == "blend_split",
         "{tag}: tolerance {tol}"
     );
-    assert!(err <= tol, "{tag} context latents: {err}");
+    layret_test_support::assert_within(err, tol, format_args!("{tag} context latents"));
     let err = max_abs(out.latents, &golden(tag, "latents").unwrap());
-    assert!(err <= tol, "{tag} target latents: {err}");
+    layret_test_support::assert_within(err, tol, format_args!("{tag} target latents"));
     let log = retouch.mask_log.unwrap();
     assert_eq!(
         log.len(),
@@ -686,10 +691,10 @@ fn check_references(c: &FullCase) {
     }
     let latents = Tensor::cat(out.iter().map(|g| g.latents.clone()).collect(), 0);
     let err = max_abs(latents, &golden(tag, "latents").unwrap());
-    assert!(err <= c.tolerance, "{tag} target latents: {err}");
+    layret_test_support::assert_within(err, c.tolerance, format_args!("{tag} target latents"));
     let context = Tensor::cat(out.iter().map(|g| g.context_latents.clone()).collect(), 0);
     let err = max_abs(context, &golden(tag, "context_latents").unwrap());
-    assert!(err <= c.tolerance, "{tag} context latents: {err}");
+    layret_test_support::assert_within(err, c.tolerance, format_args!("{tag} context latents"));
 }
 
 #[test]
@@ -754,7 +759,7 @@ fn f16_keys_and_values_stay_close_to_f32() {
     let err32 = max_abs(exact, &golden("ti", "latents").unwrap());
     let err16 = max_abs(latents, &golden("ti", "latents").unwrap());
     // Measured: 2.4e-4 (KeepF32: 3e-5).
-    assert!(err16 <= 5e-3, "KeepF16 target latents: {err16}");
+    layret_test_support::assert_within(err16, 5e-3, format_args!("KeepF16 target latents"));
     assert!(
         err16 > err32,
         "f16 ({err16}) is less exact than f32 ({err32})"

@@ -13,9 +13,13 @@ use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 use tempfile::TempDir;
 
-/// `tests/fixtures/` at the repository root.
+/// `tests/fixtures/` at the repository root (or `$LAYRET_FIXTURES`, for test binaries run
+/// from another checkout, e.g. on a lent GPU machine by tools/gpu/device_check.sh).
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+    match std::env::var_os("LAYRET_FIXTURES") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures"),
+    }
 }
 
 /// A path under `tests/fixtures/`.
@@ -23,9 +27,30 @@ pub fn fixture(rel: &str) -> PathBuf {
     fixtures().join(rel)
 }
 
-/// The flex CPU device the tests run on.
+/// The device the tests run on: the flex CPU, or the one `LAYRET_TEST_DEVICE` names
+/// (`cpu`, or `wgpu` in a build with this crate's `wgpu` feature — tools/gpu/parity.sh).
+///
+/// # Panics
+/// On a device name this build cannot run (a test must not pass on the wrong device).
 pub fn device() -> Device {
-    Device::flex()
+    match std::env::var("LAYRET_TEST_DEVICE").as_deref() {
+        Err(_) | Ok("") | Ok("cpu") | Ok("flex") => Device::flex(),
+        #[cfg(feature = "wgpu")]
+        Ok("wgpu") => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+        Ok(other) => panic!(
+            "LAYRET_TEST_DEVICE={other:?}: this build runs cpu{}",
+            if cfg!(feature = "wgpu") {
+                " or wgpu"
+            } else {
+                " (build layret-test-support with `--features wgpu` for wgpu)"
+            }
+        ),
+    }
+}
+
+/// Whether the tests run on a device other than the flex CPU (`LAYRET_TEST_DEVICE`).
+pub fn on_gpu_backend() -> bool {
+    device() != Device::flex()
 }
 
 /// A golden tensor: values (as f64) and shape.
@@ -208,6 +233,17 @@ impl AsRef<Path> for TestDir {
     fn as_ref(&self) -> &Path {
         self.0.path()
     }
+}
+
+/// Assert `err ≤ tol`, and print the error (seen with `--nocapture`: tools/gpu/parity.sh
+/// reports every suite's max errors from these lines).
+///
+/// # Panics
+/// When `err > tol` or `err` is not finite.
+#[track_caller]
+pub fn assert_within(err: f64, tol: f64, what: std::fmt::Arguments<'_>) {
+    eprintln!("max abs error {what}: {err:.3e} (tolerance {tol:.0e})");
+    assert!(err <= tol, "{what}: max abs error {err} > {tol}");
 }
 
 #[cfg(test)]

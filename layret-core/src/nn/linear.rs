@@ -20,9 +20,8 @@ pub struct Linear {
 impl Linear {
     /// Load `weight` `[out, in]` (and `bias` `[out]` if `bias`) from `vb`.
     pub fn load(vb: &WeightsView, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
-        let weight = vb.tensor("weight", [d_out, d_in])?.transpose();
-        // Make the transposed weight contiguous once, at load time.
-        let weight = Tensor::from_data(weight.into_data(), vb.device());
+        // Transposed once, at load time, before it reaches the device.
+        let weight = vb.transposed_matrix("weight", [d_out, d_in])?;
         let bias = if bias {
             Some(Param::from_tensor(vb.tensor("bias", [d_out])?))
         } else {

@@ -21,4 +21,4 @@ pub use embedding::Embedding;
 pub use group_norm::GroupNorm;
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
-pub use resize::{nearest_indices, resize_nearest};
+pub use resize::{nearest_index_tensor, nearest_indices, resize_nearest};

@@ -1,4 +1,4 @@
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor};
 
 /// Source indices of a nearest-neighbour resize from `input` to `output` samples:
 /// `src = ⌊dst · input / output⌋` (PyTorch's `nearest`, and docs/method.md's rule).
@@ -23,12 +23,17 @@ pub fn resize_nearest(x: Tensor<4>, height: usize, width: usize) -> Tensor<4> {
             .reshape([b, c, height, width]);
     }
     let device = x.device();
-    let idx = |input: usize, output: usize| {
-        let v: Vec<i64> = nearest_indices(input, output)
-            .into_iter()
-            .map(|i| i as i64)
-            .collect();
-        Tensor::<1, Int>::from_data(TensorData::new(v, [output]), &device)
-    };
-    x.select(2, idx(h, height)).select(3, idx(w, width))
+    x.select(2, nearest_index_tensor(h, height, &device))
+        .select(3, nearest_index_tensor(w, width, &device))
+}
+
+/// [`nearest_indices`] as an index tensor computed on `device` (integer arithmetic there, no
+/// upload from the host).
+///
+/// # Shapes
+/// `[output]`.
+pub fn nearest_index_tensor(input: usize, output: usize, device: &Device) -> Tensor<1, Int> {
+    Tensor::<1, Int>::arange(0..output as i64, device)
+        .mul_scalar(input as i64)
+        .div_scalar(output as i64)
 }

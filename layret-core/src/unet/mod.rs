@@ -9,7 +9,7 @@ mod transformer;
 mod unet_2d;
 
 pub use config::{BlockKind, LevelPlan, UNetConfig};
-pub use embeddings::timestep_embedding;
+pub use embeddings::Timesteps;
 pub(crate) use resnet::ResnetBlock2D;
 pub(crate) use transformer::ToOut;
 pub(crate) use unet_2d::UNetPlan;

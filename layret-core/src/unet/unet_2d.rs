@@ -5,7 +5,7 @@ use burn::tensor::{DType, Device, Tensor};
 
 use super::blocks::{BlockSpec, DownBlock, DownBlockPlan, MidBlock, UpBlock, UpBlockPlan};
 use super::config::UNetConfig;
-use super::embeddings::{TimestepEmbedding, timestep_embedding};
+use super::embeddings::{TimestepEmbedding, Timesteps};
 use super::transformer::{Attention, Projection, TransformerSpec};
 use crate::error::{Error, Result};
 use crate::nn::{Conv2d, GroupNorm};
@@ -153,12 +153,8 @@ pub struct UNet2DConditionModel {
     pub conv_norm_out: GroupNorm,
     /// `conv_out`.
     pub conv_out: Conv2d,
-    /// Width of the sinusoidal embedding (`block_out_channels[0]`).
-    pub time_proj_dim: usize,
-    /// `flip_sin_to_cos`.
-    pub flip_sin_to_cos: bool,
-    /// `freq_shift`.
-    pub freq_shift: f64,
+    /// `time_proj`: the sinusoidal embedding, of width `block_out_channels[0]`.
+    pub time_proj: Timesteps,
     /// `in_channels`.
     pub in_channels: usize,
     /// `cross_attention_dim`.
@@ -259,9 +255,7 @@ impl UNet2DConditionModel {
                 cfg.norm_eps,
             )?,
             conv_out: Conv2d::load(&vb.pp("conv_out"), c0, cfg.out_channels, 3, 1, 1)?,
-            time_proj_dim: c0,
-            flip_sin_to_cos: cfg.flip_sin_to_cos,
-            freq_shift: cfg.freq_shift,
+            time_proj: Timesteps::new(c0, cfg.flip_sin_to_cos, cfg.freq_shift, vb.device()),
             in_channels: cfg.in_channels,
             context_dim: cfg.cross_attention_dim,
         };
@@ -310,16 +304,7 @@ impl UNet2DConditionModel {
         ctx: &StepContext,
     ) -> Result<Tensor<4>> {
         let [b, _, lh, lw] = sample.dims();
-        let device = sample.device();
-        let t = timestep_embedding(
-            timestep,
-            b,
-            self.time_proj_dim,
-            self.flip_sin_to_cos,
-            self.freq_shift,
-            &device,
-        )
-        .cast(sample.dtype());
+        let t = self.time_proj.forward(timestep, b).cast(sample.dtype());
         let temb = self.time_embedding.forward(t);
         processor.begin_pass(ctx)?;
         let mut hook = AttentionHook::new(processor, ctx, (lh, lw));

@@ -1,7 +1,7 @@
+#![allow(dead_code)]
 //! What the pipeline tests share: the tiny SD 1.x model with the committed textual inversion,
 //! and its subject with the method golden's reference photo.
 
-use burn::tensor::Device;
 use layret_core::personalization::Personalization;
 use layret_core::stable_diffusion::{LoadOptions, StableDiffusion};
 use layret_pipeline::{ModelPair, Subject};
@@ -10,7 +10,7 @@ use layret_test_support::{fixtures, golden_tensor};
 pub fn models() -> ModelPair {
     let base = StableDiffusion::load(
         fixtures().join("sd1-tiny"),
-        &Device::flex(),
+        &layret_test_support::device(),
         &LoadOptions::default(),
     )
     .unwrap();

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# wgpu parity on Mesa's software Vulkan (lavapipe): the tiny-fixture parity suites (UNet, VAE,
+# text encoder, txt2img, DDIM inversion, the method with replay and recompute, the host-read
+# count per sampling step) run on burn's wgpu backend against the same PyTorch goldens as on
+# the CPU.
+#
+#   tools/gpu/parity.sh            # install lavapipe if missing, build, run; ~15–35 min cold
+#   PARITY_ICD=default tools/gpu/parity.sh   # use whatever Vulkan driver the machine has
+#
+# The build has its own target folder (target-wgpu/, or $CARGO_TARGET_DIR) so it never
+# invalidates the CPU build. Output: each suite's result, its max errors (the tests print
+# them with --nocapture), and the time of each phase; the last line says PASS or FAIL.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+t_start=$(date +%s)
+phase() { echo "== $1 ($(( $(date +%s) - t_start )) s)"; }
+
+phase "Vulkan driver"
+if [ "${PARITY_ICD:-lavapipe}" = lavapipe ]; then
+    icd=$(ls /usr/share/vulkan/icd.d/lvp_icd.*.json 2>/dev/null | head -n1 || true)
+    if [ -z "$icd" ]; then
+        if [ "$(id -u)" = 0 ]; then
+            apt-get install -y -q mesa-vulkan-drivers libvulkan1 >/dev/null
+        else
+            sudo apt-get install -y -q mesa-vulkan-drivers libvulkan1 >/dev/null
+        fi
+        icd=$(ls /usr/share/vulkan/icd.d/lvp_icd.*.json | head -n1)
+    fi
+    # Only lavapipe: no hardware driver is picked up by accident.
+    export VK_ICD_FILENAMES="$icd"
+    echo "ICD: $icd"
+fi
+if command -v vulkaninfo >/dev/null; then
+    vulkaninfo --summary 2>/dev/null | grep -E "deviceName|driverName|apiVersion" | head -n 6 || true
+fi
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target-wgpu}"
+features="layret/wgpu,layret-test-support/wgpu"
+
+phase "build (--features wgpu, $CARGO_TARGET_DIR)"
+# The suites' test binaries, as "package/target path" lines.
+cargo test --release --workspace --exclude layret-benches --features "$features" --no-run \
+    --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        pkg = m["package_id"].split("#")[0].rsplit("/", 1)[-1].split("@")[0]
+        print(pkg + "/" + m["target"]["name"], m["executable"])
+' > "$CARGO_TARGET_DIR/parity-binaries.txt"
+wc -l < "$CARGO_TARGET_DIR/parity-binaries.txt" | xargs echo "test binaries:"
+
+export LAYRET_TEST_DEVICE=wgpu
+# The Vulkan loader complains on every device open without one.
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
+status=0
+suites=(layret-core/unet layret-core/vae layret-core/clip_text_encoder layret-core/pipeline
+        layret-pipeline/method layret-pipeline/device_reads)
+for suite in "${suites[@]}"; do
+    exe=$(awk -v s="$suite" '$1 == s { print $2 }' "$CARGO_TARGET_DIR/parity-binaries.txt")
+    if [ -z "$exe" ]; then echo "no test binary for $suite"; status=1; continue; fi
+    phase "wgpu: $suite"
+    log="$CARGO_TARGET_DIR/parity-$(echo "$suite" | tr / -).log"
+    set +e
+    "$exe" --nocapture --test-threads=1 > "$log" 2>&1
+    rc=$?
+    set -e
+    grep -E "^test |test result|max|err|reads|panicked" "$log" || true
+    [ $rc = 0 ] || status=1
+done
+phase "done"
+if [ $status = 0 ]; then echo "PASS"; else echo "FAIL"; fi
+exit $status
