@@ -68,6 +68,34 @@ for suite in "${suites[@]}"; do
     grep -E "^test |test result|max|err|reads|panicked" "$log" || true
     [ $rc = 0 ] || status=1
 done
+# The CLI as a user runs it: the README's main job on wgpu, twice with one reference cache (the
+# second run loads the cached reference onto the device; it used to panic there).
+cli="$CARGO_TARGET_DIR/release/layret"
+if [ -x "$cli" ]; then
+    scratch=$(mktemp -d)
+    for run in 1 2; do
+        phase "wgpu: layret generate --reference-cache, run $run"
+        set +e
+        "$cli" generate --device wgpu --model tests/fixtures/sd1-tiny \
+            --personalization ti:tests/fixtures/personalization/ti_cat_toy.safetensors \
+            --phrase "<cat-toy>" --class "cat toy" --reference tests/fixtures/reference.png \
+            --prompt "a <cat-toy> on the beach" --steps 10 --width 128 --height 128 --mask-factor 2 \
+            --seed 7 --reference-cache "$scratch/cache" --out "$scratch/out$run" > "$scratch/log$run" 2>&1
+        rc=$?
+        set -e
+        tail -n 2 "$scratch/log$run"
+        [ $rc = 0 ] || status=1
+    done
+    # Same seed: the cached reference must give the same image.
+    if cmp -s "$scratch/out1/p0_s0.png" "$scratch/out2/p0_s0.png"; then
+        echo "the second run (reference from the cache) made the same image"
+    else
+        echo "the runs with and without the cached reference differ"; status=1
+    fi
+    rm -rf "$scratch"
+else
+    echo "no layret binary in $CARGO_TARGET_DIR/release"; status=1
+fi
 phase "done"
 if [ $status = 0 ]; then echo "PASS"; else echo "FAIL"; fi
 exit $status
