@@ -28,6 +28,8 @@ for f in gpu-bundle/*.xz; do
 done
 export LD_LIBRARY_PATH="$bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export LAYRET_FIXTURES="$PWD/tests/fixtures"
+# The Vulkan loader complains on every device open without one.
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 {
     echo "## date"; date -u
     echo "## nvidia-smi"; nvidia-smi 2>&1 || true
@@ -38,8 +40,6 @@ export LAYRET_FIXTURES="$PWD/tests/fixtures"
     echo "## CPU"; nproc; grep -m1 "model name" /proc/cpuinfo
 } > "$OUT/probe.txt" 2>&1
 export LAYRET_TEST_DEVICE=wgpu
-# The Vulkan loader complains on every device open without one.
-export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 : > "$OUT/summary.txt"
 t0=$(date +%s)
 timeout "${PARITY_LIMIT_S:-150}" "$bin/gpu_parity" --nocapture --test-threads=1 \

@@ -70,18 +70,16 @@ pub fn scaled_dot_product_attention(
         None
     };
     let Some((qf, kf, vf)) = strided_all else {
-        return match mask {
-            AttentionMask::None => {
-                burn_attention(q, k, v, None, None, AttentionModuleOptions::default())
-            }
-            AttentionMask::ExcludeKeys(ex) => {
-                let bias = Tensor::<2>::zeros([b, lk], &device)
+        let bias = match mask {
+            AttentionMask::None => None,
+            AttentionMask::ExcludeKeys(ex) => Some(
+                Tensor::<2>::zeros([b, lk], &device)
                     .mask_fill(ex, f32::NEG_INFINITY)
-                    .reshape([b, 1, 1, lk]);
-                explicit_attention(q, k, v, bias)
-            }
-            AttentionMask::Bias(bias) => explicit_attention(q, k, v, bias),
+                    .reshape([b, 1, 1, lk]),
+            ),
+            AttentionMask::Bias(bias) => Some(bias),
         };
+        return query_chunked(q, k, v, bias);
     };
     let (excl, bias): (Option<Vec<bool>>, Option<HostBias>) = match mask {
         AttentionMask::None => (None, None),
@@ -113,6 +111,63 @@ pub fn scaled_dot_product_attention(
         }
     });
     Tensor::<4>::from_data(TensorData::new(out, [b, lq, h, dv]), &device).swap_dims(1, 2)
+}
+
+/// Bytes of scores one attention call may hold at once off the fast path: burn's kernels (and
+/// [`explicit_attention`]) write the `[B, H, Lq, Lk]` scores out, which at SD's 64² sites is
+/// 1 GiB per CFG pair in f32 — over what GPUs bind in one buffer (wgpu's default is 128 MiB;
+/// lavapipe refuses 1 GiB). Queries are independent rows of the softmax, so chunking them is
+/// exact.
+const MAX_SCORE_BYTES: usize = 64 << 20;
+
+/// Attention in chunks of queries, each holding at most [`MAX_SCORE_BYTES`] of scores.
+fn query_chunked(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, bias: Option<Tensor<4>>) -> Tensor<4> {
+    query_chunked_by(q, k, v, bias, MAX_SCORE_BYTES)
+}
+
+/// [`query_chunked`] with the byte bound given.
+fn query_chunked_by(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    bias: Option<Tensor<4>>,
+    max_score_bytes: usize,
+) -> Tensor<4> {
+    let [b, h, lq, _] = q.dims();
+    let lk = k.dims()[2];
+    let per_row = (b * h * lk * 4).max(1);
+    let rows = (max_score_bytes / per_row).clamp(1, lq.max(1));
+    let one = |q: Tensor<4>, bias: Option<Tensor<4>>| match bias {
+        None => burn_attention(
+            q,
+            k.clone(),
+            v.clone(),
+            None,
+            None,
+            AttentionModuleOptions::default(),
+        ),
+        Some(bias) => explicit_attention(q, k.clone(), v.clone(), bias),
+    };
+    if rows >= lq {
+        return one(q, bias);
+    }
+    let mut parts = Vec::with_capacity(lq.div_ceil(rows));
+    let mut start = 0;
+    while start < lq {
+        let end = (start + rows).min(lq);
+        let qc = q.clone().narrow(2, start, end - start);
+        // A bias with a query axis is cut with the queries; a broadcast one is shared.
+        let bc = bias.as_ref().map(|t| {
+            if t.dims()[2] == 1 {
+                t.clone()
+            } else {
+                t.clone().narrow(2, start, end - start)
+            }
+        });
+        parts.push(one(qc, bc));
+        start = end;
+    }
+    Tensor::cat(parts, 2)
 }
 
 /// `softmax(q kᵀ/√d + bias) v` written out (any backend and dtype); a row whose every score
@@ -508,6 +563,44 @@ fn exp_sub_sum(x: &mut [f32], shift: f32) -> f32 {
         sum += *v;
     }
     sum
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    /// Query chunks give what one call gives (no mask, a broadcast bias, a per-query bias).
+    #[test]
+    fn query_chunks_are_exact() {
+        let dev = Device::flex();
+        let (b, h, lq, lk, d) = (2, 2, 300, 512, 8);
+        let q = Tensor::<4>::random([b, h, lq, d], Distribution::Normal(0.0, 1.0), &dev);
+        let k = Tensor::<4>::random([b, h, lk, d], Distribution::Normal(0.0, 1.0), &dev);
+        let v = Tensor::<4>::random([b, h, lk, d], Distribution::Normal(0.0, 1.0), &dev);
+        let per_query = Tensor::<4>::random([b, 1, lq, lk], Distribution::Normal(0.0, 1.0), &dev);
+        let broadcast = Tensor::<4>::random([b, 1, 1, lk], Distribution::Normal(0.0, 1.0), &dev);
+        for bias in [None, Some(broadcast), Some(per_query)] {
+            let whole = match &bias {
+                None => burn_attention(
+                    q.clone(),
+                    k.clone(),
+                    v.clone(),
+                    None,
+                    None,
+                    AttentionModuleOptions::default(),
+                ),
+                Some(t) => explicit_attention(q.clone(), k.clone(), v.clone(), t.clone()),
+            };
+            // 7 query rows per chunk: 43 chunks, the last one short.
+            let chunked =
+                query_chunked_by(q.clone(), k.clone(), v.clone(), bias, 7 * b * h * lk * 4);
+            let diff: f32 = (whole - chunked).abs().max().into_scalar();
+            assert!(diff <= 1e-6, "{diff}");
+        }
+        // And the size rule: SD's 64² site, batch 2, 8 heads → 256 query rows per chunk.
+        assert_eq!(MAX_SCORE_BYTES / (2 * 8 * 4096 * 4), 256);
+    }
 }
 
 #[cfg(test)]
