@@ -566,9 +566,13 @@ fn exp_sub_sum(x: &mut [f32], shift: f32) -> f32 {
 }
 
 #[cfg(test)]
-mod chunk_tests {
+mod tests {
     use super::*;
     use burn::tensor::Distribution;
+
+    fn max_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
+        (a - b).abs().max().into_scalar::<f32>()
+    }
 
     /// Query chunks give what one call gives (no mask, a broadcast bias, a per-query bias).
     #[test]
@@ -581,35 +585,15 @@ mod chunk_tests {
         let per_query = Tensor::<4>::random([b, 1, lq, lk], Distribution::Normal(0.0, 1.0), &dev);
         let broadcast = Tensor::<4>::random([b, 1, 1, lk], Distribution::Normal(0.0, 1.0), &dev);
         for bias in [None, Some(broadcast), Some(per_query)] {
-            let whole = match &bias {
-                None => burn_attention(
-                    q.clone(),
-                    k.clone(),
-                    v.clone(),
-                    None,
-                    None,
-                    AttentionModuleOptions::default(),
-                ),
-                Some(t) => explicit_attention(q.clone(), k.clone(), v.clone(), t.clone()),
-            };
-            // 7 query rows per chunk: 43 chunks, the last one short.
+            // One call (no bound) against 7 query rows per chunk: 43 chunks, the last short.
+            let whole = query_chunked_by(q.clone(), k.clone(), v.clone(), bias.clone(), usize::MAX);
             let chunked =
                 query_chunked_by(q.clone(), k.clone(), v.clone(), bias, 7 * b * h * lk * 4);
-            let diff: f32 = (whole - chunked).abs().max().into_scalar();
+            let diff = max_diff(whole, chunked);
             assert!(diff <= 1e-6, "{diff}");
         }
         // And the size rule: SD's 64² site, batch 2, 8 heads → 256 query rows per chunk.
         assert_eq!(MAX_SCORE_BYTES / (2 * 8 * 4096 * 4), 256);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use burn::tensor::Distribution;
-
-    fn max_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
-        (a - b).abs().max().into_scalar::<f32>()
     }
 
     #[test]
