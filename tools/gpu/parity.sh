@@ -38,16 +38,24 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target-wgpu}"
 features="layret/wgpu,layret-test-support/wgpu"
 
 phase "build (--features wgpu, $CARGO_TARGET_DIR)"
-# The suites' test binaries, as "package/target path" lines.
-cargo test --release --workspace --exclude layret-benches --features "$features" --no-run \
-    --message-format=json 2>/dev/null | python3 -c '
+# On a fresh clone the target folder does not exist yet; the lists and logs below live in it.
+mkdir -p "$CARGO_TARGET_DIR"
+# The suites' test binaries, as "package/target path" lines. The compiler's own output goes to
+# build.log, shown when the build fails.
+if ! cargo test --release --workspace --exclude layret-benches --features "$features" --no-run \
+    --message-format=json 2>"$CARGO_TARGET_DIR/build.log" > "$CARGO_TARGET_DIR/build.json"; then
+    tail -n 60 "$CARGO_TARGET_DIR/build.log"
+    echo "FAIL: the wgpu build failed"
+    exit 1
+fi
+python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
         pkg = m["package_id"].split("#")[0].rsplit("/", 1)[-1].split("@")[0]
         print(pkg + "/" + m["target"]["name"], m["executable"])
-' > "$CARGO_TARGET_DIR/parity-binaries.txt"
+' < "$CARGO_TARGET_DIR/build.json" > "$CARGO_TARGET_DIR/parity-binaries.txt"
 wc -l < "$CARGO_TARGET_DIR/parity-binaries.txt" | xargs echo "test binaries:"
 
 export LAYRET_TEST_DEVICE=wgpu
