@@ -224,6 +224,35 @@ fn r09_tensor_nan_or_inf() {
 }
 
 #[test]
+fn r68_tensor_beyond_f16_range() {
+    // An f32 checkpoint with a value f16 cannot hold, loaded with `--dtype f16`: refused, not
+    // loaded as Inf. bf16 (f32's range) and f32 load it.
+    let d = unet_with(|t| {
+        let e = t.iter_mut().find(|(k, ..)| k == "conv_in.bias").unwrap();
+        e.3[0..4].copy_from_slice(&1.0e5f32.to_le_bytes());
+        e.3[4..8].copy_from_slice(&(-7.0e4f32).to_le_bytes());
+    });
+    let dtype = layret::burn::tensor::DType::F16;
+    let e = UNet2DConditionModel::from_dir(&d, &dev(), dtype, None).unwrap_err();
+    assert!(
+        matches!(&e, Error::DtypeOverflow { file, key, dtype, count: 2, max }
+            if file == &weights_of(&d) && key == "conv_in.bias" && dtype == "f16" && *max == 1.0e5),
+        "{e}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("conv_in.bias") && msg.contains("f32 or bf16"),
+        "{msg}"
+    );
+    for ok in [
+        layret::burn::tensor::DType::BF16,
+        layret::burn::tensor::DType::F32,
+    ] {
+        UNet2DConditionModel::from_dir(&d, &dev(), ok, None).unwrap();
+    }
+}
+
+#[test]
 fn r10_unexpected_tensor() {
     let d = unet_with(|t| {
         t.push((

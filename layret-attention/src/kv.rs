@@ -12,10 +12,12 @@ use crate::rows::take_rows;
 /// How recorded keys/values are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KvPolicy {
-    /// Keep them in f32 (exact replay).
+    /// Keep them as computed: f32 for an f32 model, the model's dtype for a half one (exact
+    /// replay).
     #[default]
     KeepF32,
-    /// Keep them in f16 (half the memory; replay is approximate).
+    /// Keep f32 keys/values in f16 (half the memory; replay is approximate); a half-precision
+    /// model's are kept as computed.
     KeepF16,
     /// Keep nothing: consumers recompute the source branch instead.
     Recompute,
@@ -58,6 +60,8 @@ impl std::str::FromStr for KvPolicy {
 pub struct KvStore {
     policy: KvPolicy,
     entries: HashMap<(String, usize), (Tensor<4>, Tensor<4>)>,
+    /// The dtype the recorded tensors were computed in (what replay hands back).
+    computed: Option<DType>,
 }
 
 impl KvStore {
@@ -66,6 +70,7 @@ impl KvStore {
         Self {
             policy,
             entries: HashMap::new(),
+            computed: None,
         }
     }
 
@@ -76,22 +81,27 @@ impl KvStore {
 
     /// Keep `k`, `v` for `path` at `step` (nothing under [`KvPolicy::Recompute`]).
     pub fn insert(&mut self, path: &str, step: usize, k: Tensor<4>, v: Tensor<4>) {
+        self.computed = Some(k.dtype());
         let (k, v) = match self.policy {
             KvPolicy::Recompute => return,
-            KvPolicy::KeepF32 => (k, v),
-            KvPolicy::KeepF16 => (k.cast(DType::F16), v.cast(DType::F16)),
+            KvPolicy::KeepF16 if k.dtype() == DType::F32 => {
+                (k.cast(DType::F16), v.cast(DType::F16))
+            }
+            _ => (k, v),
         };
         self.entries.insert((path.to_string(), step), (k, v));
     }
 
-    /// The keys and values of `path` at `step`, as f32.
+    /// The keys and values of `path` at `step`, in the dtype they were computed in.
     pub fn get(&self, path: &str, step: usize) -> Option<(Tensor<4>, Tensor<4>)> {
-        self.entries
-            .get(&(path.to_string(), step))
-            .map(|(k, v)| match self.policy {
-                KvPolicy::KeepF16 => (k.clone().cast(DType::F32), v.clone().cast(DType::F32)),
-                _ => (k.clone(), v.clone()),
-            })
+        let dtype = self.computed.unwrap_or(DType::F32);
+        self.entries.get(&(path.to_string(), step)).map(|(k, v)| {
+            if k.dtype() == dtype {
+                (k.clone(), v.clone())
+            } else {
+                (k.clone().cast(dtype), v.clone().cast(dtype))
+            }
+        })
     }
 
     /// The entries of `step` only (sharing their tensors), as a store of its own.
@@ -104,12 +114,20 @@ impl KvStore {
                 .filter(|((_, s), _)| *s == step)
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            computed: self.computed,
         }
     }
 
     /// Move every entry of `other` into this store.
     pub fn extend(&mut self, other: KvStore) {
+        self.computed = self.computed.or(other.computed);
         self.entries.extend(other.entries);
+    }
+
+    /// Say the entries were computed in `dtype` (a store read back from disk, whose files
+    /// may hold them in another): replay hands them back in it.
+    pub fn set_computed_dtype(&mut self, dtype: DType) {
+        self.computed = Some(dtype);
     }
 
     /// Every entry as (site path, step, keys, values), in no particular order (keys/values as

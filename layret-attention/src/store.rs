@@ -96,8 +96,15 @@ impl AttentionProcessor for AttentionStore {
         v: Tensor<4>,
     ) -> Result<Tensor<4>> {
         let scale = 1.0 / (site.head_dim as f64).sqrt();
-        let probs = softmax(q.matmul(k.swap_dims(2, 3)) * scale, 3);
-        let out = probs.clone().matmul(v);
+        // Probabilities (what masks are made of) in f32 whatever the model's dtype.
+        let dtype = v.dtype();
+        let f = burn::tensor::DType::F32;
+        // q·kᵀ summed in f32 and rounded to the model's dtype, as a half-precision matmul
+        // does on every backend (flex's own f16 matmul would sum in f16: too coarse for maps).
+        let s = q.cast(f).matmul(k.swap_dims(2, 3).cast(f));
+        let s = if dtype == f { s } else { s.cast(dtype).cast(f) };
+        let probs = softmax(s * scale, 3);
+        let out = probs.clone().cast(dtype).matmul(v);
         crate::rows::check_batch(&probs, &ctx.layout, "attention probabilities")?;
         let rows = match self.half {
             None => 0..probs.dims()[0],

@@ -161,6 +161,19 @@ pub fn swap_attention(
         context: (k_c, v_c),
         reference: (k_r, v_r),
     } = sources;
+    // Sources replayed from a store or a cache file may be held in another precision than
+    // the model computes in (f16 under `KvPolicy::KeepF16`, f32 read from disk): all in the
+    // queries' dtype. Masks follow it too.
+    let dtype = q_t.dtype();
+    let same = |t: Tensor<4>| if t.dtype() == dtype { t } else { t.cast(dtype) };
+    let (k_t, v_t, k_c, v_c, k_r, v_r) = (
+        same(k_t),
+        same(v_t),
+        same(k_c),
+        same(v_c),
+        same(k_r),
+        same(v_r),
+    );
     if rule.step < rule.swap_start {
         return default_attention(q_t, k_c, v_c);
     }
@@ -184,7 +197,7 @@ pub fn swap_attention(
                 v_c,
                 exclude_unless_empty(m_c.neg().add_scalar(1.0)),
             );
-            let mt = m_t.reshape([n, 1, lq, 1]);
+            let mt = m_t.reshape([n, 1, lq, 1]).cast(dtype);
             fg * mt.clone() + bg * mt.neg().add_scalar(1.0)
         }
         SwapMode::Concat => {

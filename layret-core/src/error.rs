@@ -147,6 +147,24 @@ pub enum Error {
         count: usize,
     },
 
+    /// A tensor holds values beyond the range of the dtype it is loaded in (f16: |x| > 65504).
+    #[error(
+        "tensor `{key}` in {} has {count} values beyond {dtype}'s range (largest |x| = {max}); load it in f32 or bf16",
+        file.display()
+    )]
+    DtypeOverflow {
+        /// The file.
+        file: PathBuf,
+        /// The checkpoint key.
+        key: String,
+        /// The load dtype (`f16`).
+        dtype: String,
+        /// How many values overflow.
+        count: usize,
+        /// The largest magnitude in the tensor.
+        max: f32,
+    },
+
     /// The tokenizer files are missing or malformed.
     #[error("tokenizer {}: {message}", path.display())]
     Tokenizer {

@@ -31,7 +31,8 @@ impl PatchEmbedding {
         // Flattened and transposed in host memory, uploaded once.
         let w: Tensor<4> = vb.host_tensor("weight", [hidden, channels, patch, patch])?;
         let w = w.reshape([hidden, channels * patch * patch]).transpose();
-        let w = Tensor::from_data(w.into_data(), vb.device());
+        let dtype = w.dtype();
+        let w = Tensor::from_data(w.into_data(), (vb.device(), dtype));
         let bias = if bias {
             Some(Param::from_tensor(vb.tensor("bias", [hidden])?))
         } else {

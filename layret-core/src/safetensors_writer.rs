@@ -139,7 +139,15 @@ impl SafetensorsWriter {
                 .filter(|(_, d)| matches!(d, StoredAs::F16) == as_f16)
                 .map(|((_, t), _)| {
                     let n: usize = t.dims().iter().product();
-                    (*t).clone().reshape([n])
+                    // Tensors of several dtypes (f32 maps, a bf16 model's keys) go into one
+                    // read-back: each in the stored dtype first.
+                    let to = if as_f16 {
+                        burn::tensor::DType::F16
+                    } else {
+                        burn::tensor::DType::F32
+                    };
+                    let t = (*t).clone().reshape([n]);
+                    if t.dtype() == to { t } else { t.cast(to) }
                 })
                 .collect();
             (!parts.is_empty()).then(|| Tensor::cat(parts, 0))

@@ -28,8 +28,13 @@ use crate::vae::{AutoencoderKL, VaeConfig};
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct LoadOptions {
-    /// Float dtype of the weights in memory (f32 by default; f16/bf16 for GPUs).
+    /// Float dtype the UNet and text encoder hold their weights in and compute in (f32 by
+    /// default; bf16 on CPUs with AVX512-BF16, f16/bf16 on GPUs). Latents, noise and the
+    /// scheduler stay f32; normalization statistics and softmax run in f32.
     pub dtype: DType,
+    /// Float dtype of the VAE, separately: f32 by default, because SD 1.x's VAE overflows in
+    /// f16 (a decoded image with NaN/Inf is refused with [`Error::NonFinite`]).
+    pub vae_dtype: DType,
     /// A weights variant to prefer, e.g. `"fp16"` for `*.fp16.safetensors`; components that
     /// lack it fall back to the plain file.
     pub variant: Option<String>,
@@ -48,6 +53,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             dtype: DType::F32,
+            vae_dtype: DType::F32,
             variant: None,
             config: None,
             prediction_type: None,
@@ -60,6 +66,12 @@ impl LoadOptions {
     /// Weights in `dtype`.
     pub fn with_dtype(mut self, dtype: DType) -> Self {
         self.dtype = dtype;
+        self
+    }
+
+    /// The VAE in `dtype` (see [`vae_dtype`](Self::vae_dtype)).
+    pub fn with_vae_dtype(mut self, dtype: DType) -> Self {
+        self.vae_dtype = dtype;
         self
     }
 
@@ -228,6 +240,16 @@ impl std::fmt::Debug for StableDiffusion {
     }
 }
 
+/// The load label of a model in `dtype` with its VAE in `vae_dtype` (part of the fingerprint).
+fn dtype_label(dtype: DType, vae_dtype: DType) -> String {
+    let name = crate::host::dtype_name;
+    if vae_dtype == dtype {
+        format!("dtype {}", name(dtype))
+    } else {
+        format!("dtype {}, vae {}", name(dtype), name(vae_dtype))
+    }
+}
+
 /// Check that `dir` is a diffusers SD folder, naming what is missing.
 pub fn check_model_dir(dir: &Path) -> Result<()> {
     if !dir.is_dir() {
@@ -309,7 +331,7 @@ impl StableDiffusion {
             Self::load_folder(path, device, options)?
         };
         if let Some(vae) = &options.vae {
-            let (v, cfg, files) = load_vae(vae, &sd.vae_config, device, options.dtype)?;
+            let (v, cfg, files) = load_vae(vae, &sd.vae_config, device, options.vae_dtype)?;
             sd.vae = v;
             sd.vae_config = cfg;
             sd.sources.extend(files);
@@ -330,7 +352,7 @@ impl StableDiffusion {
         let (unet, unet_config) =
             UNet2DConditionModel::from_dir(&dir.join("unet"), device, options.dtype, v)?;
         let (vae, vae_config) =
-            AutoencoderKL::from_dir(&dir.join("vae"), device, options.dtype, v)?;
+            AutoencoderKL::from_dir(&dir.join("vae"), device, options.vae_dtype, v)?;
         let mut scheduler =
             SchedulerConfig::from_file(&dir.join("scheduler/scheduler_config.json"))?;
         if let Some(p) = options.prediction_type {
@@ -368,7 +390,7 @@ impl StableDiffusion {
             scheduler,
             device: device.clone(),
             sources,
-            label: format!("dtype {}", crate::host::dtype_name(options.dtype)),
+            label: dtype_label(options.dtype, options.vae_dtype),
             fingerprint: Default::default(),
         })
     }
@@ -386,8 +408,14 @@ impl StableDiffusion {
             Some(d) if d.join("tokenizer").is_dir() => Some(ClipTokenizer::from_model_dir(d)?),
             _ => None,
         };
-        let mut sd =
-            Self::load_single_file_with(file, info, cfg, tokenizer, device, options.dtype)?;
+        let mut sd = Self::load_single_file_with(
+            file,
+            info,
+            cfg,
+            tokenizer,
+            device,
+            (options.dtype, options.vae_dtype),
+        )?;
         if let Some(d) = &options.config {
             sd.sources.extend(crate::tokenizer::tokenizer_files(d));
             for f in [
@@ -413,8 +441,8 @@ impl StableDiffusion {
             text: like.text_config.clone(),
             scheduler: like.scheduler.clone(),
         };
-        let dtype = like.unet.conv_in.weight.val().dtype();
-        Self::load_single_file_with(file, info, cfg, None, &like.device, dtype)
+        let dtypes = (like.unet.dtype(), like.vae.dtype());
+        Self::load_single_file_with(file, info, cfg, None, &like.device, dtypes)
     }
 
     fn load_single_file_with(
@@ -423,7 +451,7 @@ impl StableDiffusion {
         cfg: crate::single_file::SingleFileConfigs,
         tokenizer: Option<ClipTokenizer>,
         device: &Device,
-        dtype: DType,
+        (dtype, vae_dtype): (DType, DType),
     ) -> Result<Self> {
         use crate::single_file::{ClipMap, Family, OpenClipMap, UnetMap, VaeMap, check_leftovers};
         use crate::weights::{KeyMap, Weights};
@@ -529,7 +557,7 @@ impl StableDiffusion {
             scheduler: cfg.scheduler,
             device: device.clone(),
             sources: vec![path.to_path_buf()],
-            label: format!("dtype {}", crate::host::dtype_name(dtype)),
+            label: dtype_label(dtype, vae_dtype),
             fingerprint: Default::default(),
         })
     }
@@ -764,7 +792,20 @@ impl StableDiffusion {
     /// # Shapes
     /// `[B, 4, h, w]` → `[B, 3, 8h, 8w]`.
     pub fn decode(&self, latents: Tensor<4>) -> Result<Tensor<4>> {
-        self.vae.decode(latents / self.vae.scaling_factor)
+        let vae_dtype = self.vae.dtype();
+        let images = self.vae.decode(latents / self.vae.scaling_factor)?;
+        if vae_dtype != DType::F32 {
+            // Half-precision VAEs overflow (SD 1.x's in f16): refuse the image, naming the fix.
+            check_finite(&images, "decoded image", 0).map_err(|_| Error::NonFinite {
+                what: "decoded image".into(),
+                step: 0,
+                suggestion: format!(
+                    "the VAE overflowed in {}; decode in f32 (`--vae-dtype f32`, the default)",
+                    crate::host::dtype_name(vae_dtype)
+                ),
+            })?;
+        }
+        Ok(images)
     }
 
     /// [`decode`](Self::decode) then 8-bit RGB.

@@ -755,6 +755,20 @@ impl Weights {
                 if bad > 0 {
                     return Err(non_finite(bad));
                 }
+                if dtype == DType::F16 {
+                    // Rounding to f16 turns |x| > 65504 into ±Inf: refuse rather than load it.
+                    let limit = half::f16::MAX.to_f32();
+                    let count = v.iter().filter(|x| x.abs() > limit).count();
+                    if count > 0 {
+                        return Err(Error::DtypeOverflow {
+                            file: path.clone(),
+                            key: m.key.clone(),
+                            dtype: "f16".into(),
+                            count,
+                            max: v.iter().fold(0f32, |a, x| a.max(x.abs())),
+                        });
+                    }
+                }
                 let data = TensorData::new(v, shape.to_vec());
                 if dtype == DType::F32 {
                     data
@@ -770,14 +784,16 @@ impl Weights {
     /// Read the model key `key` as a tensor of shape `shape` on this file's device and dtype.
     pub fn tensor<const D: usize>(&self, key: &str, shape: [usize; D]) -> Result<Tensor<D>> {
         let data = self.read_data(key, &shape, self.dtype)?;
-        Ok(Tensor::from_data(data, &self.device))
+        // Created in the load dtype itself: `&device` alone would convert to the device's
+        // default float (f32), widening half weights in memory.
+        Ok(Tensor::from_data(data, (&self.device, self.dtype)))
     }
 
     /// Read the model key `key` as a tensor of shape `shape` in host memory (the flex
     /// device), for layout changes before [`Tensor::from_data`] uploads it once.
     pub fn host_tensor<const D: usize>(&self, key: &str, shape: [usize; D]) -> Result<Tensor<D>> {
         let data = self.read_data(key, &shape, self.dtype)?;
-        Ok(Tensor::from_data(data, &Device::flex()))
+        Ok(Tensor::from_data(data, (&Device::flex(), self.dtype)))
     }
 
     /// The matrix `key` (`[rows, cols]` in the file) transposed to `[cols, rows]`, contiguous,
@@ -785,7 +801,10 @@ impl Weights {
     /// device back to the host).
     pub fn transposed_matrix(&self, key: &str, [rows, cols]: [usize; 2]) -> Result<Tensor<2>> {
         let host = self.host_tensor(key, [rows, cols])?.transpose();
-        Ok(Tensor::from_data(host.into_data(), &self.device))
+        Ok(Tensor::from_data(
+            host.into_data(),
+            (&self.device, self.dtype),
+        ))
     }
 
     /// The file keys this view owns (all of them without a [`KeyMap`]).

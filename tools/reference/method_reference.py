@@ -26,9 +26,11 @@ def resize_mask(m, hm, wm, h, w):
 
 
 def masked_softmax_attend(q, k, v, allowed, scale):
-    logits = q @ k.transpose(-1, -2) * scale
+    # Scores and softmax in f32 whatever the model's dtype (a no-op in f32; make_half.py runs
+    # this reference with half-precision models, as layret computes them).
+    logits = (q @ k.transpose(-1, -2)).float() * scale
     logits = logits.masked_fill(~allowed[:, None, None, :], float("-inf"))
-    return logits.softmax(-1) @ v
+    return logits.softmax(-1).to(v.dtype) @ v
 
 
 def swap(step, S, mode, q, kt, vt, kc, vc, kr, vr, masks, hw, scale):
@@ -50,7 +52,7 @@ def swap(step, S, mode, q, kt, vt, kc, vc, kr, vr, masks, hw, scale):
             return a | empty[:, None]
         fg = masked_softmax_attend(q, kr, vr, allow_unless_empty(mr > 0.5), scale)
         bg = masked_softmax_attend(q, kc, vc, allow_unless_empty(mc < 0.5), scale)
-        m = mt[:, None, :, None]
+        m = mt[:, None, :, None].to(fg.dtype)
         return m * fg + (1 - m) * bg
     k = torch.cat([kt, kc, kr], 2)
     v = torch.cat([vt, vc, vr], 2)
@@ -83,10 +85,10 @@ class MethodProcessor:
         swapped = (not is_cross) and self.name.startswith("up_blocks") and h * div >= H and w * div >= W
         mask_site = is_cross and (h, w) == (H // st["mf"], W // st["mf"])
         if mask_site:
-            probs = (q @ k.transpose(-1, -2) * attn.scale).softmax(-1)
+            probs = ((q @ k.transpose(-1, -2)).float() * attn.scale).softmax(-1)
             st["probs"].append(probs[b // 2:].mean(1))
             st["mask_sites"].add(self.name)
-            o = probs @ v
+            o = probs.to(v.dtype) @ v
         elif swapped and st["role"] == "record":
             st["kv"][(self.name, st["step"])] = (k.clone(), v.clone())
             st["swap_sites"].add(self.name)

@@ -2,7 +2,10 @@
 //! UNet on the inputs in INPUTS (keys `sample`, `encoder_hidden_states`, `timestep`), print the
 //! median time per step over RUNS, and write the output (key `eps`) to OUT.
 //!
-//! Usage: peer_layret WEIGHTS INPUTS OUT [RUNS]
+//! Usage: peer_layret WEIGHTS INPUTS OUT [RUNS] [DTYPE]
+//!
+//! DTYPE (f32, bf16 or f16; default f32) is the dtype the UNet holds its weights and computes
+//! in; the inputs and the output stay f32 (the UNet casts at its boundary).
 
 use layret::burn::tensor::{DType, Device, Tensor};
 use layret::core::noise::{load_tensor, save_tensors};
@@ -14,8 +17,14 @@ fn main() {
     let a: Vec<String> = std::env::args().skip(1).collect();
     let (weights, inputs, out) = (&a[0], &a[1], &a[2]);
     let runs: usize = a.get(3).and_then(|s| s.parse().ok()).unwrap_or(3);
+    let dtype = match a.get(4).map(String::as_str) {
+        None | Some("f32") => DType::F32,
+        Some("bf16") => DType::BF16,
+        Some("f16") => DType::F16,
+        Some(other) => panic!("DTYPE {other:?}: expected f32, bf16 or f16"),
+    };
     let dev = Device::flex();
-    let w = Weights::open_as(weights, &dev, DType::F32).unwrap();
+    let w = Weights::open_as(weights, &dev, dtype).unwrap();
     let unet = UNet2DConditionModel::load(&w, &UNetConfig::v1_5()).unwrap();
     drop(w);
     let iw = Weights::open(inputs, &dev).unwrap();

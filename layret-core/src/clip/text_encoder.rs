@@ -89,7 +89,14 @@ impl ClipAttention {
             softcap: None,
             is_causal: self.causal,
         };
-        let o = attention(q, k, v, None, None, options);
+        // Scores and softmax in f32 under half precision (77 tokens: the copies are small).
+        let dtype = q.dtype();
+        let o = if matches!(dtype, DType::F16 | DType::BF16) {
+            let f = DType::F32;
+            attention(q.cast(f), k.cast(f), v.cast(f), None, None, options).cast(dtype)
+        } else {
+            attention(q, k, v, None, None, options)
+        };
         self.out_proj.forward(o.swap_dims(1, 2).reshape([b, l, h]))
     }
 }
@@ -274,7 +281,7 @@ impl ClipTextEncoder {
         let mut out = self.clone();
         let w = self.embeddings.token_embedding.weight.val();
         out.embeddings.token_embedding.weight =
-            burn::module::Param::from_tensor(Tensor::cat(vec![w, rows], 0));
+            burn::module::Param::from_tensor(Tensor::cat(vec![w.clone(), rows.cast(w.dtype())], 0));
         Ok(out)
     }
 

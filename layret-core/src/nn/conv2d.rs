@@ -1,8 +1,9 @@
 use burn::module::{Module, Param};
-use burn::tensor::Tensor;
 use burn::tensor::ops::ConvOptions;
+use burn::tensor::{DType, Device, Tensor};
 
 use super::cpu_conv::{ConvGeometry, conv2d};
+use super::linear::merged;
 use crate::error::Result;
 use crate::weights::WeightsView;
 
@@ -40,7 +41,7 @@ impl Conv2d {
     /// A copy with `delta` (`[out, in, k, k]`) added to the weight; the original is untouched.
     pub fn with_weight_delta(&self, delta: Tensor<4>) -> Conv2d {
         Conv2d {
-            weight: Param::from_tensor(self.weight.val() + delta),
+            weight: Param::from_tensor(merged(self.weight.val(), delta)),
             bias: self.bias.clone(),
             stride: self.stride,
             padding: self.padding,
@@ -57,6 +58,15 @@ impl Conv2d {
             stride: self.stride,
             padding: self.padding,
         };
+        if x.dtype() == DType::F16 && x.device() == Device::flex() {
+            // f16 on the CPU: the f32 kernel on widened copies (f32 sums, as PyTorch's CPU
+            // kernels; burn's f16 convolution would sum in f16), rounded back once.
+            let f = DType::F32;
+            let (w, b) = (self.weight.val().cast(f), self.bias.val().cast(f));
+            if let Some(y) = conv2d(&x.clone().cast(f), &w, &b, geometry) {
+                return y.cast(DType::F16);
+            }
+        }
         if let Some(y) = conv2d(&x, &self.weight.val(), &self.bias.val(), geometry) {
             return y;
         }

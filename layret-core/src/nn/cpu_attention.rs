@@ -11,7 +11,10 @@
 use burn::tensor::module::attention as burn_attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
+use half::bf16;
 use rayon::prelude::*;
+
+use super::cpu_gemm_bf16::{Isa, PackedB, gemm_serial, to_bf16_serial};
 
 #[cfg(target_arch = "x86_64")]
 use super::simd::avx2;
@@ -54,15 +57,42 @@ pub fn scaled_dot_product_attention(
     let [b, h, lq, d] = q.dims();
     let [_, _, lk, dv] = v.dims();
     let device = q.device();
+    let dtype = q.dtype();
+    let long = lk >= BK && lq * lk >= MIN_SCORES && d > 0 && dv > 0;
+    // bf16 on a CPU with AVX512-BF16: the products in bf16 (VDPBF16PS, f32 sums), the softmax
+    // in f32 (below). Without it the f32 kernel on widened copies is faster.
+    let bf16_kernel = device == Device::flex()
+        && dtype == DType::BF16
+        && long
+        && Isa::detect() == Isa::Avx512Bf16;
+    if matches!(dtype, DType::F16 | DType::BF16) && !bf16_kernel {
+        let f = DType::F32;
+        if device == Device::flex() {
+            // The CPU kernel in f32 (scores, softmax and the value sum), fed widened copies
+            // (O(L·d), against the O(Lq·Lk·d) work), rounded back once.
+            return scaled_dot_product_attention(q.cast(f), k.cast(f), v.cast(f), mask).cast(dtype);
+        }
+        // Elsewhere the products stay in half precision and the softmax runs in f32.
+        let bias = match mask {
+            AttentionMask::None => Tensor::<4>::zeros([1, 1, 1, lk], (&device, f)),
+            AttentionMask::ExcludeKeys(ex) => Tensor::<2>::zeros([b, lk], (&device, f))
+                .mask_fill(ex, f32::NEG_INFINITY)
+                .reshape([b, 1, 1, lk]),
+            AttentionMask::Bias(bias) => bias,
+        };
+        return query_chunked(q, k, v, Some(bias));
+    }
     // Long key sequences only: with few keys (cross-attention's 77) burn's kernel is faster.
-    let fast = device == Device::flex()
-        && q.dtype() == DType::F32
-        && lk >= BK
-        && lq * lk >= MIN_SCORES
-        && d > 0
-        && dv > 0;
+    let fast = device == Device::flex() && (dtype == DType::F32 || bf16_kernel) && long;
     let strided_all = if fast {
-        match (strided(&q), strided(&k), strided(&v)) {
+        let view = |t: &Tensor<4>| {
+            if bf16_kernel {
+                strided::<bf16>(t)
+            } else {
+                strided::<f32>(t)
+            }
+        };
+        match (view(&q), view(&k), view(&v)) {
             (Some(qf), Some(kf), Some(vf)) => Some((qf, kf, vf)),
             _ => None,
         }
@@ -95,22 +125,42 @@ pub fn scaled_dot_product_attention(
         let (bi, hi) = (bh / h, bh % h);
         let ex = excl.as_ref().map(|e| &e[bi * lk..(bi + 1) * lk]);
         let bias = bias.as_ref().map(|bb| bb.head(bi, hi));
+        let o = OutRows {
+            // SAFETY: inside `out` (b·lq·h·dv elements).
+            ptr: unsafe { out_ptr.get().add((bi * lq * h + hi) * dv) },
+            stride: (h * dv) as isize,
+        };
+        if bf16_kernel {
+            // SAFETY: as below; the views are bf16 (`strided::<bf16>`).
+            unsafe {
+                head_bf16(
+                    [
+                        qf.matrix_bf16(bi, hi),
+                        kf.matrix_bf16(bi, hi),
+                        vf.matrix_bf16(bi, hi),
+                    ],
+                    o,
+                    (lq, lk, d, dv),
+                    scale,
+                    Keys { ex, bias },
+                );
+            }
+            return;
+        }
         // SAFETY: each (b, h) writes only its own rows `((bi·lq + i)·h + hi)·dv ..+dv`, all
         // inside `out`; the views stay inside their tensors' storage (checked by `strided`).
         unsafe {
             head(
                 [qf.matrix(bi, hi), kf.matrix(bi, hi), vf.matrix(bi, hi)],
-                OutRows {
-                    ptr: out_ptr.get().add((bi * lq * h + hi) * dv),
-                    stride: (h * dv) as isize,
-                },
+                o,
                 (lq, lk, d, dv),
                 scale,
                 Keys { ex, bias },
             );
         }
     });
-    Tensor::<4>::from_data(TensorData::new(out, [b, lq, h, dv]), &device).swap_dims(1, 2)
+    let o = Tensor::<4>::from_data(TensorData::new(out, [b, lq, h, dv]), &device).swap_dims(1, 2);
+    if bf16_kernel { o.cast(DType::BF16) } else { o }
 }
 
 /// Bytes of scores one attention call may hold at once off the fast path: burn's kernels (and
@@ -171,17 +221,24 @@ fn query_chunked_by(
 }
 
 /// `softmax(q kᵀ/√d + bias) v` written out (any backend and dtype); a row whose every score
-/// is `−∞` gives zeros.
+/// is `−∞` gives zeros. The scores and the softmax are f32 whatever the inputs' dtype; in
+/// half precision the probabilities are rounded once before the product with `v`.
 fn explicit_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, bias: Tensor<4>) -> Tensor<4> {
     let d = q.dims()[3];
-    let s = q.matmul(k.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt()) + bias.cast(v.dtype());
+    let dtype = v.dtype();
+    let f = DType::F32;
+    let s = q.matmul(k.swap_dims(2, 3)).cast(f) * (1.0 / (d as f64).sqrt()) + bias.cast(f);
     let m = s.clone().max_dim(3);
     // A row of only −∞ has max −∞: shift it by 0 instead, so every exp is 0.
     let m = m.clone().mask_fill(m.is_inf(), 0.0);
     let e = (s - m).exp();
     let l = e.clone().sum_dim(3);
     let l = l.clone().mask_fill(l.equal_elem(0.0), 1.0);
-    e.matmul(v) / l
+    if dtype == f {
+        e.matmul(v) / l
+    } else {
+        (e / l).cast(dtype).matmul(v)
+    }
 }
 
 /// An additive bias on the host, `[B, H, Lq, Lk]` with broadcast (stride 0) axes.
@@ -257,6 +314,14 @@ struct Strided {
     strides: [isize; 4],
 }
 
+/// One `[L, d]` bf16 matrix of a [`Strided`] tensor.
+#[derive(Clone, Copy)]
+struct MatViewBf16 {
+    ptr: *const bf16,
+    rs: isize,
+    cs: isize,
+}
+
 /// One `[L, d]` matrix of a [`Strided`] tensor.
 #[derive(Clone, Copy)]
 struct MatView {
@@ -277,16 +342,29 @@ impl Strided {
             cs: self.strides[3],
         }
     }
+
+    fn matrix_bf16(&self, b: usize, h: usize) -> MatViewBf16 {
+        let off = self.offset + b as isize * self.strides[0] + h as isize * self.strides[1];
+        MatViewBf16 {
+            // SAFETY: as `matrix`.
+            ptr: unsafe { self.t.storage::<bf16>().as_ptr().offset(off) },
+            rs: self.strides[2],
+            cs: self.strides[3],
+        }
+    }
 }
 
 /// The flex primitive of `t` with its strides, when they are non-negative and every element
 /// lies inside the storage (otherwise a contiguous copy).
-fn strided(t: &Tensor<4>) -> Option<Strided> {
+fn strided<E: burn::tensor::Element + bytemuck::Pod>(t: &Tensor<4>) -> Option<Strided> {
     let p = t.clone().try_into_primitive::<burn_flex::Flex>().ok()?;
+    if p.dtype() != E::dtype() {
+        return None;
+    }
     let dims = t.dims();
     let fits = |p: &burn_flex::FlexTensor| {
         let st = p.layout().strides();
-        let len = p.storage::<f32>().len();
+        let len = p.storage::<E>().len();
         st.len() == 4
             && st.iter().all(|&s| s >= 0)
             && (dims.contains(&0)
@@ -422,6 +500,97 @@ unsafe fn head(
                     gemm::Parallelism::None,
                 );
             }
+        }
+        for i in 0..bq {
+            let inv = if l[i] > 0.0 { 1.0 / l[i] } else { 0.0 };
+            // SAFETY: row q0 + i of `o` has dv writable elements (the caller's contract).
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(o.offset((q0 + i) as isize * o_rs), dv) };
+            for (x, a) in dst.iter_mut().zip(&acc[i * dv..(i + 1) * dv]) {
+                *x = a * inv;
+            }
+        }
+    }
+}
+
+/// [`head`] for bf16 q/k/v: both block products in bf16 with f32 sums
+/// ([`cpu_gemm_bf16`](super::cpu_gemm_bf16), on this thread), the scores, the online softmax
+/// and the accumulator in f32; the probabilities rounded to bf16 once for the value product.
+///
+/// # Safety
+/// As [`head`].
+unsafe fn head_bf16(
+    [q, k, v]: [MatViewBf16; 3],
+    o: OutRows,
+    (lq, lk, d, dv): (usize, usize, usize, usize),
+    scale: f32,
+    keys: Keys,
+) {
+    let (o, o_rs) = (o.ptr, o.stride);
+    let mut s = vec![0f32; BQ * BK];
+    let mut p = vec![bf16::ZERO; BQ * BK];
+    let mut qa = vec![bf16::ZERO; BQ * d];
+    let mut kb = vec![bf16::ZERO; BK * d];
+    let mut vb = vec![bf16::ZERO; BK * dv];
+    let mut acc = vec![0f32; BQ * dv];
+    let (mut kp, mut vp) = (PackedB::default(), PackedB::default());
+    let mut m = [0f32; BQ];
+    let mut l = [0f32; BQ];
+    // Rows `r0..r0+n` of a view, contiguous, into `dst` (`n × cols`).
+    let rows = |src: MatViewBf16, r0: usize, n: usize, cols: usize, dst: &mut [bf16]| {
+        for (i, row) in dst[..n * cols].chunks_exact_mut(cols).enumerate() {
+            // SAFETY: row r0 + i of the view has `cols` elements `cs` apart (the contract).
+            let base = unsafe { src.ptr.offset((r0 + i) as isize * src.rs) };
+            if src.cs == 1 {
+                row.copy_from_slice(unsafe { std::slice::from_raw_parts(base, cols) });
+            } else {
+                for (c, x) in row.iter_mut().enumerate() {
+                    *x = unsafe { *base.offset(c as isize * src.cs) };
+                }
+            }
+        }
+    };
+    for q0 in (0..lq).step_by(BQ) {
+        let bq = BQ.min(lq - q0);
+        rows(q, q0, bq, d, &mut qa);
+        m[..bq].fill(f32::NEG_INFINITY);
+        l[..bq].fill(0.0);
+        acc[..bq * dv].fill(0.0);
+        for k0 in (0..lk).step_by(BK) {
+            let bk = BK.min(lk - k0);
+            rows(k, k0, bk, d, &mut kb);
+            kp.pack_transposed(&kb, bk, d, d);
+            // s[bq, bk] = q[q0.., :] · k[k0.., :]ᵀ, then scaled in f32.
+            s[..bq * bk].fill(0.0);
+            gemm_serial(bq, &qa, d, &kp, &mut s, bk);
+            s[..bq * bk].iter_mut().for_each(|x| *x *= scale);
+            let blk_ex = keys.ex.map(|e| &e[k0..k0 + bk]);
+            let masked = blk_ex.is_some() || keys.bias.is_some();
+            if let Some(bias) = keys.bias {
+                for (i, row) in s[..bq * bk].chunks_exact_mut(bk).enumerate() {
+                    let at = (q0 + i) * bias.row_stride + k0;
+                    for (x, b) in row.iter_mut().zip(&bias.data[at..at + bk]) {
+                        *x += b;
+                    }
+                }
+            }
+            softmax_block(
+                &mut s[..bq * bk],
+                bk,
+                &mut Running {
+                    m: &mut m[..bq],
+                    l: &mut l[..bq],
+                    acc: &mut acc[..bq * dv],
+                    dv,
+                },
+                blk_ex,
+                masked,
+            );
+            // acc[bq, dv] += p[bq, bk] · v[k0.., :]
+            to_bf16_serial(&s[..bq * bk], &mut p[..bq * bk]);
+            rows(v, k0, bk, dv, &mut vb);
+            vp.pack_with(&vb, bk, dv, dv, false);
+            gemm_serial(bq, &p, bk, &vp, &mut acc, dv);
         }
         for i in 0..bq {
             let inv = if l[i] > 0.0 { 1.0 / l[i] } else { 0.0 };
@@ -658,6 +827,34 @@ mod tests {
             );
             let got = scaled_dot_product_attention(q, k, v, AttentionMask::ExcludeKeys(ex));
             assert!(max_diff(got, want) < 1e-5);
+        }
+    }
+
+    #[test]
+    fn half_precision_on_every_path_matches_f32_of_the_same_values() {
+        // bf16 (the AVX512-BF16 kernel where the CPU has it, else f32 on widened copies) and
+        // f16 (f32 on widened copies), with and without key masks, against the f32 kernel on
+        // the same values: within the rounding of the probabilities and the output.
+        let dev = Device::flex();
+        for dtype in [DType::BF16, DType::F16] {
+            for (lq, lk, d) in [(300usize, 700usize, 40usize), (257, 1000, 8), (64, 300, 80)] {
+                let r = |l| {
+                    Tensor::<4>::random([2, 3, l, d], Distribution::Normal(0.0, 1.0), &dev)
+                        .cast(dtype)
+                };
+                let (q, k, v) = (r(lq), r(lk), r(lk));
+                let wide = |t: &Tensor<4>| t.clone().cast(DType::F32);
+                let ex: Vec<bool> = (0..2 * lk).map(|i| i < lk && i % 2 == 0).collect();
+                let ex = Tensor::<2, Bool>::from_data(TensorData::new(ex, [2, lk]), &dev);
+                for mask in [AttentionMask::None, AttentionMask::ExcludeKeys(ex)] {
+                    let want =
+                        scaled_dot_product_attention(wide(&q), wide(&k), wide(&v), mask.clone());
+                    let got = scaled_dot_product_attention(q.clone(), k.clone(), v.clone(), mask);
+                    assert_eq!(got.dtype(), dtype);
+                    let e = max_diff(got.cast(DType::F32), want);
+                    assert!(e < 2e-2, "{dtype:?} {:?}: max diff {e}", (lq, lk, d));
+                }
+            }
         }
     }
 

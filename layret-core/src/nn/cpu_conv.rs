@@ -11,10 +11,12 @@
 
 use std::cell::RefCell;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use half::bf16;
 use rayon::prelude::*;
 
-use super::flex::flex_f32;
+use super::cpu_gemm_bf16::{PackedB, gemm as gemm_bf16, to_bf16};
+use super::flex::{flex_bf16, flex_f32};
 
 /// Convolution geometry: square kernel, same stride/padding on both axes, dilation 1, 1 group.
 #[derive(Debug, Clone, Copy)]
@@ -34,6 +36,8 @@ thread_local! {
     /// The im2col scratch buffer, kept between calls so large layers do not page-fault a fresh
     /// buffer in every step.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The bf16 kernel's im2col band and its packed form, kept the same way.
+    static SCRATCH_BF16: RefCell<(Vec<bf16>, PackedB)> = RefCell::new((Vec::new(), PackedB::default()));
 }
 
 /// `conv2d(x, weight) + bias` with layret's kernel, or `None` when it does not apply (not flex,
@@ -69,6 +73,9 @@ fn conv2d_banded(
     }
     if h + 2 * g.padding < g.kernel || w + 2 * g.padding < g.kernel {
         return None;
+    }
+    if x.dtype() == DType::BF16 {
+        return conv2d_bf16(x, weight, bias, g, budget);
     }
     let (xf, wf, bf) = (flex_f32(x)?, flex_f32(weight)?, flex_f32(bias)?);
     let (xs, ws, bs) = (
@@ -116,7 +123,7 @@ fn conv2d_banded(
                 let oy1 = (oy0 + band).min(oh);
                 let n = (oy1 - oy0) * ow;
                 let col = &mut scratch[..k_len * n];
-                im2col(xb, col, (c_in, h, w), (oy0, oy1, ow), g);
+                im2col(xb, col, 0.0, (c_in, h, w), (oy0, oy1, ow), g);
                 gemm_acc(&mut out_b[oy0 * ow..], p, ws, col, c_out, k_len, n);
             }
         }
@@ -124,6 +131,74 @@ fn conv2d_banded(
     Some(Tensor::from_data(
         TensorData::new(out, [b, c_out, oh, ow]),
         &device,
+    ))
+}
+
+/// The bf16 case of [`conv2d_banded`]: the same bands, each im2col band packed for
+/// [`cpu_gemm_bf16`](super::cpu_gemm_bf16) (f32 accumulation into the f32 bias-filled output),
+/// rounded to bf16 once at the end. The bias may be bf16 or f32.
+fn conv2d_bf16(
+    x: &Tensor<4>,
+    weight: &Tensor<4>,
+    bias: &Tensor<1>,
+    g: ConvGeometry,
+    budget: usize,
+) -> Option<Tensor<4>> {
+    let device = x.device();
+    let [b, c_in, h, w] = x.dims();
+    let [c_out, _, _, _] = weight.dims();
+    let (xf, wf) = (flex_bf16(x)?, flex_bf16(weight)?);
+    let (xs, ws) = (xf.storage::<bf16>(), wf.storage::<bf16>());
+    let bs: Vec<f32> = match flex_bf16(bias) {
+        Some(bf) => bf.storage::<bf16>().iter().map(|v| v.to_f32()).collect(),
+        None => flex_f32(bias)?.storage::<f32>().to_vec(),
+    };
+    let oh = (h + 2 * g.padding - g.kernel) / g.stride + 1;
+    let ow = (w + 2 * g.padding - g.kernel) / g.stride + 1;
+    let p = oh * ow;
+    let k_len = c_in * g.kernel * g.kernel;
+    if xs.len() < b * c_in * h * w || ws.len() < c_out * k_len || bs.len() < c_out {
+        return None;
+    }
+    let mut out = vec![0f32; b * c_out * p];
+    out.par_chunks_mut(p)
+        .enumerate()
+        .for_each(|(i, row)| row.fill(bs[i % c_out]));
+    let direct = g.kernel == 1 && g.stride == 1 && g.padding == 0;
+    SCRATCH_BF16.with(|cell| {
+        let mut own = (Vec::new(), PackedB::default());
+        let mut borrowed = cell.try_borrow_mut().ok();
+        let (scratch, packed) = match borrowed.as_deref_mut() {
+            Some(s) => (&mut s.0, &mut s.1),
+            None => (&mut own.0, &mut own.1),
+        };
+        let band = (budget / (k_len * ow).max(1)).clamp(1, oh);
+        if !direct && scratch.len() < k_len * band * ow {
+            *scratch = vec![bf16::ZERO; k_len * band * ow];
+        }
+        for bi in 0..b {
+            let xb = &xs[bi * c_in * h * w..(bi + 1) * c_in * h * w];
+            let out_b = &mut out[bi * c_out * p..(bi + 1) * c_out * p];
+            if direct {
+                packed.pack(xb, k_len, p, p);
+                gemm_bf16(c_out, ws, k_len, packed, out_b, p);
+                continue;
+            }
+            for oy0 in (0..oh).step_by(band) {
+                let oy1 = (oy0 + band).min(oh);
+                let n = (oy1 - oy0) * ow;
+                let col = &mut scratch[..k_len * n];
+                im2col(xb, col, bf16::ZERO, (c_in, h, w), (oy0, oy1, ow), g);
+                packed.pack(col, k_len, n, n);
+                gemm_bf16(c_out, ws, k_len, packed, &mut out_b[oy0 * ow..], p);
+            }
+        }
+    });
+    let mut half = vec![bf16::ZERO; out.len()];
+    to_bf16(&out, &mut half);
+    Some(Tensor::from_data(
+        TensorData::new(half, [b, c_out, oh, ow]),
+        (&device, DType::BF16),
     ))
 }
 
@@ -179,9 +254,10 @@ fn gemm_acc(
 
 /// Fill `col[(c·k + i)·k + j, (oy − oy0)·ow + ox] = x[c, oy·s + i − pad, ox·s + j − pad]`
 /// (0 outside the input) for the output rows `oy0..oy1`.
-fn im2col(
-    x: &[f32],
-    col: &mut [f32],
+fn im2col<T: Copy + Send + Sync>(
+    x: &[T],
+    col: &mut [T],
+    zero: T,
     (c_in, h, w): (usize, usize, usize),
     (oy0, oy1, ow): (usize, usize, usize),
     g: ConvGeometry,
@@ -206,12 +282,12 @@ fn im2col(
                 let dst = &mut row[(oy - oy0) * ow..(oy - oy0 + 1) * ow];
                 let iy = (oy * s + i) as isize - pad as isize;
                 if iy < 0 || iy >= h as isize || ox_lo >= ox_hi {
-                    dst.fill(0.0);
+                    dst.fill(zero);
                     continue;
                 }
                 let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-                dst[..ox_lo].fill(0.0);
-                dst[ox_hi..].fill(0.0);
+                dst[..ox_lo].fill(zero);
+                dst[ox_hi..].fill(zero);
                 let ix0 = ox_lo * s + j - pad;
                 if s == 1 {
                     dst[ox_lo..ox_hi].copy_from_slice(&src[ix0..ix0 + (ox_hi - ox_lo)]);
@@ -301,6 +377,46 @@ mod tests {
         let ours = conv2d(&x, &w, &b, g).expect("flex f32 takes the kernel");
         let d: f32 = (ours - burn_conv(&x, &w, &b, g)).abs().max().into_scalar();
         assert!(d < 1e-4, "max diff {d}");
+    }
+
+    #[test]
+    fn bf16_matches_f32_of_the_same_values() {
+        let dev = Device::flex();
+        let (bf, f) = (DType::BF16, DType::F32);
+        let r = |s: [usize; 4]| Tensor::<4>::random(s, Distribution::Normal(0.0, 1.0), &dev);
+        // 3×3/1, 3×3/2, 1×1, an odd k (3 channels · 9), banded.
+        for (b, ci, co, h, w, k, s, pad) in [
+            (2, 6, 7, 9, 11, 3, 1, 1),
+            (1, 4, 5, 8, 8, 3, 2, 1),
+            (2, 8, 40, 6, 5, 1, 1, 0),
+            (1, 3, 4, 7, 7, 3, 1, 1),
+        ] {
+            let g = ConvGeometry {
+                kernel: k,
+                stride: s,
+                padding: pad,
+            };
+            let x = r([b, ci, h, w]).cast(bf);
+            let wt = r([co, ci, k, k]).cast(bf);
+            let bias = Tensor::<1>::random([co], Distribution::Normal(0.0, 1.0), &dev).cast(bf);
+            let want = burn_conv(
+                &x.clone().cast(f),
+                &wt.clone().cast(f),
+                &bias.clone().cast(f),
+                g,
+            );
+            let scale: f32 = want.clone().abs().max().into_scalar();
+            for budget in [COL_BUDGET, 1] {
+                let ours = conv2d_banded(&x, &wt, &bias, g, budget).expect("flex bf16");
+                assert_eq!(ours.dtype(), bf);
+                let d: f32 = (ours.cast(f) - want.clone()).abs().max().into_scalar();
+                assert!(
+                    d <= scale / 256.0 + 1e-3,
+                    "case {:?} budget {budget}: max diff {d} (scale {scale})",
+                    (b, ci, co, h, w, k, s, pad)
+                );
+            }
+        }
     }
 
     #[test]

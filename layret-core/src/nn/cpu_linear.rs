@@ -1,17 +1,28 @@
-//! `x Wᵀ + b` for the flex CPU backend (f32), used by [`Linear`](super::Linear).
+//! `x Wᵀ + b` for the flex CPU backend (f32 and bf16), used by [`Linear`](super::Linear).
 //!
 //! burn's `linear` broadcasts the weight over the leading dimensions (a batched matmul whose
 //! threads split the batch, not the rows) and adds the bias in a second pass over the output.
 //! This kernel flattens the leading dimensions into one `[rows, in]` matrix and runs a single
-//! multi-threaded `gemm` into an output pre-filled with the bias.
+//! multi-threaded `gemm` into an output pre-filled with the bias. In bf16 the product is
+//! [`cpu_gemm_bf16`](super::cpu_gemm_bf16)'s (f32 accumulation, AVX512-BF16 when present), the
+//! bias added in f32 and the result rounded to bf16 once.
 
-use burn::tensor::{Device, Tensor, TensorData};
+use std::cell::RefCell;
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use half::bf16;
 use rayon::prelude::*;
 
-use super::flex::flex_f32;
+use super::cpu_gemm_bf16::{PackedB, gemm as gemm_bf16, to_bf16};
+use super::flex::{flex_bf16, flex_f32};
+
+thread_local! {
+    /// The packed weight of the last bf16 call, its storage reused between calls.
+    static PACKED: RefCell<PackedB> = RefCell::new(PackedB::default());
+}
 
 /// `x · weight + bias` with layret's kernel, or `None` when it does not apply (not flex, not
-/// f32): the caller then uses burn's `linear`.
+/// f32 or bf16): the caller then uses burn's `linear`.
 ///
 /// # Shapes
 /// `x` `[..., in]`, `weight` `[in, out]`, `bias` `[out]` → `[..., out]`.
@@ -30,6 +41,9 @@ pub(crate) fn linear<const D: usize>(
         return None;
     }
     let rows: usize = dims[..D - 1].iter().product();
+    if x.dtype() == DType::BF16 {
+        return linear_bf16(x, weight, bias, rows);
+    }
     let xf = flex_f32(x)?;
     let wf = flex_f32(weight)?;
     let bf = match bias {
@@ -88,6 +102,49 @@ pub(crate) fn linear<const D: usize>(
     Some(Tensor::from_data(TensorData::new(out, shape), &device))
 }
 
+/// The bf16 case of [`linear`] (`x` and `weight` bf16; the bias bf16 or f32).
+fn linear_bf16<const D: usize>(
+    x: &Tensor<D>,
+    weight: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+    rows: usize,
+) -> Option<Tensor<D>> {
+    let [d_in, d_out] = weight.dims();
+    let xf = flex_bf16(x)?;
+    let wf = flex_bf16(weight)?;
+    let (xs, ws) = (xf.storage::<bf16>(), wf.storage::<bf16>());
+    if xs.len() < rows * d_in || ws.len() < d_in * d_out {
+        return None;
+    }
+    let mut out = vec![0f32; rows * d_out];
+    if let Some(b) = bias {
+        let b: Vec<f32> = match flex_bf16(b) {
+            Some(bf) => bf.storage::<bf16>().iter().map(|v| v.to_f32()).collect(),
+            None => flex_f32(b)?.storage::<f32>().to_vec(),
+        };
+        if b.len() < d_out {
+            return None;
+        }
+        out.par_chunks_mut(d_out)
+            .for_each(|row| row.copy_from_slice(&b[..d_out]));
+    }
+    PACKED.with(|cell| {
+        let mut own = PackedB::default();
+        let mut borrowed = cell.try_borrow_mut().ok();
+        let packed = borrowed.as_deref_mut().unwrap_or(&mut own);
+        packed.pack(ws, d_in, d_out, d_out);
+        gemm_bf16(rows, xs, d_in, packed, &mut out, d_out);
+    });
+    let mut half = vec![bf16::ZERO; out.len()];
+    to_bf16(&out, &mut half);
+    let mut shape = x.dims();
+    shape[D - 1] = d_out;
+    Some(Tensor::from_data(
+        TensorData::new(half, shape),
+        (&x.device(), DType::BF16),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +175,30 @@ mod tests {
         let ours = linear(&x, &w, None).expect("flex f32 takes the kernel");
         let d: f32 = (ours - x.matmul(w.unsqueeze())).abs().max().into_scalar();
         assert!(d < 1e-4, "strided: max diff {d}");
+    }
+
+    #[test]
+    fn bf16_matches_f32_of_the_same_values() {
+        let dev = Device::flex();
+        let bf = DType::BF16;
+        for (b, l, i, o) in [(2, 77, 768, 320), (1, 5, 9, 40), (2, 64, 40, 96)] {
+            // bf16 values, and the same values widened: the products are exact either way.
+            let x = Tensor::<3>::random([b, l, i], Distribution::Normal(0.0, 1.0), &dev).cast(bf);
+            let w = Tensor::<2>::random([i, o], Distribution::Normal(0.0, 1.0), &dev).cast(bf);
+            let bias = Tensor::<1>::random([o], Distribution::Normal(0.0, 1.0), &dev).cast(bf);
+            let ours = linear(&x, &w, Some(&bias)).expect("flex bf16 takes the kernel");
+            assert_eq!(ours.dtype(), bf);
+            let f = DType::F32;
+            let want = burn::tensor::module::linear(x.cast(f), w.cast(f), Some(bias.cast(f)));
+            let ours = ours.cast(f);
+            let scale: f32 = want.clone().abs().max().into_scalar();
+            let d: f32 = (ours - want).abs().max().into_scalar();
+            // One bf16 rounding of the output (2⁻⁸ relative) plus f32 summation.
+            assert!(
+                d <= scale / 256.0 + 1e-3,
+                "{:?}: max diff {d} (scale {scale})",
+                (b, l, i, o)
+            );
+        }
     }
 }

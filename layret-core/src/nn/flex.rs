@@ -6,7 +6,17 @@ use burn_flex::{Flex, FlexTensor};
 /// The flex primitive of an f32 tensor (sharing its storage; a strided view is made
 /// contiguous), or `None` on another backend or dtype.
 pub(crate) fn flex_f32<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
-    if t.dtype() != DType::F32 {
+    flex_of(t, DType::F32)
+}
+
+/// The flex primitive of a bf16 tensor (as [`flex_f32`]).
+pub(crate) fn flex_bf16<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
+    flex_of(t, DType::BF16)
+}
+
+/// The flex primitive of a tensor of `dtype`, contiguous, or `None`.
+fn flex_of<const D: usize>(t: &Tensor<D>, dtype: DType) -> Option<FlexTensor> {
+    if t.dtype() != dtype {
         return None;
     }
     let p = t.clone().try_into_primitive::<Flex>().ok()?;

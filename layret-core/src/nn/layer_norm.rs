@@ -1,5 +1,5 @@
 use burn::module::{Module, Param};
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 
 use super::cpu_pointwise::layer_norm;
 use crate::error::Result;
@@ -28,9 +28,28 @@ impl LayerNorm {
 
     /// # Shapes
     /// `[..., d]` → `[..., d]`.
+    ///
+    /// Half-precision input is normalized in f32 (statistics, affine) and rounded back once.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let (gamma, beta) = (self.weight.val(), self.bias.val());
+        let dtype = x.dtype();
+        if matches!(dtype, DType::F16 | DType::BF16) {
+            let f = DType::F32;
+            return self
+                .forward_with(x.cast(f), gamma.cast(f), beta.cast(f))
+                .cast(dtype);
+        }
+        self.forward_with(x, gamma, beta)
+    }
+
+    fn forward_with<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        gamma: Tensor<1>,
+        beta: Tensor<1>,
+    ) -> Tensor<D> {
         // flex f32: one fused pass (see `cpu_pointwise`).
-        if let Some(y) = layer_norm(&x, &self.weight.val(), &self.bias.val(), self.eps) {
+        if let Some(y) = layer_norm(&x, &gamma, &beta, self.eps) {
             return y;
         }
         let (var, mean) = x.clone().var_mean_bias(D - 1);
@@ -40,7 +59,6 @@ impl LayerNorm {
             s[D - 1] = self.weight.dims()[0];
             s
         };
-        x.mul(self.weight.val().reshape(shape))
-            .add(self.bias.val().reshape(shape))
+        x.mul(gamma.reshape(shape)).add(beta.reshape(shape))
     }
 }

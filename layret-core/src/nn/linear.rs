@@ -1,5 +1,5 @@
 use burn::module::{Module, Param};
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Device, Tensor};
 
 use super::cpu_linear::linear;
 use crate::error::Result;
@@ -36,8 +36,22 @@ impl Linear {
     /// # Shapes
     /// `[..., in]` → `[..., out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        // flex f32: one multi-threaded gemm over all rows, bias fused (see `cpu_linear`).
+        // flex f32 and bf16: one multi-threaded gemm over all rows, bias fused (see
+        // `cpu_linear`).
         let bias = self.bias.as_ref().map(|b| b.val());
+        if x.dtype() == DType::F16 && x.device() == Device::flex() {
+            // f16 on the CPU: the f32 kernel on widened copies (f32 sums, as PyTorch's CPU
+            // kernels; burn's f16 matmul would sum in f16), rounded back once.
+            let f = DType::F32;
+            let (x, w, b) = (
+                x.cast(f),
+                self.weight.val().cast(f),
+                bias.map(|b| b.cast(f)),
+            );
+            let y =
+                linear(&x, &w, b.as_ref()).unwrap_or_else(|| burn::tensor::module::linear(x, w, b));
+            return y.cast(DType::F16);
+        }
         if let Some(y) = linear(&x, &self.weight.val(), bias.as_ref()) {
             return y;
         }
@@ -60,8 +74,19 @@ impl Linear {
     /// is untouched (the copy gets new storage for this weight only).
     pub fn with_weight_delta(&self, delta: Tensor<2>) -> Linear {
         Linear {
-            weight: Param::from_tensor(self.weight.val() + delta.transpose()),
+            weight: Param::from_tensor(merged(self.weight.val(), delta.transpose())),
             bias: self.bias.clone(),
         }
     }
+}
+
+/// `weight + delta` summed in f32 and held in the weight's dtype (a half-precision weight
+/// gets one rounding, not two).
+pub(crate) fn merged<const D: usize>(weight: Tensor<D>, delta: Tensor<D>) -> Tensor<D> {
+    let dtype = weight.dtype();
+    if dtype == burn::tensor::DType::F32 {
+        return weight + delta.cast(dtype);
+    }
+    let f = burn::tensor::DType::F32;
+    (weight.cast(f) + delta.cast(f)).cast(dtype)
 }

@@ -4,6 +4,7 @@
 mod conv2d;
 mod cpu_attention;
 mod cpu_conv;
+mod cpu_gemm_bf16;
 mod cpu_linear;
 mod cpu_pointwise;
 mod embedding;

@@ -18,7 +18,8 @@ pub fn apply_custom_diffusion(
     base: &UNet2DConditionModel,
     path: &Path,
 ) -> Result<UNet2DConditionModel> {
-    let w = Weights::open(path, &base.conv_in.weight.device())?;
+    // In the UNet's own dtype, so the replaced layers match the rest of the model.
+    let w = Weights::open_as(path, &base.conv_in.weight.device(), base.dtype())?;
     // `…attn2.processor.to_k_custom_diffusion.weight` → (`…attn2.to_k`, "weight").
     let mut wanted: HashMap<String, Vec<(String, &'static str)>> = HashMap::new();
     for key in w.keys() {

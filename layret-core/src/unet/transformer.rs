@@ -154,9 +154,16 @@ impl FeedForward {
     /// `[B, L, dim]` → `[B, L, dim]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let hg = self.geglu.proj.forward(x);
-        // flex f32: one fused pass (see `nn::geglu`).
+        // flex f32: one fused pass (see `nn::geglu`); flex bf16 through it in f32.
         if let Some(y) = crate::nn::geglu(&hg) {
             return self.out.forward(y);
+        }
+        let dtype = hg.dtype();
+        if dtype == burn::tensor::DType::BF16
+            && hg.device() == burn::tensor::Device::flex()
+            && let Some(y) = crate::nn::geglu(&hg.clone().cast(burn::tensor::DType::F32))
+        {
+            return self.out.forward(y.cast(dtype));
         }
         let mut parts = hg.chunk(2, 2);
         let gate = parts

@@ -304,7 +304,13 @@ impl UNet2DConditionModel {
         ctx: &StepContext,
     ) -> Result<Tensor<4>> {
         let [b, _, lh, lw] = sample.dims();
-        let t = self.time_proj.forward(timestep, b).cast(sample.dtype());
+        // The model runs in its weights' dtype; latents and the result stay in the caller's
+        // (f32 for the schedulers), cast once at each end.
+        let io_dtype = sample.dtype();
+        let dtype = self.dtype();
+        let sample = sample.cast(dtype);
+        let context = &context.clone().cast(dtype);
+        let t = self.time_proj.forward(timestep, b).cast(dtype);
         let temb = self.time_embedding.forward(t);
         processor.begin_pass(ctx)?;
         let mut hook = AttentionHook::new(processor, ctx, (lh, lw));
@@ -319,7 +325,15 @@ impl UNet2DConditionModel {
             x = block.forward(x, &temb, context, &mut skips, &mut hook)?;
         }
         hook.processor.end_pass(ctx)?;
-        Ok(self.conv_out.forward(self.conv_norm_out.forward_silu(x)))
+        Ok(self
+            .conv_out
+            .forward(self.conv_norm_out.forward_silu(x))
+            .cast(io_dtype))
+    }
+
+    /// The dtype the weights are held (and the model computes) in.
+    pub fn dtype(&self) -> burn::tensor::DType {
+        self.conv_in.weight.val().dtype()
     }
 
     /// Every Linear and Conv2d layer with its checkpoint path (`time_embedding.linear_1`,

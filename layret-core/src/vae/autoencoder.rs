@@ -301,6 +301,9 @@ impl AutoencoderKL {
                 got: image.dims().to_vec(),
             });
         }
+        // In the VAE's own dtype; the distribution comes back in the image's.
+        let io_dtype = image.dtype();
+        let image = image.cast(self.dtype());
         let e = &self.encoder;
         let mut x = e.conv_in.forward(image);
         for block in &e.down_blocks {
@@ -319,8 +322,8 @@ impl AutoencoderKL {
         let logvar = parts.pop().unwrap_or_else(|| unreachable!("two halves"));
         let mean = parts.pop().unwrap_or_else(|| unreachable!("two halves"));
         Ok(DiagonalGaussian {
-            mean,
-            logvar: logvar.clamp(-30.0, 20.0),
+            mean: mean.cast(io_dtype),
+            logvar: logvar.cast(io_dtype).clamp(-30.0, 20.0),
         })
     }
 
@@ -338,6 +341,8 @@ impl AutoencoderKL {
                 got: latents.dims().to_vec(),
             });
         }
+        let io_dtype = latents.dtype();
+        let latents = latents.cast(self.dtype());
         let d = &self.decoder;
         let mut x = d.conv_in.forward(self.post_quant_conv.forward(latents));
         x = d.mid_block.forward(x);
@@ -350,7 +355,14 @@ impl AutoencoderKL {
                 x = conv.forward(resize_nearest(x, 2 * h, 2 * w));
             }
         }
-        Ok(d.conv_out.forward(d.conv_norm_out.forward_silu(x)))
+        Ok(d.conv_out
+            .forward(d.conv_norm_out.forward_silu(x))
+            .cast(io_dtype))
+    }
+
+    /// The dtype the weights are held (and the VAE computes) in.
+    pub fn dtype(&self) -> burn::tensor::DType {
+        self.post_quant_conv.weight.val().dtype()
     }
 }
 
