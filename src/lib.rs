@@ -16,6 +16,7 @@
 )]
 #![warn(missing_docs)]
 
+pub mod allocator;
 pub mod batch;
 pub mod device;
 pub mod eval;

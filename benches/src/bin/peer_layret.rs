@@ -23,6 +23,8 @@ fn main() {
         Some("f16") => DType::F16,
         Some(other) => panic!("DTYPE {other:?}: expected f32, bf16 or f16"),
     };
+    // As the `layret` binary does: freed activation buffers reused, not re-faulted.
+    layret::allocator::keep_freed_memory();
     let dev = Device::flex();
     let w = Weights::open_as(weights, &dev, dtype).unwrap();
     let unet = UNet2DConditionModel::load(&w, &UNetConfig::v1_5()).unwrap();

@@ -14,7 +14,7 @@ use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
 use half::bf16;
 use rayon::prelude::*;
 
-use super::cpu_gemm_bf16::{Isa, PackedB, gemm_serial, to_bf16_serial};
+use super::cpu_gemm_bf16::{Isa, PackedB, gemm_serial, gemm_serial_overwrite, to_bf16_serial};
 
 #[cfg(target_arch = "x86_64")]
 use super::simd::avx2;
@@ -560,10 +560,8 @@ unsafe fn head_bf16(
             let bk = BK.min(lk - k0);
             rows(k, k0, bk, d, &mut kb);
             kp.pack_transposed(&kb, bk, d, d);
-            // s[bq, bk] = q[q0.., :] · k[k0.., :]ᵀ, then scaled in f32.
-            s[..bq * bk].fill(0.0);
-            gemm_serial(bq, &qa, d, &kp, &mut s, bk);
-            s[..bq * bk].iter_mut().for_each(|x| *x *= scale);
+            // s[bq, bk] = scale · q[q0.., :] · k[k0.., :]ᵀ (written, not accumulated).
+            gemm_serial_overwrite(bq, &qa, d, &kp, &mut s, bk, scale);
             let blk_ex = keys.ex.map(|e| &e[k0..k0 + bk]);
             let masked = blk_ex.is_some() || keys.bias.is_some();
             if let Some(bias) = keys.bias {

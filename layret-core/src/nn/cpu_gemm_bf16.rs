@@ -192,6 +192,20 @@ pub(crate) fn gemm(m: usize, a: &[bf16], lda: usize, b: &PackedB, c: &mut [f32],
     gemm_with(Isa::detect(), m, a, lda, b, c, ldc, true)
 }
 
+/// `c[i, j] = alpha · Σ_k a[i, k] · b[k, j]` on the calling thread: `c` is written, not read
+/// (no pass to clear it first, no loads of it in the kernel).
+pub(crate) fn gemm_serial_overwrite(
+    m: usize,
+    a: &[bf16],
+    lda: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    alpha: f32,
+) {
+    run(Isa::detect(), m, a, lda, b, c, ldc, false, Some(alpha))
+}
+
 /// [`gemm`] on the calling thread (inside a task that is already one of many).
 pub(crate) fn gemm_serial(
     m: usize,
@@ -216,6 +230,22 @@ pub(crate) fn gemm_with(
     ldc: usize,
     parallel: bool,
 ) {
+    run(isa, m, a, lda, b, c, ldc, parallel, None)
+}
+
+/// [`gemm_with`], or with `overwrite = Some(alpha)` `c = alpha · a·b`.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    isa: Isa,
+    m: usize,
+    a: &[bf16],
+    lda: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    parallel: bool,
+    overwrite: Option<f32>,
+) {
     let (k, n) = (b.k, b.n);
     if m == 0 || n == 0 {
         return;
@@ -238,7 +268,7 @@ pub(crate) fn gemm_with(
         let rows = rb * MC..((rb + 1) * MC).min(m);
         let panels = cb * PANELS_PER_TASK..((cb + 1) * PANELS_PER_TASK).min(b.panels());
         // SAFETY: the asserts above bound every address; tasks' blocks are disjoint.
-        unsafe { block(isa, rows, panels, a, lda, b, out.get(), ldc) };
+        unsafe { block(isa, rows, panels, (a, lda), b, (out.get(), ldc), overwrite) };
     };
     let tasks = row_blocks * col_blocks;
     if parallel && tasks > 1 && m * n * k >= 64 * 64 * 64 {
@@ -258,11 +288,10 @@ unsafe fn block(
     isa: Isa,
     rows: std::ops::Range<usize>,
     panels: std::ops::Range<usize>,
-    a: &[bf16],
-    lda: usize,
+    (a, lda): (&[bf16], usize),
     b: &PackedB,
-    c: *mut f32,
-    ldc: usize,
+    (c, ldc): (*mut f32, usize),
+    overwrite: Option<f32>,
 ) {
     let pairs = b.pairs();
     let odd = b.k % 2 == 1;
@@ -289,6 +318,13 @@ unsafe fn block(
                     c: cp,
                     ldc,
                     cols,
+                    // Overwriting: the first k-block starts from zero instead of C.
+                    load_c: overwrite.is_none() || pc > 0,
+                    alpha: if pe == pairs {
+                        overwrite.unwrap_or(1.0)
+                    } else {
+                        1.0
+                    },
                 };
                 unsafe { tile(isa, r, t) };
                 i += r;
@@ -314,6 +350,10 @@ struct Tile {
     ldc: usize,
     /// Columns of `C` in this panel (≤ NR).
     cols: usize,
+    /// Start from `C` (else from zero).
+    load_c: bool,
+    /// Scale of the sums when they are stored.
+    alpha: f32,
 }
 
 /// Dispatch a tile of `r ≤ MR` rows to the kernel monomorphized for it.
@@ -374,10 +414,12 @@ unsafe fn tile_avx512bf16<const R: usize>(t: Tile) {
         0
     };
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    for (r, row) in acc.iter_mut().enumerate() {
-        let cr = unsafe { t.c.add(r * t.ldc) };
-        row[0] = unsafe { _mm512_maskz_loadu_ps(m0, cr) };
-        row[1] = unsafe { _mm512_maskz_loadu_ps(m1, cr.add(16)) };
+    if t.load_c {
+        for (r, row) in acc.iter_mut().enumerate() {
+            let cr = unsafe { t.c.add(r * t.ldc) };
+            row[0] = unsafe { _mm512_maskz_loadu_ps(m0, cr) };
+            row[1] = unsafe { _mm512_maskz_loadu_ps(m1, cr.add(16)) };
+        }
     }
     // The whole pairs, then the half-pair: no closure in between, so every intrinsic inlines.
     let last = t.pairs + usize::from(t.tail);
@@ -398,11 +440,17 @@ unsafe fn tile_avx512bf16<const R: usize>(t: Tile) {
             row[1] = _mm512_dpbf16_ps(row[1], av, b1);
         }
     }
+    let alpha = _mm512_set1_ps(t.alpha);
     for (r, row) in acc.iter().enumerate() {
         let cr = unsafe { t.c.add(r * t.ldc) };
+        let (v0, v1) = if t.alpha == 1.0 {
+            (row[0], row[1])
+        } else {
+            (_mm512_mul_ps(row[0], alpha), _mm512_mul_ps(row[1], alpha))
+        };
         unsafe {
-            _mm512_mask_storeu_ps(cr, m0, row[0]);
-            _mm512_mask_storeu_ps(cr.add(16), m1, row[1]);
+            _mm512_mask_storeu_ps(cr, m0, v0);
+            _mm512_mask_storeu_ps(cr.add(16), m1, v1);
         }
     }
 }
@@ -412,9 +460,11 @@ unsafe fn tile_avx512bf16<const R: usize>(t: Tile) {
 unsafe fn tile_portable<const R: usize>(t: Tile) {
     let wide = |w: u32| (f32::from_bits(w << 16), f32::from_bits(w & 0xFFFF_0000));
     let mut acc = [[0f32; NR]; R];
-    for (r, row) in acc.iter_mut().enumerate() {
-        for (j, v) in row.iter_mut().enumerate().take(t.cols) {
-            *v = unsafe { *t.c.add(r * t.ldc + j) };
+    if t.load_c {
+        for (r, row) in acc.iter_mut().enumerate() {
+            for (j, v) in row.iter_mut().enumerate().take(t.cols) {
+                *v = unsafe { *t.c.add(r * t.ldc + j) };
+            }
         }
     }
     for q in 0..t.pairs + usize::from(t.tail) {
@@ -434,7 +484,7 @@ unsafe fn tile_portable<const R: usize>(t: Tile) {
     }
     for (r, row) in acc.iter().enumerate() {
         for (j, v) in row.iter().enumerate().take(t.cols) {
-            unsafe { *t.c.add(r * t.ldc + j) = *v };
+            unsafe { *t.c.add(r * t.ldc + j) = *v * t.alpha };
         }
     }
 }
@@ -584,6 +634,21 @@ mod tests {
     }
 
     #[test]
+    fn overwrite_ignores_the_output_and_scales() {
+        let (m, k, n) = (29, 300, 45);
+        let a = values(m * k, 7);
+        let b = values(k * n, 8);
+        let mut packed = PackedB::default();
+        packed.pack(&b, k, n, n);
+        let mut c = vec![f32::NAN; m * n];
+        gemm_serial_overwrite(m, &a, k, &packed, &mut c, n, 0.5);
+        let want = reference(m, k, n, &a, &b, &vec![0.0; m * n]);
+        for (x, y) in c.iter().zip(&want) {
+            assert!((*x as f64 - 0.5 * y).abs() < 1e-4, "{x} vs {}", 0.5 * y);
+        }
+    }
+
+    #[test]
     fn a_transposed_pack_equals_packing_the_transpose() {
         for (n, k) in [(5, 7), (33, 40), (64, 1)] {
             let src = values(n * (k + 3), 9);
@@ -620,6 +685,48 @@ mod tests {
             assert!(
                 want.to_bits() == d.to_bits() || (want.is_nan() && d.is_nan()),
                 "{s}: {d} vs {want}"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod throughput {
+    use super::*;
+
+    /// `cargo test --release -p layret-core --lib gemm_throughput -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn gemm_throughput() {
+        for (m, k, n) in [
+            (320, 2880, 4096),
+            (8192, 320, 320),
+            (8192, 320, 2560),
+            (512, 1280, 10240),
+        ] {
+            let a = vec![bf16::from_f32(0.5); m * k];
+            let b = vec![bf16::from_f32(0.25); k * n];
+            let mut c = vec![0f32; m * n];
+            let mut p = PackedB::default();
+            p.pack(&b, k, n, n);
+            gemm(m, &a, k, &p, &mut c, n);
+            let t = std::time::Instant::now();
+            let reps = 5;
+            for _ in 0..reps {
+                p.pack(&b, k, n, n);
+                gemm(m, &a, k, &p, &mut c, n);
+            }
+            let s = t.elapsed().as_secs_f64() / reps as f64;
+            let t2 = std::time::Instant::now();
+            for _ in 0..reps {
+                p.pack(&b, k, n, n);
+            }
+            let sp = t2.elapsed().as_secs_f64() / reps as f64;
+            println!(
+                "{m}×{k}×{n}: {:.1} ms, {:.0} GFLOP/s (pack {:.2} ms)",
+                s * 1e3,
+                2.0 * (m * k * n) as f64 / s / 1e9,
+                sp * 1e3
             );
         }
     }

@@ -59,6 +59,7 @@ fn run(cli: Cli) -> layret::Result<()> {
 
 fn main() -> ExitCode {
     cancel::install();
+    layret::allocator::keep_freed_memory();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ layret::Error::Cancelled { .. }) => {
