@@ -253,6 +253,45 @@ fn r68_tensor_beyond_f16_range() {
 }
 
 #[test]
+fn r69_dtype_the_device_cannot_compute_in() {
+    // flex computes in f32, f16 and bf16; wgpu has no bf16 (WGSL). On a device that lacks a
+    // dtype the load is refused before any weight is created, naming what it can use; on one
+    // that has it, the same load succeeds. (CI's lavapipe run takes the refusal branch.)
+    let device = dev();
+    for dtype in [
+        layret::burn::tensor::DType::BF16,
+        layret::burn::tensor::DType::F16,
+    ] {
+        let opts = LoadOptions::default().with_dtype(dtype);
+        let got = StableDiffusion::load(fx("sd1-tiny"), &device, &opts);
+        if device.supports_dtype(dtype) {
+            got.unwrap();
+        } else {
+            let e = got.unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                matches!(&e, Error::UnsupportedDtype { dtype: d, .. } if d == layret::core::host::dtype_name(dtype))
+                    && msg.contains("f32"),
+                "{msg}"
+            );
+        }
+    }
+    // The refusal itself on any machine: a device like wgpu (no bf16).
+    use layret::burn::tensor::DType;
+    let e = layret::core::host::check_dtype_with("wgpu", DType::BF16, |d| d != DType::BF16)
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::UnsupportedDtype { device, dtype, alternatives }
+            if device == "wgpu" && dtype == "bf16" && alternatives == "f16 or f32"),
+        "{e}"
+    );
+    assert_eq!(
+        e.to_string(),
+        "device `wgpu` cannot compute in bf16; use f16 or f32"
+    );
+}
+
+#[test]
 fn r10_unexpected_tensor() {
     let d = unet_with(|t| {
         t.push((

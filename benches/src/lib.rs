@@ -50,8 +50,25 @@ pub fn sd15_unet(device: &Device, dtype: DType, seed: u64) -> (UNet2DConditionMo
 /// personalized by a random textual-inversion token `<tok>`, and a random `size`² reference
 /// of a "dog": everything one Layout-and-Retouch image at SD 1.5 size needs.
 pub fn sd15_textual_inversion(device: &Device, size: usize) -> (ModelPair, Subject) {
+    sd15_textual_inversion_in(device, size, DType::F32)
+}
+
+/// [`sd15_textual_inversion`] with the text encoder and UNet in `dtype` (the VAE in f32, as
+/// `LoadOptions`' default `vae_dtype`).
+pub fn sd15_textual_inversion_in(
+    device: &Device,
+    size: usize,
+    dtype: DType,
+) -> (ModelPair, Subject) {
     let fx = fixtures_dir();
-    let w = |seed| Weights::random(device, DType::F32, seed, 0.02);
+    let w = |seed| {
+        Weights::random(
+            device,
+            if seed == 3 { DType::F32 } else { dtype },
+            seed,
+            0.02,
+        )
+    };
     let text_config = ClipTextConfig::v1_5();
     let unet_config = UNetConfig::v1_5();
     let vae_config = VaeConfig::sd();
@@ -67,7 +84,7 @@ pub fn sd15_textual_inversion(device: &Device, size: usize) -> (ModelPair, Subje
         scheduler: SchedulerConfig::sd(),
         device: device.clone(),
         sources: Vec::new(),
-        label: "random sd15 seeds 1 2 3".into(),
+        label: format!("random sd15 seeds 1 2 3 {dtype:?}"),
     });
     // A [768] embedding for `<tok>`, as diffusers' textual-inversion files store it.
     let ti = std::env::temp_dir().join(format!(

@@ -234,6 +234,17 @@ pub enum Error {
         message: String,
     },
 
+    /// The device cannot compute in the requested float dtype (wgpu's WGSL has no bf16).
+    #[error("device `{device}` cannot compute in {dtype}; use {alternatives}")]
+    UnsupportedDtype {
+        /// The device.
+        device: String,
+        /// The dtype asked for (`--dtype` / `--vae-dtype`).
+        dtype: String,
+        /// The dtypes it can use instead, e.g. "f16 or f32".
+        alternatives: String,
+    },
+
     /// The caller asked to stop (its progress callback answered `ControlFlow::Break`, e.g. on
     /// Ctrl-C); the work finished before is kept by the caller.
     #[error("cancelled at {stage} step {step}/{total}")]

@@ -75,3 +75,32 @@ pub fn dtype_name(dtype: burn::tensor::DType) -> &'static str {
         _ => "other",
     }
 }
+
+/// `Ok` if `device` computes in `dtype`, else [`Error::UnsupportedDtype`](crate::Error) naming
+/// the float dtypes it does support (checked before any weight is created: burn's GPU
+/// backends panic, or compute garbage, in a dtype the device lacks).
+pub fn check_dtype(device: &burn::tensor::Device, dtype: burn::tensor::DType) -> crate::Result<()> {
+    check_dtype_with(&format!("{device:?}"), dtype, |d| device.supports_dtype(d))
+}
+
+/// [`check_dtype`] for a device named `device` that supports what `supports` says.
+pub fn check_dtype_with(
+    device: &str,
+    dtype: burn::tensor::DType,
+    supports: impl Fn(burn::tensor::DType) -> bool,
+) -> crate::Result<()> {
+    use burn::tensor::DType;
+    if supports(dtype) {
+        return Ok(());
+    }
+    let alternatives: Vec<&str> = [DType::F16, DType::BF16, DType::F32]
+        .into_iter()
+        .filter(|&d| supports(d))
+        .map(dtype_name)
+        .collect();
+    Err(crate::Error::UnsupportedDtype {
+        device: device.to_string(),
+        dtype: dtype_name(dtype).into(),
+        alternatives: alternatives.join(" or "),
+    })
+}

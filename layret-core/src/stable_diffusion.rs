@@ -325,6 +325,8 @@ impl StableDiffusion {
     /// `options.vae` replacing the VAE.
     pub fn load(path: impl AsRef<Path>, device: &Device, options: &LoadOptions) -> Result<Self> {
         let path = path.as_ref();
+        crate::host::check_dtype(device, options.dtype)?;
+        crate::host::check_dtype(device, options.vae_dtype)?;
         let mut sd = if path.is_file() {
             Self::load_single_file(path, device, options)?
         } else {

@@ -505,6 +505,7 @@ impl Weights {
 
     /// Open and validate `path`; tensors are created on `device` with float dtype `dtype`.
     pub fn open_as(path: impl AsRef<Path>, device: &Device, dtype: DType) -> Result<Self> {
+        crate::host::check_dtype(device, dtype)?;
         Ok(Self::of(
             Arc::new(TensorFile::open(path)?),
             None,

@@ -24,6 +24,46 @@ use layret_core::unet::UNet2DConditionModel;
 const FILE: &str = "half_sd1-tiny.safetensors";
 const HALF: [(&str, DType); 2] = [("bf16", DType::BF16), ("f16", DType::F16)];
 
+/// f32 and the half dtypes the test device computes in (wgpu has no bf16: its load is refused
+/// with `UnsupportedDtype`, tests/errors.rs r69).
+fn dtypes() -> Vec<(&'static str, DType)> {
+    let device = common::device();
+    [("f32", DType::F32)]
+        .into_iter()
+        .chain(HALF)
+        .filter(|&(name, d)| {
+            let ok = device.supports_dtype(d);
+            if !ok {
+                // Refused up front, naming the alternatives (not a panic in a shader compiler).
+                let e = StableDiffusion::load(
+                    common::fixtures().join("sd1-tiny"),
+                    &device,
+                    &LoadOptions::default().with_dtype(d),
+                )
+                .unwrap_err();
+                assert!(
+                    matches!(e, layret_core::Error::UnsupportedDtype { .. }),
+                    "{e}"
+                );
+                println!("{name}: not supported by {device:?} ({e}); skipped");
+            }
+            ok
+        })
+        .collect()
+}
+
+/// How much looser than PyTorch's CPU spread a `name` run may be on the test device: 1 on the
+/// CPU; 6 for f16 on a GPU backend, whose burn kernels (wgpu/cubecl matmul and convolution)
+/// sum in f16 where PyTorch's CPU kernels sum in f32 (measured on lavapipe: 3.5–4.8× PyTorch's
+/// f16 spread; docs/precision.md).
+fn gpu_factor(name: &str) -> f64 {
+    if name == "f16" && layret_test_support::on_gpu_backend() {
+        6.0
+    } else {
+        1.0
+    }
+}
+
 /// PyTorch's f32-vs-`name` spread of the golden `key` (`<what>/<dtype>/<rest>`).
 fn spread(what: &str, name: &str, rest: &str) -> f64 {
     let half = common::golden(FILE, &format!("{what}/{name}/{rest}"));
@@ -47,16 +87,21 @@ fn check<const D: usize>(got: Tensor<D>, what: &str, name: &str, rest: &str, lab
         return;
     }
     let s = spread(what, name, rest);
+    let gpu = gpu_factor(name);
     let (to_f32, to_half) = (vs("f32"), vs(name));
     println!(
         "{label} {name}: max error vs PyTorch f32 {to_f32:.3e} (PyTorch {name}'s own: {s:.3e}, \
          ratio {:.2}), vs PyTorch {name} {to_half:.3e}",
         to_f32 / s
     );
-    layret_test_support::assert_within(to_f32, 1.2 * s, format_args!("{label} {name} vs f32"));
+    layret_test_support::assert_within(
+        to_f32,
+        1.2 * gpu * s,
+        format_args!("{label} {name} vs f32"),
+    );
     layret_test_support::assert_within(
         to_half,
-        2.0 * s,
+        2.0 * gpu * s,
         format_args!("{label} {name} vs PyTorch {name}"),
     );
 }
@@ -67,7 +112,7 @@ fn unet_in_half_precision_matches_pytorch_in_the_same_dtype() {
     let sample: Tensor<4> = common::golden_tensor("unet_sd1-tiny.safetensors", "sample");
     let context: Tensor<3> =
         common::golden_tensor("unet_sd1-tiny.safetensors", "encoder_hidden_states");
-    for (name, dtype) in [("f32", DType::F32)].into_iter().chain(HALF) {
+    for (name, dtype) in dtypes() {
         let (unet, _) =
             UNet2DConditionModel::from_dir(&dir, &common::device(), dtype, None).unwrap();
         // The weights really are held in the dtype asked for.
@@ -107,7 +152,7 @@ fn unet_in_half_precision_matches_pytorch_in_the_same_dtype() {
 #[test]
 fn txt2img_in_half_precision_matches_pytorch_in_the_same_dtype() {
     let noise: Tensor<4> = common::golden_tensor("pipeline_sd1-tiny.safetensors", "noise");
-    for (name, dtype) in [("f32", DType::F32)].into_iter().chain(HALF) {
+    for (name, dtype) in dtypes() {
         let sd = StableDiffusion::load(
             common::fixtures().join("sd1-tiny"),
             &common::device(),

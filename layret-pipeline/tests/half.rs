@@ -21,6 +21,17 @@ use layret_test_support::{fixtures, golden, golden_tensor, max_abs_diff, max_abs
 
 const FILE: &str = "half_sd1-tiny.safetensors";
 
+/// How much looser than PyTorch's CPU spread a `name` run may be on the test device: 1 on the
+/// CPU; 6 for f16 on a GPU backend, whose burn kernels sum in f16 where PyTorch's CPU kernels
+/// sum in f32 (measured on lavapipe: 3.5–4.8× PyTorch's f16 spread; docs/precision.md).
+fn gpu_factor(name: &str) -> f64 {
+    if name == "f16" && layret_test_support::on_gpu_backend() {
+        6.0
+    } else {
+        1.0
+    }
+}
+
 /// How many elements of `got` differ from the golden `key` (0/1 masks).
 fn flips<const D: usize>(got: Tensor<D>, key: &str) -> usize {
     let want = golden(FILE, key);
@@ -124,11 +135,17 @@ fn run(dtype: DType, policy: KvPolicy) -> (Tensor<4>, RetouchResult, Vec<(String
 
 #[test]
 fn the_method_in_half_precision_matches_pytorch_in_the_same_dtype() {
+    let device = layret_test_support::device();
     for (name, dtype) in [
         ("f32", DType::F32),
         ("bf16", DType::BF16),
         ("f16", DType::F16),
     ] {
+        if !device.supports_dtype(dtype) {
+            // wgpu has no bf16 (its load is refused: tests/errors.rs r69).
+            println!("method {name}: not supported by {device:?}; skipped");
+            continue;
+        }
         let (context, out, masks) = run(dtype, KvPolicy::KeepF32);
         assert_eq!(out.latents.dtype(), DType::F32, "{name}: latents stay f32");
         let keys: Vec<String> = masks.iter().map(|(k, _)| k.clone()).collect();
@@ -155,6 +172,7 @@ fn the_method_in_half_precision_matches_pytorch_in_the_same_dtype() {
             let h = golden(FILE, &format!("method/{name}/{what}"));
             let f = golden(FILE, &format!("method/f32/{what}"));
             let spread = max_abs_diff_values(&h.values, &f.values);
+            let gpu = gpu_factor(name);
             let mean_spread = mean_abs_diff(&h.values, &f.values);
             let (e32, eh) = (vs("f32"), vs(name));
             let mean32 = mean_abs_diff(&layret_test_support::to_f64(got.clone()), &f.values);
@@ -169,12 +187,12 @@ fn the_method_in_half_precision_matches_pytorch_in_the_same_dtype() {
                 // element by element.
                 layret_test_support::assert_within(
                     e32,
-                    1.2 * spread,
+                    1.2 * gpu * spread,
                     format_args!("method {name} {what} vs f32"),
                 );
                 layret_test_support::assert_within(
                     eh,
-                    2.0 * spread,
+                    2.0 * gpu * spread,
                     format_args!("method {name} {what} vs PyTorch {name}"),
                 );
             } else {
@@ -183,7 +201,7 @@ fn the_method_in_half_precision_matches_pytorch_in_the_same_dtype() {
                 // precision. The mean error still must be PyTorch's own.
                 layret_test_support::assert_within(
                     mean32,
-                    1.5 * mean_spread,
+                    1.5 * gpu * mean_spread,
                     format_args!("method {name} {what}: mean vs f32"),
                 );
             }
@@ -210,11 +228,20 @@ fn the_method_in_half_precision_matches_pytorch_in_the_same_dtype() {
 fn half_precision_keys_and_values_replay_in_the_model_dtype() {
     // Recorded K/V of a bf16 model kept as computed or "f16" (kept as computed: already half)
     // and recompute give the same image: no dtype mixing anywhere in replay.
-    let (_, a, _) = run(DType::BF16, KvPolicy::KeepF32);
-    let (_, b, _) = run(DType::BF16, KvPolicy::KeepF16);
-    let (_, c, _) = run(DType::BF16, KvPolicy::Recompute);
+    let device = layret_test_support::device();
+    let dtype = if device.supports_dtype(DType::BF16) {
+        DType::BF16
+    } else {
+        DType::F16
+    };
+    let (_, a, _) = run(dtype, KvPolicy::KeepF32);
+    let (_, b, _) = run(dtype, KvPolicy::KeepF16);
+    let (_, c, _) = run(dtype, KvPolicy::Recompute);
     let ab = layret_test_support::max_abs_diff_tensors(a.latents.clone(), b.latents);
     let ac = layret_test_support::max_abs_diff_tensors(a.latents, c.latents);
-    assert_eq!(ab, 0.0, "bf16: f16 policy keeps half K/V as computed");
-    assert!(ac <= 1e-3, "bf16: replay vs recompute differ by {ac}");
+    assert_eq!(
+        ab, 0.0,
+        "{dtype:?}: the f16 policy keeps half K/V as computed"
+    );
+    assert!(ac <= 1e-3, "{dtype:?}: replay vs recompute differ by {ac}");
 }

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # wgpu parity on Mesa's software Vulkan (lavapipe): the tiny-fixture parity suites (UNet, VAE,
 # text encoder, txt2img, DDIM inversion, the method with replay and recompute, the host-read
-# count per sampling step) run on burn's wgpu backend against the same PyTorch goldens as on
-# the CPU.
+# count per sampling step, half precision: f16 against PyTorch f16, bf16 refused as unsupported)
+# run on burn's wgpu backend against the same PyTorch goldens as on the CPU.
 #
 #   tools/gpu/parity.sh            # install lavapipe if missing, build, run; ~15–35 min cold
 #   PARITY_ICD=default tools/gpu/parity.sh   # use whatever Vulkan driver the machine has
@@ -63,7 +63,7 @@ export LAYRET_TEST_DEVICE=wgpu
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 status=0
 suites=(layret-core/unet layret-core/vae layret-core/clip_text_encoder layret-core/pipeline
-        layret-pipeline/method layret-pipeline/device_reads)
+        layret-pipeline/method layret-pipeline/device_reads layret-core/half layret-pipeline/half)
 for suite in "${suites[@]}"; do
     exe=$(awk -v s="$suite" '$1 == s { print $2 }' "$CARGO_TARGET_DIR/parity-binaries.txt")
     if [ -z "$exe" ]; then echo "no test binary for $suite"; status=1; continue; fi

@@ -1,11 +1,12 @@
 //! Cost of Layout-and-Retouch at SD 1.5 architecture (random weights, textual inversion):
 //! UNet evaluations and seconds per image, with the reference cached vs not.
 //!
-//! Usage: pipeline_cost SIZE STEPS PROMPTS SAMPLES [ROUNDS] [KV]   (e.g. 256 4 4 2)
+//! Usage: pipeline_cost SIZE STEPS PROMPTS SAMPLES [ROUNDS] [KV] [DTYPE]   (e.g. 256 4 4 2)
 //!
 //! The first prompt computes the subject's reference; the others reuse it from the cache.
 //! A second round (ROUNDS = 2) repeats every prompt with the reference cached. KV is the
-//! context K/V policy: `f32` (default), `f16` or `none` (recompute). The last line is the
+//! context K/V policy: `f32` (default), `f16` or `none` (recompute). DTYPE is the text
+//! encoder's and UNet's: `f32` (default) or `bf16` (the VAE stays f32). The last line is the
 //! process's peak RSS.
 
 use std::time::Instant;
@@ -28,9 +29,15 @@ fn main() {
         Some("none") => KvPolicy::Recompute,
         Some(other) => panic!("KV must be f32, f16 or none, got {other}"),
     };
+    let dtype = match args.get(6).map(String::as_str) {
+        None | Some("f32") => layret::burn::tensor::DType::F32,
+        Some("bf16") => layret::burn::tensor::DType::BF16,
+        Some(other) => panic!("DTYPE must be f32 or bf16, got {other}"),
+    };
     let (size, steps, prompts, samples) = (a[0], a[1], a[2], a[3]);
+    layret::allocator::keep_freed_memory();
     let dev = Device::flex();
-    let (models, subject) = layret_benches::sd15_textual_inversion(&dev, size);
+    let (models, subject) = layret_benches::sd15_textual_inversion_in(&dev, size, dtype);
     let mut pipe = LayoutAndRetouch::default();
     let all = [
         "a <tok> on the beach",
