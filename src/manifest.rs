@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 /// The file name inside the output folder.
 pub const FILE_NAME: &str = "manifest.json";
 
+fn f32_name() -> String {
+    "f32".into()
+}
+
 /// A run: its request and the images written so far.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -41,6 +45,13 @@ pub struct Manifest {
     pub width: usize,
     /// Image height.
     pub height: usize,
+    /// The dtype of the text encoder and UNet (`--dtype`: `f32`, `f16`, `bf16`); absent in
+    /// manifests written before it was recorded (read as `f32`).
+    #[serde(default = "f32_name")]
+    pub dtype: String,
+    /// The VAE's dtype (`--vae-dtype`).
+    #[serde(default = "f32_name")]
+    pub vae_dtype: String,
     /// The method's settings.
     pub settings: SettingsRecord,
     /// Whether every image of the run exists.
@@ -292,6 +303,8 @@ mod tests {
             seed: "1".into(),
             width: 32,
             height: 32,
+            dtype: "f32".into(),
+            vae_dtype: "f32".into(),
             settings: SettingsRecord::from(&MethodSettings::default()),
             complete: false,
             reference_cache: None,

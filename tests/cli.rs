@@ -774,3 +774,55 @@ fn txt2img_samplers_match_diffusers_from_the_command_line() {
         assert!(params.contains(&format!("Sampler: {sampler},")), "{params}");
     }
 }
+
+#[test]
+fn generate_in_bf16_records_the_dtypes_in_the_manifest() {
+    // `--dtype bf16` end to end on the CPU (the AVX512-BF16 kernels where the CPU has them),
+    // the VAE f32 by default; the manifest says which dtypes made the images.
+    let dir = tempdir();
+    let reference = dir.join("ref.png");
+    write_reference(&reference, 128, 128);
+    let out_dir = dir.join("out");
+    let out = bin()
+        .args(["generate", "--model", &fixture("sd1-tiny")])
+        .args([
+            "--personalization",
+            &format!("ti:{}", fixture("personalization/ti_cat_toy.safetensors")),
+        ])
+        .args(["--phrase", "<cat-toy>", "--class", "cat toy"])
+        .arg("--reference")
+        .arg(&reference)
+        .args(["--prompt", "a <cat-toy> on the beach", "--steps", "3"])
+        .args(["--width", "128", "--height", "128", "--mask-factor", "2"])
+        .args(["--dtype", "bf16", "--seed", "3", "-q", "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out_dir.join("p0_s0.png").exists());
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["dtype"], "bf16");
+    assert_eq!(manifest["vae_dtype"], "f32");
+    // A dtype that is not one is refused, naming the flag.
+    let out = bin()
+        .args([
+            "txt2img",
+            "--model",
+            &fixture("sd1-tiny"),
+            "--prompt",
+            "a dog",
+        ])
+        .args(["--vae-dtype", "f8", "--out"])
+        .arg(dir.join("t"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("dtype") && err.contains("f8"), "{err}");
+}

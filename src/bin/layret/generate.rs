@@ -278,6 +278,10 @@ pub fn run_with(a: Args, quiet: bool, loaded: &mut LoadedModels) -> Result<()> {
         .sampler
         .resolve(models.base().scheduler_config())
         .display_name(settings.karras);
+    let dtype_names = (
+        layret::core::host::dtype_name(models.base().unet().dtype()),
+        layret::core::host::dtype_name(models.base().vae().dtype()),
+    );
     let manifest = |entries: &BTreeMap<(usize, usize), ImageEntry>,
                     complete: bool,
                     cache: Option<CacheRecord>|
@@ -294,6 +298,8 @@ pub fn run_with(a: Args, quiet: bool, loaded: &mut LoadedModels) -> Result<()> {
             seed: seed_text.clone(),
             width,
             height,
+            dtype: dtype_names.0.into(),
+            vae_dtype: dtype_names.1.into(),
             settings: SettingsRecord::from(&settings),
             complete,
             reference_cache: cache,

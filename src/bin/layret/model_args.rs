@@ -44,7 +44,8 @@ pub struct ModelArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Dtype of the UNet and text encoder (weights and compute): f32, f16 or bf16. bf16 on
-    /// CPUs with AVX512-BF16 is ~2× faster; latents, norms and softmax stay f32.
+    /// CPUs with AVX512-BF16: ~1.35× faster than f32 and half the memory; latents, norms and
+    /// softmax stay f32 (docs/precision.md).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
     /// Dtype of the VAE: f32 (the default: SD 1.x's VAE overflows in f16), f16 or bf16.
