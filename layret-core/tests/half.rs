@@ -52,18 +52,6 @@ fn dtypes() -> Vec<(&'static str, DType)> {
         .collect()
 }
 
-/// How much looser than PyTorch's CPU spread a `name` run may be on the test device: 1 on the
-/// CPU; 6 for f16 on a GPU backend, whose burn kernels (wgpu/cubecl matmul and convolution)
-/// sum in f16 where PyTorch's CPU kernels sum in f32 (measured on lavapipe: 3.5–4.8× PyTorch's
-/// f16 spread; docs/precision.md).
-fn gpu_factor(name: &str) -> f64 {
-    if name == "f16" && layret_test_support::on_gpu_backend() {
-        6.0
-    } else {
-        1.0
-    }
-}
-
 /// PyTorch's f32-vs-`name` spread of the golden `key` (`<what>/<dtype>/<rest>`).
 fn spread(what: &str, name: &str, rest: &str) -> f64 {
     let half = common::golden(FILE, &format!("{what}/{name}/{rest}"));
@@ -87,7 +75,7 @@ fn check<const D: usize>(got: Tensor<D>, what: &str, name: &str, rest: &str, lab
         return;
     }
     let s = spread(what, name, rest);
-    let gpu = gpu_factor(name);
+    let gpu = layret_test_support::half_tolerance_factor(name);
     let (to_f32, to_half) = (vs("f32"), vs(name));
     println!(
         "{label} {name}: max error vs PyTorch f32 {to_f32:.3e} (PyTorch {name}'s own: {s:.3e}, \

@@ -21,17 +21,6 @@ use layret_test_support::{fixtures, golden, golden_tensor, max_abs_diff, max_abs
 
 const FILE: &str = "half_sd1-tiny.safetensors";
 
-/// How much looser than PyTorch's CPU spread a `name` run may be on the test device: 1 on the
-/// CPU; 6 for f16 on a GPU backend, whose burn kernels sum in f16 where PyTorch's CPU kernels
-/// sum in f32 (measured on lavapipe: 3.5–4.8× PyTorch's f16 spread; docs/precision.md).
-fn gpu_factor(name: &str) -> f64 {
-    if name == "f16" && layret_test_support::on_gpu_backend() {
-        6.0
-    } else {
-        1.0
-    }
-}
-
 /// How many elements of `got` differ from the golden `key` (0/1 masks).
 fn flips<const D: usize>(got: Tensor<D>, key: &str) -> usize {
     let want = golden(FILE, key);
@@ -172,7 +161,7 @@ fn the_method_in_half_precision_matches_pytorch_in_the_same_dtype() {
             let h = golden(FILE, &format!("method/{name}/{what}"));
             let f = golden(FILE, &format!("method/f32/{what}"));
             let spread = max_abs_diff_values(&h.values, &f.values);
-            let gpu = gpu_factor(name);
+            let gpu = layret_test_support::half_tolerance_factor(name);
             let mean_spread = mean_abs_diff(&h.values, &f.values);
             let (e32, eh) = (vs("f32"), vs(name));
             let mean32 = mean_abs_diff(&layret_test_support::to_f64(got.clone()), &f.values);
