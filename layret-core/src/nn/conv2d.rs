@@ -1,6 +1,6 @@
 use burn::module::{Module, Param};
+use burn::tensor::Tensor;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DType, Device, Tensor};
 
 use super::cpu_conv::{ConvGeometry, conv2d};
 use super::linear::merged;
@@ -51,22 +51,13 @@ impl Conv2d {
     /// # Shapes
     /// `[B, in, H, W]` → `[B, out, H', W']`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        // flex f32: layret's kernel (reads the weight in place; see `cpu_conv`).
+        // flex f32, bf16 and f16: layret's kernel (reads the weight in place; see `cpu_conv`).
         let [_, _, k, _] = self.weight.dims();
         let geometry = ConvGeometry {
             kernel: k,
             stride: self.stride,
             padding: self.padding,
         };
-        if x.dtype() == DType::F16 && x.device() == Device::flex() {
-            // f16 on the CPU: the f32 kernel on widened copies (f32 sums, as PyTorch's CPU
-            // kernels; burn's f16 convolution would sum in f16), rounded back once.
-            let f = DType::F32;
-            let (w, b) = (self.weight.val().cast(f), self.bias.val().cast(f));
-            if let Some(y) = conv2d(&x.clone().cast(f), &w, &b, geometry) {
-                return y.cast(DType::F16);
-            }
-        }
         if let Some(y) = conv2d(&x, &self.weight.val(), &self.bias.val(), geometry) {
             return y;
         }

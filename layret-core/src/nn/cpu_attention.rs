@@ -453,28 +453,13 @@ unsafe fn head(
                     gemm::Parallelism::None,
                 );
             }
-            let blk_ex = keys.ex.map(|e| &e[k0..k0 + bk]);
-            let masked = blk_ex.is_some() || keys.bias.is_some();
-            if let Some(bias) = keys.bias {
-                for (i, row) in s[..bq * bk].chunks_exact_mut(bk).enumerate() {
-                    let at = (q0 + i) * bias.row_stride + k0;
-                    for (x, b) in row.iter_mut().zip(&bias.data[at..at + bk]) {
-                        *x += b;
-                    }
-                }
-            }
-            softmax_block(
-                &mut s[..bq * bk],
-                bk,
-                &mut Running {
-                    m: &mut m[..bq],
-                    l: &mut l[..bq],
-                    acc: &mut acc[..bq * dv],
-                    dv,
-                },
-                blk_ex,
-                masked,
-            );
+            let mut run = Running {
+                m: &mut m[..bq],
+                l: &mut l[..bq],
+                acc: &mut acc[..bq * dv],
+                dv,
+            };
+            keys_block(&mut s[..bq * bk], (q0, k0, bk), keys, &mut run);
             // acc[bq, dv] += p[bq, bk] · v[k0.., :]
             // SAFETY: as above.
             unsafe {
@@ -501,15 +486,8 @@ unsafe fn head(
                 );
             }
         }
-        for i in 0..bq {
-            let inv = if l[i] > 0.0 { 1.0 / l[i] } else { 0.0 };
-            // SAFETY: row q0 + i of `o` has dv writable elements (the caller's contract).
-            let dst =
-                unsafe { std::slice::from_raw_parts_mut(o.offset((q0 + i) as isize * o_rs), dv) };
-            for (x, a) in dst.iter_mut().zip(&acc[i * dv..(i + 1) * dv]) {
-                *x = a * inv;
-            }
-        }
+        // SAFETY: rows q0..q0 + bq of `o` are this head's (the caller's contract).
+        unsafe { write_normalized(o, o_rs, q0, &acc[..bq * dv], &l[..bq], dv) };
     }
 }
 
@@ -562,42 +540,53 @@ unsafe fn head_bf16(
             kp.pack_transposed(&kb, bk, d, d);
             // s[bq, bk] = scale · q[q0.., :] · k[k0.., :]ᵀ (written, not accumulated).
             gemm_serial_overwrite(bq, &qa, d, &kp, &mut s, bk, scale);
-            let blk_ex = keys.ex.map(|e| &e[k0..k0 + bk]);
-            let masked = blk_ex.is_some() || keys.bias.is_some();
-            if let Some(bias) = keys.bias {
-                for (i, row) in s[..bq * bk].chunks_exact_mut(bk).enumerate() {
-                    let at = (q0 + i) * bias.row_stride + k0;
-                    for (x, b) in row.iter_mut().zip(&bias.data[at..at + bk]) {
-                        *x += b;
-                    }
-                }
-            }
-            softmax_block(
-                &mut s[..bq * bk],
-                bk,
-                &mut Running {
-                    m: &mut m[..bq],
-                    l: &mut l[..bq],
-                    acc: &mut acc[..bq * dv],
-                    dv,
-                },
-                blk_ex,
-                masked,
-            );
+            let mut run = Running {
+                m: &mut m[..bq],
+                l: &mut l[..bq],
+                acc: &mut acc[..bq * dv],
+                dv,
+            };
+            keys_block(&mut s[..bq * bk], (q0, k0, bk), keys, &mut run);
             // acc[bq, dv] += p[bq, bk] · v[k0.., :]
             to_bf16_serial(&s[..bq * bk], &mut p[..bq * bk]);
             rows(v, k0, bk, dv, &mut vb);
             vp.pack_with(&vb, bk, dv, dv, false);
             gemm_serial(bq, &p, bk, &vp, &mut acc, dv);
         }
-        for i in 0..bq {
-            let inv = if l[i] > 0.0 { 1.0 / l[i] } else { 0.0 };
-            // SAFETY: row q0 + i of `o` has dv writable elements (the caller's contract).
-            let dst =
-                unsafe { std::slice::from_raw_parts_mut(o.offset((q0 + i) as isize * o_rs), dv) };
-            for (x, a) in dst.iter_mut().zip(&acc[i * dv..(i + 1) * dv]) {
-                *x = a * inv;
+        // SAFETY: rows q0..q0 + bq of `o` are this head's (the caller's contract).
+        unsafe { write_normalized(o, o_rs, q0, &acc[..bq * dv], &l[..bq], dv) };
+    }
+}
+
+/// One score block's keys (`s`: rows of `bk` scores for queries `q0..`, keys `k0..`): the bias
+/// added and excluded keys dropped, then the online-softmax update ([`softmax_block`]).
+fn keys_block(s: &mut [f32], (q0, k0, bk): (usize, usize, usize), keys: Keys, run: &mut Running) {
+    let blk_ex = keys.ex.map(|e| &e[k0..k0 + bk]);
+    let masked = blk_ex.is_some() || keys.bias.is_some();
+    if let Some(bias) = keys.bias {
+        for (i, row) in s.chunks_exact_mut(bk).enumerate() {
+            let at = (q0 + i) * bias.row_stride + k0;
+            for (x, b) in row.iter_mut().zip(&bias.data[at..at + bk]) {
+                *x += b;
             }
+        }
+    }
+    softmax_block(s, bk, run, blk_ex, masked);
+}
+
+/// Rows `q0..` of the output: the accumulator rows divided by their softmax sums (0 for a row
+/// whose every key was excluded).
+///
+/// # Safety
+/// `o` must address `acc.len() / dv` rows of `dv` writable elements from row `q0`, `o_rs`
+/// apart, that no other thread touches.
+unsafe fn write_normalized(o: *mut f32, o_rs: isize, q0: usize, acc: &[f32], l: &[f32], dv: usize) {
+    for (i, (row, &li)) in acc.chunks_exact(dv).zip(l).enumerate() {
+        let inv = if li > 0.0 { 1.0 / li } else { 0.0 };
+        // SAFETY: row q0 + i of `o` has dv writable elements (the caller's contract).
+        let dst = unsafe { std::slice::from_raw_parts_mut(o.offset((q0 + i) as isize * o_rs), dv) };
+        for (x, a) in dst.iter_mut().zip(row) {
+            *x = a * inv;
         }
     }
 }

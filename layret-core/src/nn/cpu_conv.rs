@@ -1,4 +1,5 @@
-//! A 2-D convolution kernel for the flex CPU backend (f32), used by [`Conv2d`](super::Conv2d).
+//! A 2-D convolution kernel for the flex CPU backend (f32; bf16 through `cpu_gemm_bf16`; f16
+//! through f32), used by [`Conv2d`](super::Conv2d).
 //!
 //! burn-flex's convolution re-lays the weight out as `[out, kh, kw, in]` on every call (a scalar
 //! transpose of the whole weight: 59 MB for a 1280→1280 3×3 layer), converts the input to NHWC,
@@ -16,7 +17,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::cpu_gemm_bf16::{PackedB, gemm as gemm_bf16, to_bf16};
-use super::flex::{flex_bf16, flex_f32};
+use super::flex::{f32_values, flex_bf16, flex_f32};
 
 /// Convolution geometry: square kernel, same stride/padding on both axes, dilation 1, 1 group.
 #[derive(Debug, Clone, Copy)]
@@ -41,7 +42,8 @@ thread_local! {
 }
 
 /// `conv2d(x, weight) + bias` with layret's kernel, or `None` when it does not apply (not flex,
-/// not f32, shapes that do not fit the geometry): the caller then uses burn's convolution.
+/// not f32, bf16 or f16, shapes that do not fit the geometry): the caller then uses burn's
+/// convolution.
 ///
 /// # Shapes
 /// `x` `[B, in, H, W]`, `weight` `[out, in, k, k]`, `bias` `[out]` → `[B, out, H', W']`.
@@ -77,27 +79,30 @@ fn conv2d_banded(
     if x.dtype() == DType::BF16 {
         return conv2d_bf16(x, weight, bias, g, budget);
     }
+    if x.dtype() == DType::F16 {
+        // The f32 kernel on widened copies (f32 sums, as PyTorch's CPU kernels; burn's f16
+        // convolution would sum in f16), rounded back once.
+        let f = DType::F32;
+        let (xw, ww, bw) = (
+            x.clone().cast(f),
+            weight.clone().cast(f),
+            bias.clone().cast(f),
+        );
+        return conv2d_banded(&xw, &ww, &bw, g, budget).map(|y| y.cast(DType::F16));
+    }
     let (xf, wf, bf) = (flex_f32(x)?, flex_f32(weight)?, flex_f32(bias)?);
     let (xs, ws, bs) = (
         xf.storage::<f32>(),
         wf.storage::<f32>(),
         bf.storage::<f32>(),
     );
-    let oh = (h + 2 * g.padding - g.kernel) / g.stride + 1;
-    let ow = (w + 2 * g.padding - g.kernel) / g.stride + 1;
-    let p = oh * ow;
+    let (oh, ow) = g.output(h, w);
     let k_len = c_in * g.kernel * g.kernel;
     if xs.len() < b * c_in * h * w || ws.len() < c_out * k_len || bs.len() < c_out {
         return None;
     }
-
-    // Output pre-filled with the bias; gemm accumulates into it.
-    let mut out = vec![0f32; b * c_out * p];
-    out.par_chunks_mut(p)
-        .enumerate()
-        .for_each(|(i, row)| row.fill(bs[i % c_out]));
-
-    let direct = g.kernel == 1 && g.stride == 1 && g.padding == 0;
+    let mut out = bias_filled(bs, b, c_out, oh * ow);
+    let p = oh * ow;
     SCRATCH.with(|cell| {
         // A re-entrant call (a rayon worker stealing another convolution) gets its own buffer.
         let mut own = Vec::new();
@@ -106,27 +111,18 @@ fn conv2d_banded(
             Some(s) => s,
             None => &mut own,
         };
-        // im2col a band of output rows at a time, so the matrix stays ≤ COL_BUDGET floats
-        // (a 128-channel 3×3 layer at 512² would otherwise need 1.2 GB).
-        let band = (budget / (k_len * ow).max(1)).clamp(1, oh);
-        if !direct && scratch.len() < k_len * band * ow {
-            *scratch = vec![0f32; k_len * band * ow];
-        }
-        for bi in 0..b {
-            let xb = &xs[bi * c_in * h * w..(bi + 1) * c_in * h * w];
-            let out_b = &mut out[bi * c_out * p..(bi + 1) * c_out * p];
-            if direct {
-                gemm_acc(out_b, p, ws, xb, c_out, k_len, p);
-                continue;
-            }
-            for oy0 in (0..oh).step_by(band) {
-                let oy1 = (oy0 + band).min(oh);
-                let n = (oy1 - oy0) * ow;
-                let col = &mut scratch[..k_len * n];
-                im2col(xb, col, 0.0, (c_in, h, w), (oy0, oy1, ow), g);
-                gemm_acc(&mut out_b[oy0 * ow..], p, ws, col, c_out, k_len, n);
-            }
-        }
+        let dims = (b, c_in, h, w);
+        for_each_band(
+            xs,
+            0.0,
+            dims,
+            c_out,
+            g,
+            budget,
+            scratch,
+            &mut out,
+            |dst, col, n| gemm_acc(dst, p, ws, col, c_out, k_len, n),
+        );
     });
     Some(Tensor::from_data(
         TensorData::new(out, [b, c_out, oh, ow]),
@@ -149,22 +145,14 @@ fn conv2d_bf16(
     let [c_out, _, _, _] = weight.dims();
     let (xf, wf) = (flex_bf16(x)?, flex_bf16(weight)?);
     let (xs, ws) = (xf.storage::<bf16>(), wf.storage::<bf16>());
-    let bs: Vec<f32> = match flex_bf16(bias) {
-        Some(bf) => bf.storage::<bf16>().iter().map(|v| v.to_f32()).collect(),
-        None => flex_f32(bias)?.storage::<f32>().to_vec(),
-    };
-    let oh = (h + 2 * g.padding - g.kernel) / g.stride + 1;
-    let ow = (w + 2 * g.padding - g.kernel) / g.stride + 1;
-    let p = oh * ow;
+    let bs = f32_values(bias)?;
+    let (oh, ow) = g.output(h, w);
     let k_len = c_in * g.kernel * g.kernel;
     if xs.len() < b * c_in * h * w || ws.len() < c_out * k_len || bs.len() < c_out {
         return None;
     }
-    let mut out = vec![0f32; b * c_out * p];
-    out.par_chunks_mut(p)
-        .enumerate()
-        .for_each(|(i, row)| row.fill(bs[i % c_out]));
-    let direct = g.kernel == 1 && g.stride == 1 && g.padding == 0;
+    let mut out = bias_filled(&bs, b, c_out, oh * ow);
+    let p = oh * ow;
     SCRATCH_BF16.with(|cell| {
         let mut own = (Vec::new(), PackedB::default());
         let mut borrowed = cell.try_borrow_mut().ok();
@@ -172,27 +160,21 @@ fn conv2d_bf16(
             Some(s) => (&mut s.0, &mut s.1),
             None => (&mut own.0, &mut own.1),
         };
-        let band = (budget / (k_len * ow).max(1)).clamp(1, oh);
-        if !direct && scratch.len() < k_len * band * ow {
-            *scratch = vec![bf16::ZERO; k_len * band * ow];
-        }
-        for bi in 0..b {
-            let xb = &xs[bi * c_in * h * w..(bi + 1) * c_in * h * w];
-            let out_b = &mut out[bi * c_out * p..(bi + 1) * c_out * p];
-            if direct {
-                packed.pack(xb, k_len, p, p);
-                gemm_bf16(c_out, ws, k_len, packed, out_b, p);
-                continue;
-            }
-            for oy0 in (0..oh).step_by(band) {
-                let oy1 = (oy0 + band).min(oh);
-                let n = (oy1 - oy0) * ow;
-                let col = &mut scratch[..k_len * n];
-                im2col(xb, col, bf16::ZERO, (c_in, h, w), (oy0, oy1, ow), g);
+        let dims = (b, c_in, h, w);
+        for_each_band(
+            xs,
+            bf16::ZERO,
+            dims,
+            c_out,
+            g,
+            budget,
+            scratch,
+            &mut out,
+            |dst, col, n| {
                 packed.pack(col, k_len, n, n);
-                gemm_bf16(c_out, ws, k_len, packed, &mut out_b[oy0 * ow..], p);
-            }
-        }
+                gemm_bf16(c_out, ws, k_len, packed, dst, p);
+            },
+        );
     });
     let mut half = vec![bf16::ZERO; out.len()];
     to_bf16(&out, &mut half);
@@ -200,6 +182,67 @@ fn conv2d_bf16(
         TensorData::new(half, [b, c_out, oh, ow]),
         (&device, DType::BF16),
     ))
+}
+
+impl ConvGeometry {
+    /// The output size `(H', W')` on an `h × w` input (the caller checked the kernel fits).
+    fn output(&self, h: usize, w: usize) -> (usize, usize) {
+        (
+            (h + 2 * self.padding - self.kernel) / self.stride + 1,
+            (w + 2 * self.padding - self.kernel) / self.stride + 1,
+        )
+    }
+}
+
+/// `[b, c_out, p]` f32, every row filled with its channel's bias: the gemms accumulate into it.
+fn bias_filled(bias: &[f32], b: usize, c_out: usize, p: usize) -> Vec<f32> {
+    let mut out = vec![0f32; b * c_out * p];
+    out.par_chunks_mut(p.max(1))
+        .enumerate()
+        .for_each(|(i, row)| row.fill(bias[i % c_out]));
+    out
+}
+
+/// The band loop both dtypes share: for each batch row of `xs` (`[b, c_in, h, w]`), the
+/// weight times its im2col matrix, built a band of output rows at a time in `scratch` so it
+/// stays ≤ `budget` elements (a 128-channel 3×3 layer at 512² would otherwise need 1.2 GB);
+/// a 1×1 stride-1 convolution uses the input itself. `product(dst, col, n)` accumulates
+/// `W · col` (`col` `[c_in·k·k, n]`) into `dst`, whose rows are `H'·W'` apart.
+#[allow(clippy::too_many_arguments)]
+fn for_each_band<T: Copy + Send + Sync>(
+    xs: &[T],
+    zero: T,
+    (b, c_in, h, w): (usize, usize, usize, usize),
+    c_out: usize,
+    g: ConvGeometry,
+    budget: usize,
+    scratch: &mut Vec<T>,
+    out: &mut [f32],
+    mut product: impl FnMut(&mut [f32], &[T], usize),
+) {
+    let (oh, ow) = g.output(h, w);
+    let p = oh * ow;
+    let k_len = c_in * g.kernel * g.kernel;
+    let direct = g.kernel == 1 && g.stride == 1 && g.padding == 0;
+    let band = (budget / (k_len * ow).max(1)).clamp(1, oh);
+    if !direct && scratch.len() < k_len * band * ow {
+        *scratch = vec![zero; k_len * band * ow];
+    }
+    for bi in 0..b {
+        let xb = &xs[bi * c_in * h * w..(bi + 1) * c_in * h * w];
+        let out_b = &mut out[bi * c_out * p..(bi + 1) * c_out * p];
+        if direct {
+            product(out_b, xb, p);
+            continue;
+        }
+        for oy0 in (0..oh).step_by(band) {
+            let oy1 = (oy0 + band).min(oh);
+            let n = (oy1 - oy0) * ow;
+            let col = &mut scratch[..k_len * n];
+            im2col(xb, col, zero, (c_in, h, w), (oy0, oy1, ow), g);
+            product(&mut out_b[oy0 * ow..], col, n);
+        }
+    }
 }
 
 /// `dst[m, n] += lhs[m, k] · rhs[k, n]`, row-major, `dst`'s rows `dst_rs` apart.

@@ -71,6 +71,19 @@ impl PackedB {
         self.n.div_ceil(NR)
     }
 
+    /// Shape the buffer for a `[k, n]` matrix (growing its storage if needed): the words per
+    /// panel, or `None` when the matrix is empty (nothing to pack).
+    fn reset(&mut self, k: usize, n: usize) -> Option<usize> {
+        self.k = k;
+        self.n = n;
+        let panel_len = self.pairs() * NR;
+        let len = panel_len * self.panels();
+        if self.words.len() < len {
+            self.words.resize(len, 0);
+        }
+        (len > 0).then_some(panel_len)
+    }
+
     /// Pack `b` (`[k, n]`, rows `ldb` apart) into this buffer (its storage is reused), the
     /// panels in parallel.
     pub(crate) fn pack(&mut self, b: &[bf16], k: usize, n: usize, ldb: usize) {
@@ -85,16 +98,10 @@ impl PackedB {
             "pack: {} elements for a [{k}, {n}] matrix with rows {ldb} apart",
             b.len()
         );
-        self.k = k;
-        self.n = n;
-        let panel_len = self.pairs() * NR;
-        let len = panel_len * self.panels();
-        if self.words.len() < len {
-            self.words.resize(len, 0);
-        }
-        if len == 0 {
+        let Some(panel_len) = self.reset(k, n) else {
             return;
-        }
+        };
+        let len = panel_len * self.panels();
         let bits = |r: usize, c: usize| -> u32 {
             if r < k && c < n {
                 b[r * ldb + c].to_bits() as u32
@@ -141,14 +148,10 @@ impl PackedB {
             "pack_transposed: {} elements for a [{n}, {k}] matrix with rows {ld} apart",
             src.len()
         );
-        self.k = k;
-        self.n = n;
-        let pairs = self.pairs();
-        let panel_len = pairs * NR;
+        let Some(panel_len) = self.reset(k, n) else {
+            return;
+        };
         let len = panel_len * self.panels();
-        if self.words.len() < len {
-            self.words.resize(len, 0);
-        }
         for (p, panel) in self.words[..len].chunks_mut(panel_len).enumerate() {
             for (q, dst) in panel.chunks_exact_mut(NR).enumerate() {
                 for (j, d) in dst.iter_mut().enumerate() {
@@ -189,7 +192,7 @@ impl SharedOut {
 /// # Panics
 /// If a slice is shorter than the shapes and strides address (a caller bug).
 pub(crate) fn gemm(m: usize, a: &[bf16], lda: usize, b: &PackedB, c: &mut [f32], ldc: usize) {
-    gemm_with(Isa::detect(), m, a, lda, b, c, ldc, true)
+    gemm_with(Isa::detect(), m, a, lda, b, c, ldc, true, None)
 }
 
 /// `c[i, j] = alpha · Σ_k a[i, k] · b[k, j]` on the calling thread: `c` is written, not read
@@ -203,7 +206,7 @@ pub(crate) fn gemm_serial_overwrite(
     ldc: usize,
     alpha: f32,
 ) {
-    run(Isa::detect(), m, a, lda, b, c, ldc, false, Some(alpha))
+    gemm_with(Isa::detect(), m, a, lda, b, c, ldc, false, Some(alpha))
 }
 
 /// [`gemm`] on the calling thread (inside a task that is already one of many).
@@ -215,27 +218,13 @@ pub(crate) fn gemm_serial(
     c: &mut [f32],
     ldc: usize,
 ) {
-    gemm_with(Isa::detect(), m, a, lda, b, c, ldc, false)
+    gemm_with(Isa::detect(), m, a, lda, b, c, ldc, false, None)
 }
 
-/// [`gemm`] with the micro-kernel chosen (tests run both) and threads allowed or not.
+/// [`gemm`] with the micro-kernel chosen (tests run both), threads allowed or not, and with
+/// `overwrite = Some(alpha)` `c = alpha · a·b` instead of `c += a·b`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_with(
-    isa: Isa,
-    m: usize,
-    a: &[bf16],
-    lda: usize,
-    b: &PackedB,
-    c: &mut [f32],
-    ldc: usize,
-    parallel: bool,
-) {
-    run(isa, m, a, lda, b, c, ldc, parallel, None)
-}
-
-/// [`gemm_with`], or with `overwrite = Some(alpha)` `c = alpha · a·b`.
-#[allow(clippy::too_many_arguments)]
-fn run(
     isa: Isa,
     m: usize,
     a: &[bf16],
@@ -593,7 +582,7 @@ mod tests {
                 let mut packed = PackedB::default();
                 packed.pack(&b, k, n, n);
                 let mut c = c0.clone();
-                gemm_with(isa, m, &a, k, &packed, &mut c, n, true);
+                gemm_with(isa, m, &a, k, &packed, &mut c, n, true, None);
                 let want = reference(m, k, n, &a, &b, &c0);
                 let err = c
                     .iter()

@@ -14,7 +14,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::cpu_gemm_bf16::{PackedB, gemm as gemm_bf16, to_bf16};
-use super::flex::{flex_bf16, flex_f32};
+use super::flex::{f32_values, flex_bf16, flex_f32};
 
 thread_local! {
     /// The packed weight of the last bf16 call, its storage reused between calls.
@@ -22,7 +22,7 @@ thread_local! {
 }
 
 /// `x · weight + bias` with layret's kernel, or `None` when it does not apply (not flex, not
-/// f32 or bf16): the caller then uses burn's `linear`.
+/// f32, bf16 or f16): the caller then uses burn's `linear`.
 ///
 /// # Shapes
 /// `x` `[..., in]`, `weight` `[in, out]`, `bias` `[out]` → `[..., out]`.
@@ -43,6 +43,14 @@ pub(crate) fn linear<const D: usize>(
     let rows: usize = dims[..D - 1].iter().product();
     if x.dtype() == DType::BF16 {
         return linear_bf16(x, weight, bias, rows);
+    }
+    if x.dtype() == DType::F16 {
+        // The f32 kernel on widened copies (f32 sums, as PyTorch's CPU kernels; burn's f16
+        // matmul would sum in f16), rounded back once.
+        let f = DType::F32;
+        let b = bias.map(|b| b.clone().cast(f));
+        return linear(&x.clone().cast(f), &weight.clone().cast(f), b.as_ref())
+            .map(|y| y.cast(DType::F16));
     }
     let xf = flex_f32(x)?;
     let wf = flex_f32(weight)?;
@@ -118,10 +126,7 @@ fn linear_bf16<const D: usize>(
     }
     let mut out = vec![0f32; rows * d_out];
     if let Some(b) = bias {
-        let b: Vec<f32> = match flex_bf16(b) {
-            Some(bf) => bf.storage::<bf16>().iter().map(|v| v.to_f32()).collect(),
-            None => flex_f32(b)?.storage::<f32>().to_vec(),
-        };
+        let b = f32_values(b)?;
         if b.len() < d_out {
             return None;
         }

@@ -26,3 +26,17 @@ fn flex_of<const D: usize>(t: &Tensor<D>, dtype: DType) -> Option<FlexTensor> {
         Some(p.to_contiguous())
     }
 }
+
+/// The values of a bf16 or f32 flex vector as f32 (a bias), or `None` on another backend or
+/// dtype.
+pub(crate) fn f32_values(t: &Tensor<1>) -> Option<Vec<f32>> {
+    match flex_bf16(t) {
+        Some(bf) => Some(
+            bf.storage::<half::bf16>()
+                .iter()
+                .map(|v| v.to_f32())
+                .collect(),
+        ),
+        None => Some(flex_f32(t)?.storage::<f32>().to_vec()),
+    }
+}

@@ -1,5 +1,5 @@
 use burn::module::{Module, Param};
-use burn::tensor::{DType, Device, Tensor};
+use burn::tensor::Tensor;
 
 use super::cpu_linear::linear;
 use crate::error::Result;
@@ -36,22 +36,9 @@ impl Linear {
     /// # Shapes
     /// `[..., in]` → `[..., out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        // flex f32 and bf16: one multi-threaded gemm over all rows, bias fused (see
+        // flex f32, bf16 and f16: one multi-threaded gemm over all rows, bias fused (see
         // `cpu_linear`).
         let bias = self.bias.as_ref().map(|b| b.val());
-        if x.dtype() == DType::F16 && x.device() == Device::flex() {
-            // f16 on the CPU: the f32 kernel on widened copies (f32 sums, as PyTorch's CPU
-            // kernels; burn's f16 matmul would sum in f16), rounded back once.
-            let f = DType::F32;
-            let (x, w, b) = (
-                x.cast(f),
-                self.weight.val().cast(f),
-                bias.map(|b| b.cast(f)),
-            );
-            let y =
-                linear(&x, &w, b.as_ref()).unwrap_or_else(|| burn::tensor::module::linear(x, w, b));
-            return y.cast(DType::F16);
-        }
         if let Some(y) = linear(&x, &self.weight.val(), bias.as_ref()) {
             return y;
         }
